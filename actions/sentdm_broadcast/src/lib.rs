@@ -1,0 +1,1 @@
+//! SentDM v3 client, webhook signing and local simulator.
