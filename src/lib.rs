@@ -1,1 +1,366 @@
-//! graphagent host.
+//! graphagent: a host for agent *actions* (plugins) whose state lives in a SurrealDB graph.
+//!
+//! The host loads agents and their actions from `agent.yaml`, runs their lifecycle hooks,
+//! serves their HTTP routes with auth and an OpenAPI document, and gives them one [`Graph`]
+//! handle. Action crates depend on this library; the server binary that bundles them lives
+//! in `examples/agent_app` (see `docs/ARCHITECTURE.md`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), graphagent::HostError> {
+//! let host = graphagent::HostBuilder::new()
+//!     // .action::<MyAction>()
+//!     .settings(graphagent::Settings::from_env())
+//!     .build()
+//!     .await?;
+//! host.run().await
+//! # }
+//! ```
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod graph;
+pub mod http;
+pub mod plugin;
+pub mod runtime;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use auth::{Admin, AuthSettings};
+pub use error::{ApiError, ApiResult};
+pub use graph::{Graph, GraphError, GraphOptions};
+pub use http::{ActionRef, HostState};
+pub use plugin::{Action, ActionContext, ActionError, FieldError};
+pub use runtime::{ActionDirectory, AgentHandle, ReloadReport};
+
+use crate::auth::Auth;
+use crate::config::{AgentFile, ConfigErrors};
+use crate::events::EventPublisher;
+use crate::plugin::{ActionTypes, HostInfo, ScopedKeys};
+use crate::runtime::{LoadError, Runtime};
+
+/// Default listen address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+/// Default graph: embedded SurrealKV under `./data/graph`.
+pub const DEFAULT_GRAPH_URL: &str = "surrealkv://./data/graph";
+
+/// Everything the host needs to start, besides the action types.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// An agent file, or a directory of them (`GRAPHAGENT_CONFIG`). `None`: no agents.
+    pub config_path: Option<PathBuf>,
+    /// Listen address for [`Host::run`] (`GRAPHAGENT_BIND`).
+    pub bind: SocketAddr,
+    /// Graph URL (`GRAPHAGENT_GRAPH_URL`).
+    pub graph_url: String,
+    /// Credentials and names for remote graphs (`GRAPHAGENT_GRAPH_*`).
+    pub graph: GraphOptions,
+    /// Public base URL of this server, for provider callbacks (`GRAPHAGENT_PUBLIC_BASE_URL`).
+    pub public_base_url: Option<String>,
+    /// Login, tokens, keys.
+    pub auth: AuthSettings,
+    /// Largest request body accepted (`GRAPHAGENT_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            config_path: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            graph_url: DEFAULT_GRAPH_URL.to_owned(),
+            graph: GraphOptions::default(),
+            public_base_url: None,
+            auth: AuthSettings::default(),
+            max_body_bytes: http::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl Settings {
+    /// Settings from the `GRAPHAGENT_*` environment variables, defaults elsewhere.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let defaults = Self::default();
+        Self {
+            config_path: var("GRAPHAGENT_CONFIG").map(PathBuf::from),
+            bind: var("GRAPHAGENT_BIND")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.bind),
+            graph_url: var("GRAPHAGENT_GRAPH_URL").unwrap_or(defaults.graph_url),
+            graph: GraphOptions::from_env(),
+            public_base_url: var("GRAPHAGENT_PUBLIC_BASE_URL"),
+            auth: AuthSettings::from_env(),
+            max_body_bytes: var("GRAPHAGENT_MAX_BODY_BYTES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.max_body_bytes),
+        }
+    }
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// agent.yaml is invalid (every problem, with file, line and key).
+    #[error("invalid configuration:\n{0}")]
+    Config(ConfigErrors),
+    /// The graph could not be opened or written.
+    #[error("graph: {0}")]
+    Graph(#[from] GraphError),
+    /// A host setting is unusable.
+    #[error("{0}")]
+    Settings(String),
+    /// Binding or serving failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<LoadError> for HostError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Config(errors) => Self::Config(errors),
+            LoadError::Graph(e) => Self::Graph(e),
+        }
+    }
+}
+
+impl From<auth::AuthInitError> for HostError {
+    fn from(e: auth::AuthInitError) -> Self {
+        match e {
+            auth::AuthInitError::Graph(e) => Self::Graph(e),
+            auth::AuthInitError::Config(m) => Self::Settings(m),
+        }
+    }
+}
+
+/// Composes a host from action types and settings.
+#[derive(Default)]
+pub struct HostBuilder {
+    types: ActionTypes,
+    settings: Settings,
+}
+
+impl HostBuilder {
+    /// A builder with no action types and default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register action type `A` (under its type name and aliases).
+    ///
+    /// # Panics
+    /// When a type name or alias is already registered: two types claiming one name is
+    /// a bug in the program that composes the host, not a runtime condition.
+    #[must_use]
+    pub fn action<A: Action>(mut self) -> Self {
+        if let Err(e) = self.types.register::<A>() {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// Replace the settings.
+    #[must_use]
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The settings, to adjust before [`build`](Self::build).
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
+    /// Validate agent files at `path` against the registered types without starting
+    /// anything (`graphagent check`).
+    pub fn check(&self, path: &Path) -> Result<Vec<AgentFile>, ConfigErrors> {
+        let files = config::load_path(path)?;
+        runtime::check_files(&self.types, &files)?;
+        Ok(files)
+    }
+
+    /// Open the graph, seed auth, load the configured agents (running their hooks) and
+    /// assemble the router.
+    pub async fn build(self) -> Result<Host, HostError> {
+        let settings = self.settings;
+        // Validate before touching the graph, so a bad file fails fast and creates nothing.
+        let files = match &settings.config_path {
+            Some(path) => {
+                let files = config::load_path(path).map_err(HostError::Config)?;
+                runtime::check_files(&self.types, &files).map_err(HostError::Config)?;
+                files
+            }
+            None => Vec::new(),
+        };
+        let public_base_url = match &settings.public_base_url {
+            Some(url) => Some(normalize_base_url(url)?),
+            None => None,
+        };
+        let graph = Graph::connect(&settings.graph_url, &settings.graph).await?;
+        let auth = Arc::new(Auth::new(graph.clone(), &settings.auth).await?);
+        let keys: Arc<dyn ScopedKeys> = auth.clone();
+        let runtime = Arc::new(
+            Runtime::new(
+                self.types,
+                graph,
+                HostInfo { public_base_url },
+                keys,
+                EventPublisher::default(),
+                settings.config_path.clone(),
+            )
+            .await?,
+        );
+        let report = runtime.apply(files).await?;
+        tracing::info!(
+            added = report.added.len(),
+            hook_errors = report.hook_errors.len(),
+            graph = %runtime.graph().url(),
+            "agents loaded"
+        );
+        let state = http::HostState::new(runtime.clone(), auth);
+        let (router, openapi) = http::build_router(state.clone(), settings.max_body_bytes);
+        Ok(Host {
+            runtime,
+            router,
+            openapi,
+            bind: settings.bind,
+        })
+    }
+}
+
+fn normalize_base_url(url: &str) -> Result<String, HostError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let ok = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+        && trimmed
+            .split("://")
+            .nth(1)
+            .is_some_and(|rest| !rest.is_empty());
+    if !ok {
+        return Err(HostError::Settings(format!(
+            "GRAPHAGENT_PUBLIC_BASE_URL must be an http(s) URL such as https://agents.example.com, got `{url}`"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A built host: loaded agents, router, OpenAPI document.
+pub struct Host {
+    runtime: Arc<Runtime>,
+    router: axum::Router,
+    openapi: utoipa::openapi::OpenApi,
+    bind: SocketAddr,
+}
+
+impl Host {
+    /// The agent named or identified by `name_or_id`, for typed access to its actions.
+    pub fn agent(&self, name_or_id: &str) -> Option<AgentHandle> {
+        self.runtime.directory().agent(name_or_id)
+    }
+
+    /// Typed lookup of every loaded action.
+    pub fn directory(&self) -> &ActionDirectory {
+        self.runtime.directory()
+    }
+
+    /// The shared graph.
+    pub fn graph(&self) -> &Graph {
+        self.runtime.graph()
+    }
+
+    /// The aggregated OpenAPI document.
+    pub fn openapi(&self) -> &utoipa::openapi::OpenApi {
+        &self.openapi
+    }
+
+    /// Re-read the configuration and apply it (what SIGHUP and the reload endpoint do).
+    pub async fn reload(&self) -> Result<ReloadReport, HostError> {
+        Ok(self.runtime.reload_from_disk().await?)
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight
+    /// requests finish, and close the graph.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HostError> {
+        let reload = self.spawn_sighup_reload();
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        if let Some(task) = reload {
+            task.abort();
+        }
+        tracing::info!("server stopped; closing the graph");
+        drop(self.runtime);
+        served.map_err(HostError::Io)
+    }
+
+    /// Bind the configured address and serve until SIGTERM or Ctrl-C.
+    pub async fn run(self) -> Result<(), HostError> {
+        let listener = tokio::net::TcpListener::bind(self.bind).await?;
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        self.serve(listener, shutdown_signal()).await
+    }
+
+    #[cfg(unix)]
+    fn spawn_sighup_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = self.runtime.clone();
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by HTTP only");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match runtime.reload_from_disk().await {
+                    Ok(report) => tracing::info!(?report, "reloaded on SIGHUP"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload on SIGHUP failed; nothing changed")
+                    }
+                }
+            }
+        }))
+    }
+
+    #[cfg(not(unix))]
+    fn spawn_sighup_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

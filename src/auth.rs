@@ -1,0 +1,884 @@
+//! Who may call what: admin login (argon2 password in the graph, HS256 JWT), stored API
+//! keys (hashed, scoped, revocable), derived scoped keys for machine callers (provider
+//! webhooks), the `Admin` extractor, and the per-address login limiter.
+//!
+//! **Security Invariant.** No secret (password, JWT secret, key) is ever logged, stored in
+//! clear or returned after creation; comparisons of secrets are constant-time.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::graph::Graph;
+use crate::http::{HostState, Json, Path};
+use crate::plugin::ScopedKeys;
+
+/// The scope that grants every admin endpoint.
+pub const ADMIN_SCOPE: &str = "admin";
+/// Prefix of stored API keys: `gak_{id}_{secret}`.
+const STORED_PREFIX: &str = "gak_";
+/// Prefix of derived scoped keys: `gsk_{base64url(scope)}.{mac}`.
+const DERIVED_PREFIX: &str = "gsk_";
+/// Domain separation for derived keys, so a derived MAC is never a valid JWT signature.
+const DERIVE_DOMAIN: &[u8] = b"graphagent/scoped-key/v1\0";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Auth settings, from the environment by default.
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// HS256 secret (`GRAPHAGENT_JWT_SECRET`). Without one an ephemeral secret is used:
+    /// tokens die with the process and no scoped key can be derived.
+    pub jwt_secret: Option<String>,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
+    /// Admin user seeded at start (`GRAPHAGENT_ADMIN_EMAIL`).
+    pub admin_email: Option<String>,
+    /// Its password (`GRAPHAGENT_ADMIN_PASSWORD`).
+    pub admin_password: Option<String>,
+    /// Login attempts allowed per client address per minute.
+    pub login_per_minute: u32,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("token_ttl", &self.token_ttl)
+            .field("admin_email", &self.admin_email)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("login_per_minute", &self.login_per_minute)
+            .finish()
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(3600),
+            admin_email: None,
+            admin_password: None,
+            login_per_minute: 10,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Settings from `GRAPHAGENT_JWT_SECRET`, `GRAPHAGENT_JWT_TTL_SECS`,
+    /// `GRAPHAGENT_ADMIN_EMAIL`, `GRAPHAGENT_ADMIN_PASSWORD`, `GRAPHAGENT_LOGIN_PER_MINUTE`.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let defaults = Self::default();
+        Self {
+            jwt_secret: var("GRAPHAGENT_JWT_SECRET"),
+            token_ttl: var("GRAPHAGENT_JWT_TTL_SECS")
+                .and_then(|v| v.parse().ok())
+                .map_or(defaults.token_ttl, Duration::from_secs),
+            admin_email: var("GRAPHAGENT_ADMIN_EMAIL"),
+            admin_password: var("GRAPHAGENT_ADMIN_PASSWORD"),
+            login_per_minute: var("GRAPHAGENT_LOGIN_PER_MINUTE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.login_per_minute),
+        }
+    }
+}
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// User email.
+    pub email: String,
+    /// Role; `admin` is the only one today.
+    pub role: String,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+    /// Expires at (unix seconds).
+    pub exp: u64,
+    /// Issuer, always `graphagent`.
+    pub iss: String,
+}
+
+/// The authenticated caller of an admin endpoint.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A logged-in user (JWT).
+    User {
+        /// Email of the user.
+        email: String,
+    },
+    /// A stored API key with the `admin` scope.
+    ApiKey {
+        /// The key's id (never the key).
+        id: String,
+    },
+}
+
+/// The auth service: one per host.
+pub struct Auth {
+    graph: Graph,
+    secret: Vec<u8>,
+    /// Whether `secret` survives restarts (configured, not generated).
+    stable_secret: bool,
+    token_ttl: Duration,
+    login_per_minute: u32,
+    limiter: Mutex<LruCache<IpAddr, (Instant, u32)>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("stable_secret", &self.stable_secret)
+            .finish_non_exhaustive()
+    }
+}
+
+const SCHEMA: &str = r#"
+DEFINE TABLE IF NOT EXISTS user SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS user_email ON user FIELDS email UNIQUE;
+DEFINE TABLE IF NOT EXISTS api_key SCHEMALESS;
+"#;
+
+/// Why the host's auth could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthInitError {
+    /// The graph failed.
+    #[error("graph: {0}")]
+    Graph(#[from] crate::graph::GraphError),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Auth {
+    /// Apply the schema and seed the admin user.
+    pub async fn new(graph: Graph, settings: &AuthSettings) -> Result<Self, AuthInitError> {
+        graph.apply_schema("auth", SCHEMA).await?;
+        let (secret, stable_secret) = match &settings.jwt_secret {
+            Some(s) if s.len() < 32 => {
+                return Err(AuthInitError::Config(
+                    "GRAPHAGENT_JWT_SECRET must be at least 32 characters".into(),
+                ));
+            }
+            Some(s) => (s.as_bytes().to_vec(), true),
+            None => {
+                tracing::warn!(
+                    "GRAPHAGENT_JWT_SECRET is not set: using a random secret for this process; \
+                     tokens end with it and scoped webhook keys cannot be issued"
+                );
+                (rand::random::<[u8; 32]>().to_vec(), false)
+            }
+        };
+        let auth = Self {
+            graph,
+            secret,
+            stable_secret,
+            token_ttl: settings.token_ttl,
+            login_per_minute: settings.login_per_minute.max(1),
+            limiter: Mutex::new(LruCache::new(
+                NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            )),
+        };
+        match (&settings.admin_email, &settings.admin_password) {
+            (Some(email), Some(password)) => auth.seed_admin(email, password).await?,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(AuthInitError::Config(
+                    "set both GRAPHAGENT_ADMIN_EMAIL and GRAPHAGENT_ADMIN_PASSWORD, or neither"
+                        .into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        Ok(auth)
+    }
+
+    /// Create the admin user, or update its password when the configured one changed.
+    async fn seed_admin(&self, email: &str, password: &str) -> Result<(), AuthInitError> {
+        let email = normalize_email(email);
+        let existing: Option<UserRow> = self
+            .graph
+            .query_opt(
+                "SELECT email, password_hash, role FROM user WHERE email = $email LIMIT 1;",
+                json!({"email": email}),
+                0,
+            )
+            .await?;
+        if let Some(user) = &existing
+            && verify_password(password.to_owned(), user.password_hash.clone()).await
+        {
+            return Ok(());
+        }
+        let hash = hash_password(password.to_owned())
+            .await
+            .map_err(AuthInitError::Config)?;
+        self.graph
+            .query(
+                "UPSERT type::record('user', $key) MERGE { email: $email, password_hash: $hash, role: 'admin', updated_at: time::now() };",
+                json!({"key": user_key(&email), "email": email, "hash": hash}),
+            )
+            .await?;
+        tracing::info!(user.email = %email, "admin user seeded");
+        Ok(())
+    }
+
+    /// Exchange email and password for an access token.
+    pub async fn login(&self, email: &str, password: &str) -> ApiResult<TokenResponse> {
+        let email = normalize_email(email);
+        let user: Option<UserRow> = self
+            .graph
+            .query_opt(
+                "SELECT email, password_hash, role FROM user WHERE email = $email LIMIT 1;",
+                json!({"email": email}),
+                0,
+            )
+            .await?;
+        // Verify against a fixed hash when the user is unknown so timing does not tell
+        // which emails exist.
+        let (hash, user) = match user {
+            Some(u) => (u.password_hash.clone(), Some(u)),
+            None => (DUMMY_HASH.to_owned(), None),
+        };
+        let ok = verify_password(password.to_owned(), hash).await;
+        let Some(user) = user.filter(|_| ok) else {
+            return Err(ApiError::unauthorized("invalid email or password"));
+        };
+        let token = self.issue_token(&user.email, &user.role, now_secs())?;
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "Bearer".into(),
+            expires_in: self.token_ttl.as_secs(),
+        })
+    }
+
+    /// Sign a token for `email` issued at `iat` (unix seconds).
+    pub fn issue_token(&self, email: &str, role: &str, iat: u64) -> ApiResult<String> {
+        let claims = Claims {
+            sub: user_key(email),
+            email: email.to_owned(),
+            role: role.to_owned(),
+            iat,
+            exp: iat + self.token_ttl.as_secs(),
+            iss: "graphagent".into(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign token");
+            ApiError::internal()
+        })
+    }
+
+    fn verify_token(&self, token: &str) -> ApiResult<Claims> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&["graphagent"]);
+        validation.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("access token expired")
+                }
+                _ => ApiError::unauthorized("invalid access token"),
+            })
+    }
+
+    /// Check the credentials in `headers` grant admin access.
+    pub async fn authorize_admin(&self, headers: &HeaderMap) -> ApiResult<Principal> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+            let claims = self.verify_token(token.trim())?;
+            if claims.role != "admin" {
+                return Err(ApiError::forbidden("this endpoint needs the admin role"));
+            }
+            return Ok(Principal::User {
+                email: claims.email,
+            });
+        }
+        let key = api_key_header(headers).ok_or_else(|| {
+            ApiError::unauthorized("missing credentials: send a bearer token or x-api-key")
+        })?;
+        match self.check_key(key, ADMIN_SCOPE).await? {
+            KeyCheck::Granted { id } => Ok(Principal::ApiKey { id }),
+            KeyCheck::WrongScope => {
+                Err(ApiError::forbidden("this API key lacks the `admin` scope"))
+            }
+        }
+    }
+
+    /// Check `key` (stored or derived) grants `scope`: 401 when it is not a valid key,
+    /// 403 when it is valid for other scopes only.
+    pub async fn authorize_scope(&self, key: Option<&str>, scope: &str) -> ApiResult<()> {
+        let key = key.ok_or_else(|| ApiError::unauthorized("missing api key"))?;
+        match self.check_key(key, scope).await? {
+            KeyCheck::Granted { .. } => Ok(()),
+            KeyCheck::WrongScope => Err(ApiError::forbidden(format!(
+                "this API key is not valid for scope `{scope}`"
+            ))),
+        }
+    }
+
+    async fn check_key(&self, key: &str, scope: &str) -> ApiResult<KeyCheck> {
+        if let Some(rest) = key.strip_prefix(DERIVED_PREFIX) {
+            let (scope_b64, mac) = rest
+                .split_once('.')
+                .ok_or_else(|| ApiError::unauthorized("invalid api key"))?;
+            let key_scope = URL_SAFE_NO_PAD
+                .decode(scope_b64)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::unauthorized("invalid api key"))?;
+            let expected = self.derived_mac(&key_scope);
+            if !self.stable_secret || !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
+                return Err(ApiError::unauthorized("invalid api key"));
+            }
+            return Ok(if key_scope == scope {
+                KeyCheck::Granted {
+                    id: format!("derived:{key_scope}"),
+                }
+            } else {
+                KeyCheck::WrongScope
+            });
+        }
+        let (id, _) =
+            parse_stored_key(key).ok_or_else(|| ApiError::unauthorized("invalid api key"))?;
+        let row: Option<ApiKeyRow> = self
+            .graph
+            .query_opt(
+                "SELECT record::id(id) AS id, name, scopes, hash, created_at, revoked_at FROM type::record('api_key', $id);",
+                json!({"id": id}),
+                0,
+            )
+            .await?;
+        let Some(row) = row.filter(|r| r.revoked_at.is_none()) else {
+            return Err(ApiError::unauthorized("invalid or revoked api key"));
+        };
+        let presented = hex_sha256(key.as_bytes());
+        if !bool::from(presented.as_bytes().ct_eq(row.hash.as_bytes())) {
+            return Err(ApiError::unauthorized("invalid or revoked api key"));
+        }
+        Ok(if row.scopes.iter().any(|s| s == scope) {
+            KeyCheck::Granted { id: row.id }
+        } else {
+            KeyCheck::WrongScope
+        })
+    }
+
+    fn derived_mac(&self, scope: &str) -> String {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(DERIVE_DOMAIN);
+        mac.update(scope.as_bytes());
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..24])
+    }
+
+    /// Create a stored API key; the returned `key` is shown this once.
+    pub async fn create_key(&self, request: CreateApiKey) -> ApiResult<ApiKeyCreated> {
+        let name = request.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::invalid_field(
+                "name",
+                "must be 1 to 100 characters",
+            ));
+        }
+        if request.scopes.is_empty() || request.scopes.len() > 16 {
+            return Err(ApiError::invalid_field("scopes", "give 1 to 16 scopes"));
+        }
+        for (i, scope) in request.scopes.iter().enumerate() {
+            if !valid_scope(scope) {
+                return Err(ApiError::invalid_field(
+                    format!("scopes[{i}]"),
+                    "a scope is `admin` or `kind:part[:part…]` of letters, digits, `_`, `-`, `.`",
+                ));
+            }
+        }
+        let id = format!("key_{}", hex(&rand::random::<[u8; 8]>()));
+        let secret = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let key = format!("{STORED_PREFIX}{id}_{secret}");
+        let rows: Vec<ApiKeyRow> = self
+            .graph
+            .query_rows(
+                "CREATE type::record('api_key', $id) CONTENT { name: $name, scopes: $scopes, hash: $hash, created_at: time::now(), revoked_at: NONE } RETURN record::id(id) AS id, name, scopes, hash, created_at, revoked_at;",
+                json!({"id": id, "name": name, "scopes": request.scopes, "hash": hex_sha256(key.as_bytes())}),
+                0,
+            )
+            .await?;
+        let row = rows.into_iter().next().ok_or_else(ApiError::internal)?;
+        tracing::info!(api_key.id = %row.id, "api key created");
+        Ok(ApiKeyCreated {
+            info: row.info(),
+            key,
+        })
+    }
+
+    /// Every stored key, newest first (never the key or its hash).
+    pub async fn list_keys(&self) -> ApiResult<Vec<ApiKeyInfo>> {
+        let rows: Vec<ApiKeyRow> = self
+            .graph
+            .query_rows(
+                "SELECT record::id(id) AS id, name, scopes, hash, created_at, revoked_at FROM api_key ORDER BY created_at DESC;",
+                serde_json::Value::Null,
+                0,
+            )
+            .await?;
+        Ok(rows.iter().map(ApiKeyRow::info).collect())
+    }
+
+    /// Revoke a key; revoking twice is not an error.
+    pub async fn revoke_key(&self, id: &str) -> ApiResult<ApiKeyInfo> {
+        let rows: Vec<ApiKeyRow> = self
+            .graph
+            .query_rows(
+                "UPDATE type::record('api_key', $id) SET revoked_at = revoked_at ?? time::now() WHERE id != NONE RETURN record::id(id) AS id, name, scopes, hash, created_at, revoked_at;",
+                json!({"id": id}),
+                0,
+            )
+            .await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::not_found(format!("no api key `{id}`")))?;
+        tracing::info!(api_key.id = %row.id, "api key revoked");
+        Ok(row.info())
+    }
+
+    /// Count a login attempt from `addr`; `Err` with the seconds to wait when over limit.
+    fn admit_login(&self, addr: IpAddr) -> Result<(), u64> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        let entry = limiter.get_or_insert_mut(addr, || (now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.login_per_minute {
+            let wait = window.saturating_sub(now.duration_since(entry.0));
+            return Err(wait.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+impl ScopedKeys for Auth {
+    fn derive(&self, scope: &str) -> Option<String> {
+        // Admin power is never derivable, and a random per-process secret would change
+        // the key (and so a provider's webhook URL) at every restart.
+        if !self.stable_secret || scope == ADMIN_SCOPE || !valid_scope(scope) {
+            return None;
+        }
+        Some(format!(
+            "{DERIVED_PREFIX}{}.{}",
+            URL_SAFE_NO_PAD.encode(scope.as_bytes()),
+            self.derived_mac(scope)
+        ))
+    }
+}
+
+enum KeyCheck {
+    Granted { id: String },
+    WrongScope,
+}
+
+/// Argon2id hash of a fixed string, used when the user does not exist.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2cyjmnmVw4MLKtwRzzjgcpMq+CzbL0GGlC3Z1xRsrQI";
+
+async fn hash_password(password: String) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| format!("cannot hash password: {e}"))
+    })
+    .await
+    .map_err(|e| format!("cannot hash password: {e}"))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn user_key(email: &str) -> String {
+    format!("usr_{}", &hex_sha256(email.as_bytes())[..20])
+}
+
+fn valid_scope(scope: &str) -> bool {
+    if scope == ADMIN_SCOPE {
+        return true;
+    }
+    let mut parts = scope.split(':');
+    let head_ok = parts.next().is_some_and(|h| {
+        h.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && h.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    });
+    let mut rest = parts.peekable();
+    head_ok
+        && rest.peek().is_some()
+        && rest.all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        })
+        && scope.len() <= 200
+}
+
+fn parse_stored_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(STORED_PREFIX)?;
+    // id is `key_` + 16 hex digits.
+    let id = rest.get(..20)?;
+    let secret = rest.get(20..)?.strip_prefix('_')?;
+    (id.starts_with("key_") && !secret.is_empty()).then_some((id, secret))
+}
+
+fn api_key_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Deserialize)]
+struct UserRow {
+    email: String,
+    password_hash: String,
+    role: String,
+}
+
+#[derive(Deserialize)]
+struct ApiKeyRow {
+    id: String,
+    name: String,
+    scopes: Vec<String>,
+    hash: String,
+    created_at: String,
+    #[serde(default)]
+    revoked_at: Option<String>,
+}
+
+impl ApiKeyRow {
+    fn info(&self) -> ApiKeyInfo {
+        ApiKeyInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            created_at: self.created_at.clone(),
+            revoked_at: self.revoked_at.clone(),
+        }
+    }
+}
+
+/// Admin credentials: a bearer JWT with the admin role, or an API key with the `admin`
+/// scope in `x-api-key`. 401 when missing or invalid, 403 when valid but not admin.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<HostState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HostState) -> Result<Self, ApiError> {
+        state
+            .auth()
+            .authorize_admin(&parts.headers)
+            .await
+            .map(Admin)
+    }
+}
+
+/// `POST /api/auth/login` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The user's email.
+    #[schema(example = "admin@example.com")]
+    pub email: String,
+    /// The user's password.
+    #[schema(example = "correct horse battery staple", format = Password)]
+    pub password: String,
+}
+
+/// An access token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// JWT to send as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds until it expires.
+    #[schema(example = 3600)]
+    pub expires_in: u64,
+}
+
+/// `POST /api/auth/api-keys` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// What the key is for.
+    #[schema(example = "ci deploys")]
+    pub name: String,
+    /// What it grants: `admin`, or a machine scope such as `webhook:sentdm:{action_id}`.
+    #[schema(example = json!(["admin"]))]
+    pub scopes: Vec<String>,
+}
+
+/// A stored API key's public description.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyInfo {
+    /// Key id (also embedded in the key).
+    #[schema(example = "key_3f9a61c2d4e5b6a7")]
+    pub id: String,
+    /// What the key is for.
+    pub name: String,
+    /// What it grants.
+    pub scopes: Vec<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+}
+
+/// A new key: `key` is shown only in this response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyCreated {
+    /// The key's description.
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    /// The key itself; store it now, it cannot be shown again.
+    #[schema(example = "gak_key_3f9a61c2d4e5b6a7_Zm9vYmFy…")]
+    pub key: String,
+}
+
+/// Log in with email and password.
+#[utoipa::path(post, path = "/api/auth/login", tag = "Auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address", body = ErrorBody),
+    ))]
+pub(crate) async fn login(
+    State(state): State<HostState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    Json(request): Json<LoginRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    state
+        .auth()
+        .admit_login(addr.ip())
+        .map_err(ApiError::too_many_requests)?;
+    state
+        .auth()
+        .login(&request.email, &request.password)
+        .await
+        .map(Json)
+}
+
+/// Create an API key (shown once).
+#[utoipa::path(post, path = "/api/auth/api-keys", tag = "Auth",
+    request_body = CreateApiKey,
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 201, description = "Created; `key` is shown only now", body = ApiKeyCreated),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "Bad name or scope", body = ErrorBody),
+    ))]
+pub(crate) async fn create_api_key(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Json(request): Json<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
+    let created = state.auth().create_key(request).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// List API keys (never the keys themselves).
+#[utoipa::path(get, path = "/api/auth/api-keys", tag = "Auth",
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, body = Vec<ApiKeyInfo>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub(crate) async fn list_api_keys(
+    State(state): State<HostState>,
+    _admin: Admin,
+) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
+    state.auth().list_keys().await.map(Json)
+}
+
+/// Revoke an API key.
+#[utoipa::path(delete, path = "/api/auth/api-keys/{key_id}", tag = "Auth",
+    params(("key_id" = String, Path, description = "Key id, e.g. `key_3f9a61c2d4e5b6a7`")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Revoked", body = ApiKeyInfo),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub(crate) async fn revoke_api_key(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Path(key_id): Path<String>,
+) -> ApiResult<Json<ApiKeyInfo>> {
+    state.auth().revoke_key(&key_id).await.map(Json)
+}
+
+/// Current time as unix seconds (for tests that forge old tokens).
+pub fn unix_now() -> u64 {
+    now_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn auth(secret: Option<&str>) -> Auth {
+        let graph = Graph::memory().await.expect("graph");
+        Auth::new(
+            graph,
+            &AuthSettings {
+                jwt_secret: secret.map(str::to_owned),
+                ..AuthSettings::default()
+            },
+        )
+        .await
+        .expect("auth")
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn derived_keys_are_stable_scoped_and_unforgeable() {
+        let a = auth(Some(SECRET)).await;
+        let scope = "webhook:sentdm:act_1";
+        let key = a.derive(scope).expect("derived");
+        assert_eq!(Some(key.clone()), auth(Some(SECRET)).await.derive(scope));
+        assert_ne!(
+            Some(key.clone()),
+            auth(Some(&SECRET.repeat(2))).await.derive(scope)
+        );
+        a.authorize_scope(Some(&key), scope).await.expect("granted");
+        let wrong = a
+            .authorize_scope(Some(&key), "webhook:sentdm:act_2")
+            .await
+            .expect_err("other scope");
+        assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+        // Swapping the embedded scope invalidates the MAC.
+        let mac = key.split_once('.').map(|(_, m)| m).unwrap_or_default();
+        let forged = format!(
+            "gsk_{}.{mac}",
+            URL_SAFE_NO_PAD.encode("webhook:sentdm:act_2")
+        );
+        let err = a
+            .authorize_scope(Some(&forged), "webhook:sentdm:act_2")
+            .await
+            .expect_err("forged");
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        assert!(a.derive(ADMIN_SCOPE).is_none());
+    }
+
+    #[tokio::test]
+    async fn no_stable_secret_no_derived_keys() {
+        let a = auth(None).await;
+        assert!(a.derive("webhook:sentdm:x").is_none());
+    }
+
+    #[test]
+    fn dummy_hash_parses_so_unknown_users_cost_a_full_verify() {
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn scope_syntax() {
+        assert!(valid_scope("admin"));
+        assert!(valid_scope("webhook:sentdm:act_0c9d"));
+        assert!(!valid_scope("webhook"));
+        assert!(!valid_scope("Webhook:x"));
+        assert!(!valid_scope("webhook::x"));
+        assert!(!valid_scope("webhook:a b"));
+    }
+
+    #[test]
+    fn stored_key_parsing() {
+        assert_eq!(
+            parse_stored_key("gak_key_0123456789abcdef_secret"),
+            Some(("key_0123456789abcdef", "secret"))
+        );
+        assert_eq!(parse_stored_key("gak_key_01_x"), None);
+        assert_eq!(parse_stored_key("nope"), None);
+    }
+
+    #[tokio::test]
+    async fn login_limiter_counts_per_address() {
+        let a = auth(Some(SECRET)).await;
+        let one: IpAddr = [127, 0, 0, 1].into();
+        let two: IpAddr = [127, 0, 0, 2].into();
+        for _ in 0..10 {
+            a.admit_login(one).expect("under limit");
+        }
+        let wait = a.admit_login(one).expect_err("over limit");
+        assert!((1..=60).contains(&wait));
+        a.admit_login(two).expect("other address");
+    }
+}

@@ -1,0 +1,119 @@
+//! Outbound events: the catalogue of event types, and the publisher actions use to put
+//! an event in the outbox **inside the same graph transaction** as the change that
+//! caused it (the outbox pattern). The webhook dispatcher delivers from the outbox.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+
+/// One event type users can subscribe to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventType {
+    /// Dotted name, e.g. `sentdm.message.delivered`.
+    #[schema(example = "sentdm.message.delivered")]
+    pub name: String,
+    /// What it means.
+    pub description: String,
+    /// An example `data` payload.
+    #[schema(value_type = Object)]
+    pub example: Value,
+}
+
+impl EventType {
+    /// A catalogue entry.
+    pub fn new(name: &str, description: &str, example: Value) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            example,
+        }
+    }
+}
+
+/// The event types the host itself emits.
+pub fn host_event_types() -> Vec<EventType> {
+    vec![
+        EventType::new(
+            "webhook.test",
+            "A test event sent on request to check a subscription's endpoint.",
+            json!({"message": "This is a test event from graphagent."}),
+        ),
+        EventType::new(
+            "webhook.subscription.disabled",
+            "A subscription was disabled after too many consecutive failed deliveries.",
+            json!({"subscription_id": "sub_01J9Z6", "url": "https://example.com/hooks", "consecutive_failures": 20}),
+        ),
+    ]
+}
+
+/// Puts events in the outbox. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct EventPublisher {
+    wake: Arc<Notify>,
+}
+
+/// An outbox row ready to be written inside the caller's transaction, e.g. with
+/// `INSERT INTO outbox_event $outbox;` where `$outbox` is an array of [`OutboxEvent::row`].
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// The event id (`evt_…`); also the `webhook-id` header of every delivery of it.
+    pub id: String,
+    row: Value,
+}
+
+impl OutboxEvent {
+    /// The row to insert (its `id` is the record key).
+    pub fn row(&self) -> &Value {
+        &self.row
+    }
+
+    /// Consume into the row.
+    pub fn into_row(self) -> Value {
+        self.row
+    }
+}
+
+/// The SurrealQL statement that inserts `$outbox` rows; put it in your transaction.
+pub const INSERT_OUTBOX: &str = "INSERT INTO outbox_event $outbox;";
+
+impl EventPublisher {
+    /// Build an outbox row for `event_type` with `data`, from the given action.
+    pub fn event(
+        &self,
+        event_type: &str,
+        agent_id: &str,
+        action_id: &str,
+        data: Value,
+    ) -> OutboxEvent {
+        let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+        let row = json!({
+            "id": id,
+            "type": event_type,
+            "agent_id": agent_id,
+            "action_id": action_id,
+            "data": data,
+            "fanned_out": false,
+            "created_at": now_rfc3339(),
+        });
+        OutboxEvent { id, row }
+    }
+
+    /// Tell the dispatcher new events were committed (call after the commit).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Wait until [`notify`](Self::notify) is called (used by the dispatcher).
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,414 @@
+//! The one [`Graph`] handle the host and every action share: a SurrealDB connection
+//! (embedded SurrealKV, in-memory, or a remote server) with JSON in and JSON out.
+//!
+//! Queries always bind their parameters; results come back as `serde_json::Value` per
+//! statement so callers deserialize into their own serde types. Transaction conflicts
+//! are classified so writers can retry them (DESIGN invariant 3).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::types::QueryError;
+
+/// Why a graph operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct GraphError {
+    /// The class of failure; decides whether a retry can help.
+    pub kind: GraphErrorKind,
+    /// The database's message (may name tables and fields; never user secrets).
+    pub message: String,
+}
+
+/// Classes of graph failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphErrorKind {
+    /// The store cannot be reached (connection lost, shut down, injected outage).
+    Unavailable,
+    /// Two transactions touched the same data; retrying the whole transaction is safe.
+    Conflict,
+    /// A statement failed (bad query, constraint, unique index).
+    Query,
+    /// The result did not have the expected shape.
+    Decode,
+    /// Bad connection URL or credentials.
+    Config,
+}
+
+impl GraphError {
+    fn new(kind: GraphErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True when the store is unreachable: callers answer 503/5xx so clients retry.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == GraphErrorKind::Unavailable
+    }
+
+    /// True for a transaction conflict (retry the transaction).
+    pub fn is_conflict(&self) -> bool {
+        self.kind == GraphErrorKind::Conflict
+    }
+
+    /// True when a unique index rejected the write.
+    pub fn is_duplicate(&self) -> bool {
+        self.kind == GraphErrorKind::Query
+            && (self.message.contains("already contains")
+                || self.message.contains("already exists"))
+    }
+
+    fn from_db(err: surrealdb::Error) -> Self {
+        let kind = if err.query_details() == Some(&QueryError::TransactionConflict)
+            || err.message().contains("conflict")
+        {
+            GraphErrorKind::Conflict
+        } else if err.is_connection() {
+            GraphErrorKind::Unavailable
+        } else {
+            GraphErrorKind::Query
+        };
+        Self::new(kind, err.message().to_owned())
+    }
+}
+
+/// Result alias for graph operations.
+pub type GraphResult<T> = Result<T, GraphError>;
+
+/// Connection options beyond the URL (used for `ws://` / `wss://` servers).
+#[derive(Clone, Default)]
+pub struct GraphOptions {
+    /// Root user name (env `GRAPHAGENT_GRAPH_USER`).
+    pub username: Option<String>,
+    /// Root password (env `GRAPHAGENT_GRAPH_PASSWORD`).
+    pub password: Option<String>,
+    /// Namespace (env `GRAPHAGENT_GRAPH_NS`, default `graphagent`).
+    pub namespace: Option<String>,
+    /// Database (env `GRAPHAGENT_GRAPH_DB`, default `main`).
+    pub database: Option<String>,
+}
+
+impl std::fmt::Debug for GraphOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphOptions")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("namespace", &self.namespace)
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl GraphOptions {
+    /// Options from the `GRAPHAGENT_GRAPH_*` environment variables.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            username: var("GRAPHAGENT_GRAPH_USER"),
+            password: var("GRAPHAGENT_GRAPH_PASSWORD"),
+            namespace: var("GRAPHAGENT_GRAPH_NS"),
+            database: var("GRAPHAGENT_GRAPH_DB"),
+        }
+    }
+}
+
+/// The shared graph handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Graph {
+    inner: Arc<GraphInner>,
+}
+
+struct GraphInner {
+    db: Surreal<Any>,
+    url: String,
+    /// Fault injection for outage tests and drills: when set, every call fails as
+    /// `Unavailable` without reaching the database.
+    outage: AtomicBool,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("url", &self.inner.url)
+            .finish()
+    }
+}
+
+/// How many times [`Graph::transaction`] retries a conflicting transaction.
+const CONFLICT_RETRIES: u32 = 64;
+
+impl Graph {
+    /// Connect by URL: `surrealkv://PATH`, `mem://`, `ws://HOST:PORT`, `wss://HOST:PORT`.
+    pub async fn connect(url: &str, options: &GraphOptions) -> GraphResult<Self> {
+        let remote = url.starts_with("ws://") || url.starts_with("wss://");
+        if !(remote
+            || url.starts_with("mem://")
+            || url == "memory"
+            || url.starts_with("surrealkv://"))
+        {
+            return Err(GraphError::new(
+                GraphErrorKind::Config,
+                format!(
+                    "unsupported graph URL `{url}`: use surrealkv://PATH, mem://, ws:// or wss://"
+                ),
+            ));
+        }
+        if let Some(path) = url.strip_prefix("surrealkv://")
+            && let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                GraphError::new(
+                    GraphErrorKind::Config,
+                    format!("cannot create {}: {e}", parent.display()),
+                )
+            })?;
+        }
+        let db = surrealdb::engine::any::connect(url)
+            .await
+            .map_err(|e| GraphError::new(GraphErrorKind::Unavailable, e.message().to_owned()))?;
+        if remote {
+            if let (Some(username), Some(password)) = (&options.username, &options.password) {
+                db.signin(surrealdb::opt::auth::Root {
+                    username: username.clone(),
+                    password: password.clone(),
+                })
+                .await
+                .map_err(|e| GraphError::new(GraphErrorKind::Config, e.message().to_owned()))?;
+            }
+        }
+        let ns = options
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "graphagent".into());
+        let database = options.database.clone().unwrap_or_else(|| "main".into());
+        db.use_ns(ns)
+            .use_db(database)
+            .await
+            .map_err(GraphError::from_db)?;
+        Ok(Self {
+            inner: Arc::new(GraphInner {
+                db,
+                url: redact_url(url),
+                outage: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// A fresh in-memory graph (tests, demos).
+    pub async fn memory() -> GraphResult<Self> {
+        Self::connect("mem://", &GraphOptions::default()).await
+    }
+
+    /// The URL this handle was opened with (credentials removed).
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Simulate an outage (or end one). While on, every call fails as `Unavailable`.
+    /// Used by fault-injection tests and operational drills.
+    pub fn set_outage(&self, on: bool) {
+        self.inner.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// Run SurrealQL with bound variables (a JSON object) and return each statement's
+    /// result as JSON. The first failing statement's error is returned.
+    pub async fn query(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
+        if self.inner.outage.load(Ordering::Relaxed) {
+            return Err(GraphError::new(
+                GraphErrorKind::Unavailable,
+                "graph store unavailable (injected outage)",
+            ));
+        }
+        let mut query = self.inner.db.query(sql);
+        if !vars.is_null() {
+            query = query.bind(vars);
+        }
+        let mut response = query.await.map_err(GraphError::from_db)?;
+        let errors = response.take_errors();
+        if !errors.is_empty() {
+            // A conflict anywhere makes the whole transaction retryable; report that
+            // over the "not executed due to a failed transaction" echoes of it.
+            let mut errors: Vec<_> = errors.into_iter().collect();
+            errors.sort_by_key(|(idx, _)| *idx);
+            let classified: Vec<GraphError> = errors
+                .into_iter()
+                .map(|(_, e)| GraphError::from_db(e))
+                .collect();
+            let pick = classified
+                .iter()
+                .find(|e| e.is_conflict())
+                .or_else(|| {
+                    classified.iter().find(|e| {
+                        !e.message
+                            .contains("not executed due to a failed transaction")
+                    })
+                })
+                .or(classified.first())
+                .cloned();
+            return Err(
+                pick.unwrap_or_else(|| GraphError::new(GraphErrorKind::Query, "query failed"))
+            );
+        }
+        let n = response.num_statements();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let value: surrealdb::types::Value = response.take(i).map_err(GraphError::from_db)?;
+            out.push(value.into_json_value());
+        }
+        Ok(out)
+    }
+
+    /// Run a query and deserialize statement `index`'s rows.
+    pub async fn query_rows<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        vars: Value,
+        index: usize,
+    ) -> GraphResult<Vec<T>> {
+        let mut results = self.query(sql, vars).await?;
+        let value = if index < results.len() {
+            results.swap_remove(index)
+        } else {
+            Value::Null
+        };
+        rows_from(value)
+    }
+
+    /// Run a query and deserialize the first row of statement `index`, if any.
+    pub async fn query_opt<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        vars: Value,
+        index: usize,
+    ) -> GraphResult<Option<T>> {
+        Ok(self.query_rows(sql, vars, index).await?.into_iter().next())
+    }
+
+    /// Run `sql` (which should be wrapped in `BEGIN; … COMMIT;`) and retry it on
+    /// transaction conflicts with a short jittered backoff.
+    pub async fn transaction(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
+        let mut attempt = 0;
+        loop {
+            match self.query(sql, vars.clone()).await {
+                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    let base = 1u64 << attempt.min(6);
+                    let jitter = rand::random::<u64>() % base.max(1);
+                    tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> GraphResult<()> {
+        self.query("RETURN 1;", Value::Null).await.map(|_| ())
+    }
+
+    /// Apply a schema script; scripts must be idempotent (`DEFINE … IF NOT EXISTS` or
+    /// `OVERWRITE`), as they run at every start.
+    pub async fn apply_schema(&self, name: &str, surql: &str) -> GraphResult<()> {
+        self.query(surql, Value::Null)
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::new(e.kind, format!("schema `{name}`: {}", e.message)))
+    }
+}
+
+/// Deserialize a statement result (an array of rows, or one value) into rows.
+pub fn rows_from<T: DeserializeOwned>(value: Value) -> GraphResult<Vec<T>> {
+    let rows = match value {
+        Value::Array(rows) => rows,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    };
+    rows.into_iter()
+        .map(|row| {
+            serde_json::from_value(row)
+                .map_err(|e| GraphError::new(GraphErrorKind::Decode, e.to_string()))
+        })
+        .collect()
+}
+
+fn redact_url(url: &str) -> String {
+    // `ws://user:pass@host` must not reach logs or /readyz.
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The record key part of a `table:key` id string as SurrealDB renders it.
+pub fn record_key(id: &str) -> &str {
+    let key = id.split_once(':').map_or(id, |(_, k)| k);
+    key.trim_matches(|c| c == '`' || c == '⟨' || c == '⟩')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn binds_and_returns_json_per_statement() {
+        let g = Graph::memory().await.expect("mem graph");
+        let out = g
+            .query(
+                "CREATE t:one SET n = $n; SELECT n, record::id(id) AS id FROM t;",
+                json!({"n": 5}),
+            )
+            .await
+            .expect("query");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1], json!([{"n": 5, "id": "one"}]));
+    }
+
+    #[tokio::test]
+    async fn outage_fails_as_unavailable() {
+        let g = Graph::memory().await.expect("mem graph");
+        g.set_outage(true);
+        let err = g.ping().await.expect_err("outage");
+        assert!(err.is_unavailable());
+        g.set_outage(false);
+        g.ping().await.expect("back");
+    }
+
+    #[tokio::test]
+    async fn unique_index_violation_is_duplicate() {
+        let g = Graph::memory().await.expect("mem graph");
+        g.query(
+            "DEFINE TABLE u SCHEMALESS; DEFINE INDEX u_k ON u FIELDS k UNIQUE;",
+            Value::Null,
+        )
+        .await
+        .expect("schema");
+        g.query("CREATE u SET k = 1;", Value::Null)
+            .await
+            .expect("first");
+        let err = g
+            .query("CREATE u SET k = 1;", Value::Null)
+            .await
+            .expect_err("dup");
+        assert!(err.is_duplicate(), "{err}");
+    }
+
+    #[test]
+    fn redacts_credentials_in_url() {
+        assert_eq!(redact_url("ws://root:secret@db:8000"), "ws://db:8000");
+        assert_eq!(redact_url("mem://"), "mem://");
+        assert_eq!(record_key("action:⟨act-1⟩"), "act-1");
+        assert_eq!(record_key("action:abc"), "abc");
+    }
+}

@@ -1,0 +1,498 @@
+//! The HTTP surface: shared state, JSON-error extractors, the host's own endpoints, and
+//! the assembly of host + action routes and their OpenAPI document into one router.
+//!
+//! **Architecture Invariant.** Routes are built once per action *type*; which instance
+//! serves a request is resolved per request from the `{action_id}` path parameter, so a
+//! reload swaps instances without rebuilding the router.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::{Router, middleware};
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi as OpenApiDoc, Required, SecurityRequirement};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{self, Admin, Auth};
+use crate::error::{ApiError, ApiResult, ErrorBody, rejection};
+use crate::graph::Graph;
+use crate::plugin::Action;
+use crate::runtime::{ActionDirectory, ActionInfo, AgentInfo, LoadError, ReloadReport, Runtime};
+
+/// State shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct HostState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    runtime: Arc<Runtime>,
+    auth: Arc<Auth>,
+}
+
+impl HostState {
+    pub(crate) fn new(runtime: Arc<Runtime>, auth: Arc<Auth>) -> Self {
+        Self {
+            inner: Arc::new(Shared { runtime, auth }),
+        }
+    }
+
+    /// The shared graph.
+    pub fn graph(&self) -> &Graph {
+        self.inner.runtime.graph()
+    }
+
+    /// Typed lookup of loaded actions.
+    pub fn directory(&self) -> &ActionDirectory {
+        self.inner.runtime.directory()
+    }
+
+    /// Credentials checks (admin, scoped machine keys).
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+}
+
+/// `axum::Json` whose rejections are JSON errors naming what is wrong.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` with JSON errors.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` with JSON errors.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        // body_text() names the field and position for data errors.
+        rejection(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        rejection(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        rejection(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// The loaded action of type `A` named by the request's `{action_id}` path parameter.
+/// 404 when no such action is loaded (or it is of another type). The request keeps this
+/// instance until it finishes, even if a reload replaces it meanwhile.
+pub struct ActionRef<A>(pub Arc<A>);
+
+impl<A: Action> FromRequestParts<HostState> for ActionRef<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HostState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let id = params
+            .iter()
+            .find(|(k, _)| *k == "action_id")
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| ApiError::internal())?;
+        state
+            .directory()
+            .get::<A>(&id)
+            .map(ActionRef)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no loaded `{}` action `{id}`", A::TYPE_NAME))
+            })
+    }
+}
+
+/// `GET /healthz` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Whether the graph answered.
+    pub graph: bool,
+    /// Number of loaded actions.
+    pub actions: usize,
+}
+
+/// An action with its type-specific status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionDetail {
+    /// The action.
+    #[serde(flatten)]
+    pub info: ActionInfo,
+    /// What the action itself reports (e.g. provider connectivity).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// Process is up.
+#[utoipa::path(get, path = "/healthz", tag = "Health",
+    responses((status = 200, description = "The process is up", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Graph reachable and actions loaded.
+#[utoipa::path(get, path = "/readyz", tag = "Health",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "The graph does not answer", body = Readiness),
+    ))]
+async fn readyz(State(state): State<HostState>) -> (StatusCode, Json<Readiness>) {
+    let graph = state.graph().ping().await.is_ok();
+    let ready = graph && state.runtime().loaded();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            graph,
+            actions: state.directory().len(),
+        }),
+    )
+}
+
+/// List loaded agents.
+#[utoipa::path(get, path = "/api/agents", tag = "Agents",
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_agents(State(state): State<HostState>, _admin: Admin) -> Json<Vec<AgentInfo>> {
+    Json(state.directory().agents())
+}
+
+fn find_agent(state: &HostState, agent_id: &str) -> ApiResult<AgentInfo> {
+    state
+        .directory()
+        .agent(agent_id)
+        .map(|a| a.info().clone())
+        .ok_or_else(|| ApiError::not_found(format!("no agent `{agent_id}`")))
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/api/agents/{agent_id}", tag = "Agents",
+    params(("agent_id" = String, Path, description = "Agent id (`agt_…`) or name")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = AgentInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_agent(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    find_agent(&state, &agent_id).map(Json)
+}
+
+/// An agent's actions.
+#[utoipa::path(get, path = "/api/agents/{agent_id}/actions", tag = "Agents",
+    params(("agent_id" = String, Path, description = "Agent id (`agt_…`) or name")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Vec<ActionInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn agent_actions(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<Vec<ActionInfo>>> {
+    let agent = find_agent(&state, &agent_id)?;
+    Ok(Json(
+        agent
+            .action_ids
+            .iter()
+            .filter_map(|id| state.directory().action_info(id))
+            .collect(),
+    ))
+}
+
+/// Re-read the configuration and apply it: new actions are registered, changed ones
+/// reloaded, removed ones deregistered. Invalid configuration changes nothing (422).
+#[utoipa::path(post, path = "/api/agents/{agent_id}/reload", tag = "Agents",
+    params(("agent_id" = String, Path, description = "Agent id (`agt_…`) or name")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Applied", body = ReloadReport),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "The configuration is invalid; nothing changed", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
+async fn reload_agent(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<ReloadReport>> {
+    find_agent(&state, &agent_id)?;
+    match state.runtime().reload_from_disk().await {
+        Ok(report) => Ok(Json(report)),
+        Err(LoadError::Config(errors)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            errors.to_string(),
+        )),
+        Err(LoadError::Graph(e)) => Err(e.into()),
+    }
+}
+
+/// One action with its status.
+#[utoipa::path(get, path = "/api/actions/{action_id}", tag = "Agents",
+    params(("action_id" = String, Path, description = "Action id (`act_…`)")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = ActionDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_action(
+    State(state): State<HostState>,
+    _admin: Admin,
+    Path(action_id): Path<String>,
+) -> ApiResult<Json<ActionDetail>> {
+    let info = state
+        .directory()
+        .action_info(&action_id)
+        .ok_or_else(|| ApiError::not_found(format!("no loaded action `{action_id}`")))?;
+    let details = state
+        .directory()
+        .action_extra_status(&action_id)
+        .await
+        .unwrap_or_default();
+    Ok(Json(ActionDetail { info, details }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "graphagent",
+        description = "Host for agent actions whose state lives in a graph. Admin endpoints take \
+                       `Authorization: Bearer <token>` (from `POST /api/auth/login`) or an \
+                       `x-api-key` with the `admin` scope.",
+    ),
+    modifiers(&SecuritySchemes),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "Health", description = "Liveness and readiness"),
+        (name = "Auth", description = "Login and API keys"),
+        (name = "Agents", description = "Loaded agents and actions"),
+    )
+)]
+struct HostDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+/// Body size limit for every route, unless configured otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Build the router and the OpenAPI document for the host and every registered type.
+pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, OpenApiDoc) {
+    let mut api = OpenApiRouter::with_openapi(HostDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::create_api_key, auth::list_api_keys))
+        .routes(routes!(auth::revoke_api_key))
+        .routes(routes!(list_agents))
+        .routes(routes!(get_agent))
+        .routes(routes!(agent_actions))
+        .routes(routes!(reload_agent))
+        .routes(routes!(get_action));
+
+    let mut private = OpenApiRouter::new();
+    for ty in state.runtime().types().all() {
+        private = private.merge(ty.routes());
+        api = api.merge(ty.public_routes());
+    }
+    // Every action route is admin-only; the layer enforces it whatever the handler takes.
+    let private = private.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    api = api.nest("/api/actions/{action_id}", private);
+
+    let (router, mut doc) = api.split_for_parts();
+    complete_doc(&mut doc);
+
+    let swagger: Router<HostState> = SwaggerUi::new("/docs")
+        .url("/openapi.json", doc.clone())
+        .into();
+    let router = router
+        .merge(swagger)
+        .route("/redoc", axum::routing::get(redoc_page))
+        .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_js))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                // Path only: query strings can carry machine keys (`?api_key=`).
+                |req: &Request| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        );
+    (router, doc)
+}
+
+/// Declare path parameters the handlers left implicit (the `{action_id}` prefix of action
+/// routes) and mark action routes as admin-only, so the document matches what is served.
+fn complete_doc(doc: &mut OpenApiDoc) {
+    let admin = vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("api_key", Vec::<String>::new()),
+    ];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let names: Vec<String> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_owned)
+            .collect();
+        let is_action_route = path.starts_with("/api/actions/{action_id}/");
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            for name in &names {
+                let declared = params
+                    .iter()
+                    .any(|p| p.name == *name && p.parameter_in == ParameterIn::Path);
+                if !declared {
+                    params.insert(0, path_param(name));
+                }
+            }
+            if is_action_route && op.security.is_none() {
+                op.security = Some(admin.clone());
+            }
+        }
+    }
+}
+
+fn path_param(name: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(if name == "action_id" {
+            "Action id (`act_…`)".to_owned()
+        } else {
+            name.replace('_', " ")
+        }))
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String),
+        ))
+        .build()
+}
+
+async fn require_admin(State(state): State<HostState>, request: Request, next: Next) -> Response {
+    match state.auth().authorize_admin(request.headers()).await {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+const REDOC_JS: &str = include_str!("../assets/redoc/redoc.standalone.js");
+
+async fn redoc_page() -> Html<&'static str> {
+    Html(
+        r#"<!DOCTYPE html>
+<html><head><title>graphagent API</title><meta charset="utf-8"/>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="/redoc/redoc.standalone.js"></script></body></html>"#,
+    )
+}
+
+async fn redoc_js() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/javascript"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=86400"),
+            ),
+        ],
+        REDOC_JS,
+    )
+        .into_response()
+}
