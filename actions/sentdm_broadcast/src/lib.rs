@@ -9,6 +9,7 @@
 pub mod client;
 pub mod model;
 pub mod signing;
+pub mod sim;
 
 pub use client::{ApiError, ApiErrorKind, ApiKey, Client, ClientConfig, Error, IdempotencyKey};
 pub use signing::SigningSecret;
