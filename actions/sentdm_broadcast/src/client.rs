@@ -249,8 +249,9 @@ impl std::error::Error for ApiError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Boxed: the error envelope is large and most results are `Ok`.
     #[error("SentDM error: {0}")]
-    Api(#[from] ApiError),
+    Api(Box<ApiError>),
     #[error("SentDM request timed out")]
     Timeout(#[source] reqwest::Error),
     #[error("could not connect to SentDM")]
@@ -263,10 +264,16 @@ pub enum Error {
     InvalidRequest(String),
 }
 
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Self::Api(Box::new(e))
+    }
+}
+
 impl Error {
     pub fn api(&self) -> Option<&ApiError> {
         match self {
-            Self::Api(e) => Some(e),
+            Self::Api(e) => Some(e.as_ref()),
             _ => None,
         }
     }

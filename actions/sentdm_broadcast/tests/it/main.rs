@@ -1,0 +1,6 @@
+//! Integration tests: the client against the simulator over real HTTP on 127.0.0.1.
+
+mod client;
+mod conformance;
+mod util;
+mod webhooks;
