@@ -872,7 +872,12 @@ fn data<T: DeserializeOwned>(raw: &Raw) -> Result<T> {
     let decode = |reason: String| Error::Decode { status, reason };
     let v: Value = serde_json::from_slice(&raw.body).map_err(|e| decode(e.to_string()))?;
     let inner = match v {
-        Value::Object(mut m) if m.contains_key("data") || m.contains_key("success") => {
+        // `success` alone is not enough: the test endpoint's own data has a `success` key.
+        Value::Object(mut m)
+            if m.contains_key("data")
+                || (m.contains_key("success")
+                    && (m.contains_key("error") || m.contains_key("meta"))) =>
+        {
             if m.get("success") == Some(&Value::Bool(false)) {
                 return Err(api_error(raw).into());
             }
@@ -932,6 +937,89 @@ mod tests {
     fn debug_never_prints_the_key() {
         let cfg = ClientConfig::new("http://x", ApiKey::new("super-secret"));
         assert!(!format!("{cfg:?}").contains("super-secret"));
+    }
+
+    fn raw(status: u16, body: &str) -> Raw {
+        Raw {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn tolerates_envelope_variants() {
+        // Docs example: lowercase `accepted`, top-level `data.body`, unknown fields.
+        let r = raw(
+            202,
+            r#"{"success":true,"data":{"status":"accepted","body":"hi","x":1,
+                "recipients":[{"message_id":"m1","to":"+14155551234","channel":null}]},
+                "error":null,"meta":{"request_id":"req_1","response_time_ms":3}}"#,
+        );
+        let s: SendMessageResponse = data(&r).unwrap();
+        assert_eq!(s.status.as_deref(), Some("accepted"));
+        assert_eq!(s.recipients[0].channel, None);
+        // A bare object without an envelope.
+        let t: WebhookTestResult = data(&raw(200, r#"{"success":true,"message":"ok"}"#)).unwrap();
+        assert!(t.success);
+        // Lowercase REST status.
+        let m: Message = data(&raw(200, r#"{"data":{"id":"m","status":"delivered"}}"#)).unwrap();
+        assert_eq!(m.status, Some(crate::model::MessageStatus::Delivered));
+    }
+
+    #[test]
+    fn error_bodies_become_typed_errors() {
+        let e = api_error(&raw(
+            400,
+            r#"{"success":false,"data":null,"error":{"code":"VALIDATION_002","message":"bad",
+                "details":{"to":["not E.164"]},"doc_url":null},"meta":{"request_id":"req_9"}}"#,
+        ));
+        assert_eq!(e.kind(), ApiErrorKind::Validation);
+        assert!(e.code_is("VALIDATION_002"));
+        assert_eq!(e.details["to"], ["not E.164"]);
+        assert_eq!(e.request_id.as_deref(), Some("req_9"));
+        // Empty and non-JSON bodies are synthesised.
+        for body in ["", "<html>Forbidden</html>"] {
+            let e = api_error(&raw(403, body));
+            assert_eq!((e.code.as_deref(), e.message.as_str()), (None, "HTTP 403"));
+            assert_eq!(e.kind(), ApiErrorKind::Forbidden);
+        }
+        // `success: false` on a 2xx is still an error.
+        let r = raw(
+            200,
+            r#"{"success":false,"error":{"code":"INTERNAL_001","message":"x"}}"#,
+        );
+        assert!(matches!(data::<Value>(&r), Err(Error::Api(_))));
+    }
+
+    #[test]
+    fn should_retry_header_overrides_status() {
+        let mut r = raw(503, "");
+        assert!(should_retry(&r));
+        r.headers.insert("x-should-retry", "false".parse().unwrap());
+        assert!(!should_retry(&r));
+        let mut r = raw(400, "");
+        assert!(!should_retry(&r));
+        r.headers.insert("x-should-retry", "true".parse().unwrap());
+        assert!(should_retry(&r));
+        assert!(should_retry(&raw(409, "")) && should_retry(&raw(408, "")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_allows_burst_then_paces() {
+        let l = Limiter::new(RateLimit {
+            per_minute: 200,
+            burst: 50,
+        });
+        let start = Instant::now();
+        for _ in 0..50 {
+            l.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        l.acquire().await;
+        // One token per 300 ms at 200/min; the paused clock makes this exact.
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(start.elapsed() < Duration::from_millis(310));
     }
 
     #[test]

@@ -84,9 +84,8 @@ pub(crate) fn force_status(
     };
     m.plan = if status == "QUEUED" {
         // A resend re-runs the pipeline on the same message id.
-        let mut p = core::plan_for("+10000000000", &m.channel, None, &[], read_receipts, None);
-        p.retain(|s| s.status != "QUEUED");
-        p
+        // A neutral number takes the success path from PROCESSED on.
+        core::plan_for("+10000000000", &m.channel, None, &[], read_receipts, None)
     } else {
         Default::default()
     };

@@ -608,7 +608,14 @@ impl SimHandle {
             let _ = d.await;
         }
         if let Some(s) = self.server.take() {
-            let _ = s.await;
+            // Graceful shutdown waits for open connections; do not let a client that keeps
+            // one open hang the caller.
+            if tokio::time::timeout(Duration::from_secs(5), s)
+                .await
+                .is_err()
+            {
+                tracing::warn!("simulator server did not stop within 5 s");
+            }
         }
     }
 }

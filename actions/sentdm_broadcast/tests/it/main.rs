@@ -1,5 +1,6 @@
 //! Integration tests: the client against the simulator over real HTTP on 127.0.0.1.
 
+mod binary;
 mod client;
 mod conformance;
 mod util;

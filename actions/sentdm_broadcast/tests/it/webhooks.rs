@@ -501,3 +501,106 @@ async fn control_api_over_http() {
     assert!(c.list_all_webhooks().await.unwrap().is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn same_key_in_flight_conflicts_then_replays() {
+    use axum::routing::post;
+    use std::sync::Arc;
+    use tokio::sync::{Notify, mpsc};
+
+    let sim = start_sim().await;
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let app = axum::Router::new().route(
+        "/slow",
+        post(move || {
+            let (tx, g) = (arrived_tx.clone(), g.clone());
+            async move {
+                let _ = tx.send(());
+                g.notified().await;
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (c, _) = client_for(&sim);
+    let mut req = Receiver::start().await.webhook(None, 3);
+    req.endpoint_url = format!("http://{addr}/slow");
+    let w = c.create_webhook(&req, None).await.unwrap();
+
+    let url = format!("{}/v3/webhooks/{}/test", sim.base_url(), w.id);
+    let post_test = |url: String, key: String| async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("x-api-key", key)
+            .header("idempotency-key", "test-once")
+            .json(&json!({"event_type": "message.sent"}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = tokio::spawn(post_test(url.clone(), sim.api_key().to_owned()));
+    arrived.recv().await.unwrap();
+    let second = post_test(url.clone(), sim.api_key().to_owned()).await;
+    assert_eq!(second.status(), 409);
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "CONFLICT_001");
+
+    gate.notify_one();
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 200);
+    let replay = post_test(url, sim.api_key().to_owned()).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        sim.deliveries().len(),
+        1,
+        "the replay did not deliver the test event again"
+    );
+    server.abort();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn scheduled_send_waits_for_its_time() {
+    let sim = start_sim().await;
+    let rx = Receiver::start().await;
+    let (c, _) = client_for(&sim);
+    c.create_webhook(&rx.webhook(Some(&["scheduled", "delivered"]), 3), None)
+        .await
+        .unwrap();
+    let at = time::OffsetDateTime::from_unix_timestamp(sim.now_ms() / 1000 + 120)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v3/messages", sim.base_url()))
+        .header("x-api-key", sim.api_key())
+        .json(&json!({
+            "to": ["+14155551234"], "channel": ["sms"], "scheduled_at": at,
+            "template": {"name": "order_confirmation", "parameters": {"name": "A", "order_id": "1"}},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let id = body["data"]["recipients"][0]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sim.settle().await;
+    assert_eq!(sim.message_status(&id).as_deref(), Some("SCHEDULED"));
+    assert_eq!(statuses(&rx), ["SCHEDULED"]);
+    sim.advance(Duration::from_secs(100)).await;
+    assert_eq!(sim.message_status(&id).as_deref(), Some("SCHEDULED"));
+    sim.advance(Duration::from_secs(30)).await;
+    assert_eq!(sim.message_status(&id).as_deref(), Some("DELIVERED"));
+    assert_eq!(statuses(&rx), ["SCHEDULED", "DELIVERED"]);
+    let m = c.get_message(&id).await.unwrap();
+    assert!(m.scheduled_at.is_some());
+    sim.shutdown().await;
+}
