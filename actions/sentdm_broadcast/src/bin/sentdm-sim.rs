@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use graphagent_sentdm::sim::{Faults, SimConfig, Simulator, SubtypeKey};
+use graphagent_sentdm::sim::{
+    Faults, ORGANIZATION_ID, SimAccount, SimConfig, Simulator, SubtypeKey,
+};
 
 /// A local SentDM v3 simulator: same paths, auth, validation and envelopes as
 /// api.sent.dm, an in-memory store, and real signed status webhooks.
@@ -81,6 +83,15 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     auto_disable_after: u32,
 
+    /// Also accept this key for an organization account (id `sim::ORGANIZATION_ID`), which
+    /// may send `x-profile-id` for its profiles.
+    #[arg(long)]
+    org_api_key: Option<String>,
+
+    /// Child profile UUID of the organization (repeatable; requires --org-api-key).
+    #[arg(long = "org-profile", requires = "org_api_key")]
+    org_profiles: Vec<String>,
+
     /// Fault: deliver every webhook event twice.
     #[arg(long)]
     fault_duplicate: bool,
@@ -139,6 +150,17 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let a = Args::parse();
     anyhow::ensure!(a.retry_scale >= 0.0, "--retry-scale must not be negative");
+    let mut extra_accounts = Vec::new();
+    if let Some(key) = &a.org_api_key {
+        extra_accounts.push(SimAccount::organization(key, ORGANIZATION_ID));
+        for p in &a.org_profiles {
+            anyhow::ensure!(
+                p.parse::<uuid::Uuid>().is_ok(),
+                "--org-profile {p} is not a UUID"
+            );
+            extra_accounts.push(SimAccount::profile(None, p, ORGANIZATION_ID));
+        }
+    }
     let cfg = SimConfig {
         api_key: a.api_key,
         seed: a.seed,
@@ -171,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             api_rate_limit_rate: unit("fault-api-rate-limit-rate", a.fault_api_rate_limit_rate)?,
             retry_after_secs: a.fault_retry_after_secs,
         },
+        extra_accounts,
     };
     let sim = Simulator::builder()
         .config(cfg)

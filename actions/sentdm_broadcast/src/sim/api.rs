@@ -16,10 +16,10 @@ use rand::Rng as _;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::RecordedRequest;
 use super::core::{
     self, AttemptOpts, EventStatus, Idem, MessageRec, Sim, Step, StoredResponse, WebhookRec, iso,
 };
+use super::{AccountKind, RecordedRequest};
 
 tokio::task_local! {
     static CTX: Ctx;
@@ -29,7 +29,9 @@ tokio::task_local! {
 struct Ctx {
     request_id: String,
     now_ms: i64,
+    /// The account the request acts as (a profile when `x-profile-id` was honoured).
     account: Uuid,
+    profile: Option<Uuid>,
 }
 
 fn ctx() -> Ctx {
@@ -37,6 +39,7 @@ fn ctx() -> Ctx {
         request_id: "req_unknown".into(),
         now_ms: 0,
         account: Uuid::nil(),
+        profile: None,
     })
 }
 
@@ -246,6 +249,7 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
         request_id,
         now_ms: now,
         account: Uuid::nil(),
+        profile: None,
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -303,30 +307,34 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
         let e = SimError::new(StatusCode::UNAUTHORIZED, "AUTH_001", "API key is required");
         return finish(error_response(&ctx, &e), &ctx, None);
     };
-    let account = sim
+    let found = sim
         .st()
         .accounts
         .iter()
-        .find(|a| a.key == key)
-        .map(|a| a.id);
-    let Some(account) = account else {
+        .find(|a| a.key.as_deref() == Some(key))
+        .cloned();
+    let Some(acct) = found else {
         let e = SimError::new(StatusCode::UNAUTHORIZED, "AUTH_002", "Invalid API key");
         return finish(error_response(&ctx, &e), &ctx, None);
     };
-    ctx.account = account;
-    if parts.headers.contains_key("x-profile-id") {
-        // The simulated account is a `user` account, not an organization.
-        let e = SimError::new(
-            StatusCode::FORBIDDEN,
-            "AUTH_004",
-            "x-profile-id may only be used with an organization API key",
-        );
-        return finish(error_response(&ctx, &e), &ctx, None);
+    ctx.account = acct.id;
+    // An organization and its profiles share one rate-limit pool.
+    let mut pool = acct.organization_id.unwrap_or(acct.id);
+    if let Some(raw) = parts.headers.get("x-profile-id") {
+        match act_as_profile(&sim, &acct, raw) {
+            Ok(profile) => {
+                ctx.account = profile;
+                ctx.profile = Some(profile);
+                pool = acct.id;
+            }
+            Err(e) => return finish(error_response(&ctx, &e), &ctx, None),
+        }
     }
+    let account = ctx.account;
 
     let sensitive =
         method == Method::POST && (path.ends_with("/rotate-secret") || path.ends_with("/test"));
-    let (allowed, limits) = take_token(&sim, account, sensitive, now);
+    let (allowed, limits) = take_token(&sim, pool, sensitive, now);
     if !allowed {
         let e = SimError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -411,6 +419,39 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
     finish(resp, &ctx, Some(&limits))
 }
 
+/// `x-profile-id`: only an organization key may send it, and only for its own profiles.
+fn act_as_profile(sim: &Sim, acct: &core::AccountRec, raw: &HeaderValue) -> Result<Uuid, SimError> {
+    let value = raw.to_str().unwrap_or_default().trim();
+    if value.is_empty() {
+        return Err(SimError::bad(
+            "VALIDATION_001",
+            "x-profile-id",
+            "x-profile-id must not be empty",
+        ));
+    }
+    if acct.kind != AccountKind::Organization {
+        return Err(SimError::new(
+            StatusCode::FORBIDDEN,
+            "AUTH_004",
+            "x-profile-id may only be used with an organization API key",
+        ));
+    }
+    let id: Uuid = value.parse().map_err(|_| {
+        SimError::bad(
+            "VALIDATION_003",
+            "x-profile-id",
+            "x-profile-id must be a UUID",
+        )
+    })?;
+    let owned = sim.st().accounts.iter().any(|a| {
+        a.id == id && a.kind == AccountKind::Profile && a.organization_id == Some(acct.id)
+    });
+    if !owned {
+        return Err(SimError::not_found("RESOURCE_001", "Profile"));
+    }
+    Ok(id)
+}
+
 fn replay(stored: &StoredResponse) -> Response {
     let mut r = Response::new(Body::from(stored.body.clone()));
     *r.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
@@ -434,6 +475,11 @@ fn finish(mut r: Response, ctx: &Ctx, limits: Option<&Limits>) -> Response {
         h.insert("x-request-id", v);
     }
     h.insert("x-api-version", HeaderValue::from_static("v3"));
+    if let Some(p) = ctx.profile
+        && let Ok(v) = HeaderValue::from_str(&p.to_string())
+    {
+        h.insert("x-profile-id", v);
+    }
     if let Some(l) = limits {
         for (k, v) in [
             ("x-ratelimit-limit", l.limit.to_string()),
@@ -556,23 +602,45 @@ async fn unknown_route() -> SimError {
 }
 
 async fn me(State(sim): State<Sim>) -> Response {
-    let created = sim.st().templates.first().map_or(0, |t| t.created_ms);
-    reply(
-        StatusCode::OK,
-        json!({
-            "type": "user", "id": ctx().account, "organization_id": null,
-            "name": "Simulated Account", "short_name": "SIM", "email": "sim@sentdm.invalid",
-            "icon": null, "description": null, "created_at": iso(created),
-            "channels": {
-                "sms": {"configured": true, "phone_number": core::SMS_NUMBER},
-                "whatsapp": {"configured": true, "phone_number": core::SMS_NUMBER, "business_name": "Simulated"},
-                "rcs": {"configured": false},
-            },
-            "sending_phone_number": core::SMS_NUMBER, "status": "approved", "settings": {},
-            "profiles": [],
-        }),
-        false,
-    )
+    let c = ctx();
+    let st = sim.st();
+    let created = st.templates.first().map_or(0, |t| t.created_ms);
+    let acct = st.accounts.iter().find(|a| a.id == c.account).cloned();
+    let (kind, name, org) = match &acct {
+        Some(a) => (a.kind, a.name.clone(), a.organization_id),
+        None => (AccountKind::User, "Simulated Account".to_owned(), None),
+    };
+    let profiles: Vec<Value> = if kind == AccountKind::Organization {
+        st.accounts
+            .iter()
+            .filter(|a| a.kind == AccountKind::Profile && a.organization_id == Some(c.account))
+            .map(|a| json!({"id": a.id, "name": a.name, "status": "approved"}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut data = json!({
+        "type": match kind {
+            AccountKind::User => "user",
+            AccountKind::Organization => "organization",
+            AccountKind::Profile => "profile",
+        },
+        "id": c.account, "name": name, "email": "sim@sentdm.invalid",
+        "icon": null, "description": null, "created_at": iso(created),
+        "channels": {
+            "sms": {"configured": true, "phone_number": core::SMS_NUMBER},
+            "whatsapp": {"configured": true, "phone_number": core::SMS_NUMBER, "business_name": "Simulated"},
+            "rcs": {"configured": false},
+        },
+        "sending_phone_number": core::SMS_NUMBER, "status": "approved", "settings": {},
+        "profiles": profiles,
+    });
+    if kind == AccountKind::Profile {
+        data["organization_id"] = json!(org);
+        data["short_name"] = json!("SIM");
+    }
+    drop(st);
+    reply(StatusCode::OK, data, false)
 }
 
 struct SendSpec {

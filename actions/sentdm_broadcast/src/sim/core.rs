@@ -114,7 +114,35 @@ pub(crate) const SMS_NUMBER: &str = "+14155550100";
 #[derive(Clone)]
 pub(crate) struct AccountRec {
     pub id: Uuid,
-    pub key: String,
+    pub key: Option<String>,
+    pub kind: super::AccountKind,
+    pub organization_id: Option<Uuid>,
+    pub name: String,
+}
+
+fn accounts_from(cfg: &SimConfig) -> Vec<AccountRec> {
+    let mut out = vec![AccountRec {
+        id: ACCOUNT_ID.parse().unwrap_or_default(),
+        key: Some(cfg.api_key.clone()),
+        kind: super::AccountKind::User,
+        organization_id: None,
+        name: "Simulated Account".into(),
+    }];
+    for a in &cfg.extra_accounts {
+        // Ids that are not UUIDs cannot be addressed through the API; skip them loudly.
+        let Ok(id) = a.id.parse() else {
+            tracing::warn!(account.id = %a.id, "ignoring simulator account with a non-UUID id");
+            continue;
+        };
+        out.push(AccountRec {
+            id,
+            key: a.api_key.clone(),
+            kind: a.kind,
+            organization_id: a.organization_id.as_deref().and_then(|o| o.parse().ok()),
+            name: a.name.clone(),
+        });
+    }
+    out
 }
 
 #[derive(Clone)]
@@ -475,10 +503,7 @@ impl State {
         };
         Self {
             rng,
-            accounts: vec![AccountRec {
-                id: ACCOUNT_ID.parse().unwrap_or_default(),
-                key: cfg.api_key.clone(),
-            }],
+            accounts: accounts_from(cfg),
             templates: seed_templates(now_ms),
             messages: HashMap::new(),
             webhooks: Vec::new(),

@@ -48,6 +48,8 @@ pub const ORDER_CONFIRMATION_ID: &str = "7ba7b820-9dad-11d1-80b4-00c04fd430c8";
 pub const PROMO_PENDING_ID: &str = "7ba7b821-9dad-11d1-80b4-00c04fd430c8";
 /// Account id of the seeded account (`customer_id` on its objects).
 pub const ACCOUNT_ID: &str = core::ACCOUNT_ID;
+/// A conventional organization id for [`SimAccount::organization`] (used by the binary).
+pub const ORGANIZATION_ID: &str = "d290f1ee-6c54-4b01-90e6-d701748f0851";
 
 /// Which key carries the webhook sub-type (receivers must accept both, CONTRACT §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -245,6 +247,52 @@ pub struct RecordedRequest {
     pub body: Option<Value>,
 }
 
+/// Kind of account an API key belongs to (`data.type` of `GET /v3/me`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    User,
+    /// May send `x-profile-id` to act as one of its profiles.
+    Organization,
+    /// A child profile of an organization.
+    Profile,
+}
+
+/// An extra API key and the account behind it (the seeded `user` account always exists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimAccount {
+    /// `None` for a profile reachable only through its organization's key.
+    pub api_key: Option<String>,
+    /// UUID; also the `customer_id` of everything the account creates.
+    pub id: String,
+    pub kind: AccountKind,
+    /// Owning organization's id, for profiles.
+    pub organization_id: Option<String>,
+    pub name: String,
+}
+
+impl SimAccount {
+    pub fn organization(api_key: &str, id: &str) -> Self {
+        Self {
+            api_key: Some(api_key.to_owned()),
+            id: id.to_owned(),
+            kind: AccountKind::Organization,
+            organization_id: None,
+            name: "Simulated Organization".into(),
+        }
+    }
+
+    pub fn profile(api_key: Option<&str>, id: &str, organization_id: &str) -> Self {
+        Self {
+            api_key: api_key.map(str::to_owned),
+            id: id.to_owned(),
+            kind: AccountKind::Profile,
+            organization_id: Some(organization_id.to_owned()),
+            name: "Simulated Profile".into(),
+        }
+    }
+}
+
 /// Simulator configuration (CONTRACT §6.1). Prefer [`Simulator::builder`].
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -278,6 +326,8 @@ pub struct SimConfig {
     /// Consecutive failed events before a webhook is disabled.
     pub auto_disable_after: u32,
     pub faults: Faults,
+    /// Organizations and profiles besides the seeded `user` account.
+    pub extra_accounts: Vec<SimAccount>,
 }
 
 impl Default for SimConfig {
@@ -300,6 +350,7 @@ impl Default for SimConfig {
             delivery_timeout_cap: None,
             auto_disable_after: 10,
             faults: Faults::default(),
+            extra_accounts: Vec::new(),
         }
     }
 }
@@ -391,6 +442,12 @@ impl SimBuilder {
 
     pub fn delivery_timeout_cap(mut self, d: Duration) -> Self {
         self.cfg.delivery_timeout_cap = Some(d);
+        self
+    }
+
+    /// Adds an organization or profile account (see [`SimAccount`]).
+    pub fn account(mut self, a: SimAccount) -> Self {
+        self.cfg.extra_accounts.push(a);
         self
     }
 

@@ -30,6 +30,8 @@ async fn help_documents_every_flag() {
         "--allow-http-webhooks",
         "--delivery-timeout-cap-ms",
         "--auto-disable-after",
+        "--org-api-key",
+        "--org-profile",
         "--fault-duplicate",
         "--fault-reorder",
         "--fault-drop-rate",

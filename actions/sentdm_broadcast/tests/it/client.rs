@@ -531,3 +531,74 @@ async fn pending_template_and_missing_parameters_surface_per_message() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn organization_keys_act_as_their_profiles() {
+    use graphagent_sentdm::sim::{ORGANIZATION_ID, SimAccount};
+    const PROFILE: &str = "a1b2c3d4-e5f6-4890-abcd-ef1234567890";
+    const OTHER_ORG: &str = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    const FOREIGN: &str = "b1b2c3d4-e5f6-4890-abcd-ef1234567890";
+    let sim = sim_builder()
+        .account(SimAccount::organization("org-key", ORGANIZATION_ID))
+        .account(SimAccount::profile(
+            Some("profile-key"),
+            PROFILE,
+            ORGANIZATION_ID,
+        ))
+        .account(SimAccount::organization("other-key", OTHER_ORG))
+        .account(SimAccount::profile(None, FOREIGN, OTHER_ORG))
+        .start()
+        .await
+        .unwrap();
+    let client = |key: &str, profile: Option<&str>| {
+        let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new(key));
+        cfg.profile_id = profile.map(str::to_owned);
+        Client::new(cfg).unwrap()
+    };
+    let org = client("org-key", None).me().await.unwrap();
+    assert_eq!(org.kind.as_deref(), Some("organization"));
+    assert_eq!(org.profiles.len(), 1);
+
+    let as_profile = client("org-key", Some(PROFILE));
+    let me = as_profile.me().await.unwrap();
+    assert_eq!(me.kind.as_deref(), Some("profile"));
+    assert_eq!(me.id.as_deref(), Some(PROFILE));
+    assert_eq!(me.organization_id.as_deref(), Some(ORGANIZATION_ID));
+
+    // Data is scoped to the profile: the org itself does not see the profile's webhook.
+    let rx = Receiver::start().await;
+    let w = as_profile
+        .create_webhook(&rx.webhook(None, 3), None)
+        .await
+        .unwrap();
+    assert_eq!(w.customer_id.as_deref(), Some(PROFILE));
+    assert_eq!(
+        client("profile-key", None)
+            .list_all_webhooks()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        client("org-key", None)
+            .list_all_webhooks()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let e = api_err(client("profile-key", Some(PROFILE)).me().await.unwrap_err());
+    assert_eq!(e.kind(), ApiErrorKind::Forbidden);
+    let e = api_err(client("org-key", Some(FOREIGN)).me().await.unwrap_err());
+    assert_eq!(e.kind(), ApiErrorKind::NotFound);
+    assert!(
+        Client::new({
+            let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new("org-key"));
+            cfg.profile_id = Some(String::new());
+            cfg
+        })
+        .is_err()
+    );
+    sim.shutdown().await;
+}
