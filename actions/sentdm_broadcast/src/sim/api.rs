@@ -162,6 +162,8 @@ fn valid_idempotency_key(k: &str) -> bool {
 }
 
 struct Limits {
+    /// Seconds until one token is available again.
+    retry_after_s: i64,
     limit: u32,
     remaining: u32,
     reset_s: i64,
@@ -187,9 +189,11 @@ fn take_token(sim: &Sim, account: Uuid, sensitive: bool, now: i64) -> (bool, Lim
         b.0 -= 1.0;
     }
     let to_full_ms = ((burst - b.0) / rate_ms) as i64;
+    let next_token_ms = ((1.0 - b.0).max(0.0) / rate_ms) as i64;
     (
         ok,
         Limits {
+            retry_after_s: (next_token_ms + 999) / 1000,
             limit: per_min as u32,
             remaining: if sim.cfg.rate_limits {
                 b.0 as u32
@@ -265,6 +269,10 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
     let idem_key = header(&parts.headers, "idempotency-key").map(str::to_owned);
     let latency = {
         let mut st = sim.st();
+        // Bounded so a long-running simulator does not grow without limit.
+        if st.requests.len() >= core::LOG_CAP {
+            st.requests.drain(..core::LOG_CAP / 10);
+        }
         st.requests.push(RecordedRequest {
             method: method.to_string(),
             path: path.clone(),
@@ -341,8 +349,8 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
             "BUSINESS_002",
             "Rate limit exceeded",
         );
-        let wait = (limits.reset_s * 1000 - now).clamp(1000, 60_000) / 1000;
-        let r = with_retry_after(error_response(&ctx, &e), wait as u64);
+        let wait = limits.retry_after_s.clamp(1, 60) as u64;
+        let r = with_retry_after(error_response(&ctx, &e), wait);
         return finish(r, &ctx, Some(&limits));
     }
 

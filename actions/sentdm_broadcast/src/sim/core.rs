@@ -110,6 +110,8 @@ pub(crate) fn iso_s(ms: i64) -> String {
 
 pub(crate) const ACCOUNT_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
 pub(crate) const SMS_NUMBER: &str = "+14155550100";
+/// Maximum entries kept in the request and delivery logs.
+pub(crate) const LOG_CAP: usize = 100_000;
 
 #[derive(Clone)]
 pub(crate) struct AccountRec {
@@ -493,6 +495,7 @@ pub(crate) struct State {
     pub api_faults: Vec<ApiFault>,
     pub reorder: HashMap<Uuid, Vec<Uuid>>,
     pub buckets: HashMap<(Uuid, bool), (f64, i64)>,
+    pub delivery_seq: u64,
 }
 
 impl State {
@@ -518,7 +521,18 @@ impl State {
             api_faults: Vec::new(),
             reorder: HashMap::new(),
             buckets: HashMap::new(),
+            delivery_seq: 0,
         }
+    }
+
+    /// Sequence number for the next delivery-log entry; trims the oldest tenth of the log
+    /// when it reaches [`LOG_CAP`].
+    pub fn next_delivery_seq(&mut self) -> u64 {
+        if self.deliveries.len() >= LOG_CAP {
+            self.deliveries.drain(..LOG_CAP / 10);
+        }
+        self.delivery_seq += 1;
+        self.delivery_seq
     }
 
     pub fn new_id(&mut self) -> Uuid {
@@ -746,14 +760,20 @@ pub(crate) fn emit(
     message: Option<Uuid>,
     now: i64,
 ) {
-    let body = envelope_bytes(sim, family, sub_type, payload, now);
     let event_type = sub_type.unwrap_or(family).to_owned();
+    // Template events carry no sub-type key; filters match on `templates.<status>`.
+    let template_subtype = (sub_type.is_none() && family == "templates").then(|| {
+        let status = payload["status"].as_str().unwrap_or_default();
+        format!("templates.{}", status.to_ascii_lowercase())
+    });
+    let filter_subtype = sub_type.or(template_subtype.as_deref());
     let targets: Vec<Uuid> = st
         .webhooks
         .iter()
-        .filter(|w| w.account_id == account && w.is_active && w.wants(family, sub_type))
+        .filter(|w| w.account_id == account && w.is_active && w.wants(family, filter_subtype))
         .map(|w| w.id)
         .collect();
+    let body = envelope_bytes(sim, family, sub_type, payload, now);
     for webhook_id in targets {
         let id = new_event(st, webhook_id, &event_type, body.clone(), now);
         if should_drop(st, &event_type) {
@@ -848,7 +868,7 @@ fn drop_event(st: &mut State, event_id: Uuid, now: i64) {
         .find(|w| w.id == webhook_id)
         .map(|w| w.endpoint_url.clone())
         .unwrap_or_default();
-    let seq = st.deliveries.len() as u64 + 1;
+    let seq = st.next_delivery_seq();
     st.deliveries.push(Delivery {
         seq,
         webhook_id: webhook_id.to_string(),
@@ -1012,7 +1032,7 @@ pub(crate) async fn attempt(sim: &Sim, event_id: Uuid, opts: AttemptOpts) -> Opt
     };
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
     let mut st = sim.st();
-    let seq = st.deliveries.len() as u64 + 1;
+    let seq = st.next_delivery_seq();
     let d = Delivery {
         seq,
         webhook_id: prep.webhook_id.to_string(),

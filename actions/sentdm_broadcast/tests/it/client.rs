@@ -602,3 +602,26 @@ async fn organization_keys_act_as_their_profiles() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn timeouts_are_retried_then_reported() {
+    let sim = start_sim().await;
+    sim.set_faults(graphagent_sentdm::sim::Faults {
+        latency: std::time::Duration::from_millis(400),
+        ..Default::default()
+    });
+    let count = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let sink = count.clone();
+    let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new(sim.api_key()));
+    cfg.backoff_scale = 0.0;
+    cfg.max_retries = 1;
+    cfg.timeout = std::time::Duration::from_millis(100);
+    cfg.on_retry = Some(std::sync::Arc::new(move |e| {
+        assert_eq!(e.status, None);
+        *sink.lock().unwrap() += 1;
+    }));
+    let c = Client::new(cfg).unwrap();
+    assert!(matches!(c.me().await, Err(Error::Timeout(_))));
+    assert_eq!(*count.lock().unwrap(), 1);
+    sim.shutdown().await;
+}

@@ -604,3 +604,53 @@ async fn scheduled_send_waits_for_its_time() {
     assert!(m.scheduled_at.is_some());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn real_clock_mode_progresses_on_its_own() {
+    let sim = graphagent_sentdm::sim::Simulator::builder()
+        .api_key(crate::util::KEY)
+        .seed(1)
+        .step_delay(Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    let rx = Receiver::start().await;
+    let (c, _) = client_for(&sim);
+    let mut req = rx.webhook(None, 3);
+    req.event_types.push("templates".into());
+    req.event_filters = Some(
+        [
+            ("message".to_owned(), vec!["delivered".to_owned()]),
+            ("templates".to_owned(), vec!["rejected".to_owned()]),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    c.create_webhook(&req, None).await.unwrap();
+    let out = c
+        .send_message(&order_send(&["+14155551234"], Some(&["sms"])), None)
+        .await
+        .unwrap();
+    let id = &out.response.recipients[0].message_id;
+    // Poll (no timing assertion): the driver advances the pipeline in real time.
+    let mut status = None;
+    for _ in 0..500 {
+        status = sim.message_status(id);
+        if status.as_deref() == Some("DELIVERED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status.as_deref(), Some("DELIVERED"));
+    sim.settle().await;
+    assert_eq!(statuses(&rx), ["DELIVERED"]);
+    // Template filters match on the status: APPROVED is filtered out, REJECTED is not.
+    sim.set_template_status(graphagent_sentdm::sim::PROMO_PENDING_ID, "APPROVED")
+        .await;
+    sim.set_template_status(graphagent_sentdm::sim::PROMO_PENDING_ID, "REJECTED")
+        .await;
+    let last: Value = serde_json::from_slice(&rx.all().last().unwrap().body).unwrap();
+    assert_eq!(rx.all().len(), 2);
+    assert_eq!(last["payload"]["status"], "REJECTED");
+    sim.shutdown().await;
+}
