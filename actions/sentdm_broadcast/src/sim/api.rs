@@ -2,6 +2,7 @@
 //! faults, auth, rate limits, idempotency, headers) and thin handlers that validate the way
 //! SentDM does and answer with its envelopes (CONTRACT §1, §2).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Router;
@@ -86,7 +87,7 @@ pub(crate) fn router(sim: Sim) -> Router {
 #[derive(Debug)]
 struct SimError {
     status: StatusCode,
-    code: &'static str,
+    code: Cow<'static, str>,
     message: String,
     details: Option<Value>,
 }
@@ -95,7 +96,7 @@ impl SimError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             details: None,
         }
@@ -205,38 +206,61 @@ fn take_token(sim: &Sim, account: Uuid, sensitive: bool, now: i64) -> (bool, Lim
     )
 }
 
-fn fault_error(status: u16) -> (SimError, Option<u64>) {
-    match status {
-        429 => (
-            SimError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "BUSINESS_002",
-                "Rate limit exceeded",
-            ),
-            None,
+/// The error an injected fault answers with: SentDM's usual code for the status unless
+/// the fault names one (e.g. 422 `BUSINESS_004`, the legacy synchronous rejections).
+fn fault_error(status: u16, code: Option<String>) -> SimError {
+    let (default_code, message) = match status {
+        400 => ("VALIDATION_001", "Simulated validation error"),
+        401 => ("AUTH_002", "Invalid API key"),
+        403 => ("AUTH_004", "Simulated forbidden"),
+        404 => ("RESOURCE_001", "Resource not found"),
+        409 => (
+            "CONFLICT_001",
+            "A request with this Idempotency-Key is still being processed",
         ),
-        s => {
-            let code = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let c = if s == 503 {
-                "SERVICE_001"
-            } else {
-                "INTERNAL_001"
-            };
-            (SimError::new(code, c, "Simulated server error"), None)
-        }
+        422 => ("BUSINESS_003", "Insufficient balance"),
+        429 => ("BUSINESS_002", "Rate limit exceeded"),
+        503 => ("SERVICE_001", "Service unavailable"),
+        _ => ("INTERNAL_001", "Simulated server error"),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut e = SimError::new(status, default_code, message);
+    if let Some(c) = code {
+        e.code = Cow::Owned(c);
     }
+    e
 }
 
-fn take_api_fault(sim: &Sim, method: &str, path: &str, after: bool) -> Option<(u16, u64)> {
+struct FiredFault {
+    status: u16,
+    retry_after_secs: u64,
+    code: Option<String>,
+}
+
+fn take_api_fault(sim: &Sim, method: &str, path: &str, after: bool) -> Option<FiredFault> {
     let mut st = sim.st();
     let f = st
         .api_faults
         .iter_mut()
         .find(|f| f.matches(method, path, after))?;
     f.times -= 1;
-    let out = (f.status, f.retry_after_secs.unwrap_or(1));
+    let out = FiredFault {
+        status: f.status,
+        retry_after_secs: f.retry_after_secs.unwrap_or(1),
+        code: f.code.clone(),
+    };
     st.api_faults.retain(|f| f.times > 0);
     Some(out)
+}
+
+fn fault_response(ctx: &Ctx, f: FiredFault) -> Response {
+    let status = f.status;
+    let r = error_response(ctx, &fault_error(status, f.code));
+    if status == 429 {
+        with_retry_after(r, f.retry_after_secs)
+    } else {
+        r
+    }
 }
 
 fn with_retry_after(mut r: Response, secs: u64) -> Response {
@@ -291,24 +315,23 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
         let mut st = sim.st();
         let (e, r) = (st.faults.api_error_rate, st.faults.api_rate_limit_rate);
         if r > 0.0 && st.rng.random::<f64>() < r {
-            Some((429, st.faults.retry_after_secs.max(1)))
+            Some(FiredFault {
+                status: 429,
+                retry_after_secs: st.faults.retry_after_secs.max(1),
+                code: None,
+            })
         } else if e > 0.0 && st.rng.random::<f64>() < e {
-            Some((503, 0))
+            Some(FiredFault {
+                status: 503,
+                retry_after_secs: 0,
+                code: None,
+            })
         } else {
             None
         }
     };
-    if let Some((status, secs)) =
-        random_fault.or_else(|| take_api_fault(&sim, method.as_str(), &path, false))
-    {
-        let (e, _) = fault_error(status);
-        let r = error_response(&ctx, &e);
-        let r = if status == 429 {
-            with_retry_after(r, secs)
-        } else {
-            r
-        };
-        return finish(r, &ctx, None);
+    if let Some(f) = random_fault.or_else(|| take_api_fault(&sim, method.as_str(), &path, false)) {
+        return finish(fault_response(&ctx, f), &ctx, None);
     }
 
     let Some(key) = header(&parts.headers, "x-api-key").filter(|k| !k.is_empty()) else {
@@ -415,14 +438,8 @@ async fn v3_middleware(State(sim): State<Sim>, req: Request, next: Next) -> Resp
         resp = Response::from_parts(p, Body::from(body));
     }
 
-    if let Some((status, secs)) = take_api_fault(&sim, method.as_str(), &path, true) {
-        let (e, _) = fault_error(status);
-        let r = error_response(&ctx, &e);
-        resp = if status == 429 {
-            with_retry_after(r, secs)
-        } else {
-            r
-        };
+    if let Some(f) = take_api_fault(&sim, method.as_str(), &path, true) {
+        resp = fault_response(&ctx, f);
     }
     finish(resp, &ctx, Some(&limits))
 }

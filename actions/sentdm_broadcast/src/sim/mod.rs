@@ -119,6 +119,9 @@ pub struct ApiFault {
     /// way to prove a retried send is not sent twice.
     #[serde(default)]
     pub after_processing: bool,
+    /// Error code in the body; defaults to SentDM's usual code for `status`.
+    #[serde(default)]
+    pub code: Option<String>,
 }
 
 fn one() -> u32 {
@@ -135,6 +138,7 @@ impl ApiFault {
             retry_after_secs: None,
             times: 1,
             after_processing: false,
+            code: None,
         }
     }
 
@@ -154,6 +158,12 @@ impl ApiFault {
 
     pub fn times(mut self, n: u32) -> Self {
         self.times = n;
+        self
+    }
+
+    /// Overrides the error code (e.g. 422 with `BUSINESS_004`).
+    pub fn code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_owned());
         self
     }
 

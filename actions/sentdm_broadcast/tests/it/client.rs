@@ -321,6 +321,28 @@ async fn error_classes() {
     );
 
     assert!(IdempotencyKey::new("bad key!").is_err());
+
+    // Legacy synchronous 422s are typed and never retried.
+    let (c2, retries) = client_for(&sim);
+    sim.push_api_fault(
+        ApiFault::status(422)
+            .on("POST", "/v3/messages")
+            .code("BUSINESS_004"),
+    );
+    let e = api_err(
+        c2.send_message(&order_send(&["+14155551234"], None), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.kind(), ApiErrorKind::Unprocessable);
+    assert!(e.code_is("BUSINESS_004"));
+    assert!(retries.lock().unwrap().is_empty());
+    // 409 is retried (the first request may still be in flight), then reported.
+    sim.push_api_fault(ApiFault::status(409).on("GET", "/v3/me").times(3));
+    let e = api_err(c2.me().await.unwrap_err());
+    assert_eq!(e.kind(), ApiErrorKind::Conflict);
+    assert!(e.code_is("CONFLICT_001"));
+    assert_eq!(retries.lock().unwrap().len(), 2);
     sim.shutdown().await;
 }
 
