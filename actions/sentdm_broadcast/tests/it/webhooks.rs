@@ -654,3 +654,47 @@ async fn real_clock_mode_progresses_on_its_own() {
     assert_eq!(last["payload"]["status"], "REJECTED");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn seeded_runs_are_byte_identical() {
+    async fn run() -> Vec<(String, String, String)> {
+        let sim = sim_builder()
+            .start_time_ms(1_767_225_600_000)
+            .step_delay(Duration::from_millis(250))
+            .start()
+            .await
+            .unwrap();
+        let rx = Receiver::start().await;
+        let (c, _) = client_for(&sim);
+        // The receiver's port differs per run, but the URL is neither in the body nor
+        // signed, so bodies and signatures must match exactly.
+        c.create_webhook(&rx.webhook(None, 3), None).await.unwrap();
+        c.send_message(
+            &order_send(
+                &["+14155551234", "+14155550001"],
+                Some(&["sms", "whatsapp"]),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        sim.advance(Duration::from_secs(5)).await;
+        let out = sim
+            .deliveries()
+            .into_iter()
+            .map(|d| {
+                let sig = d
+                    .header("x-webhook-signature")
+                    .unwrap_or_default()
+                    .to_owned();
+                (d.event_type, d.body, sig)
+            })
+            .collect();
+        sim.shutdown().await;
+        out
+    }
+    let a = run().await;
+    let b = run().await;
+    assert!(a.len() > 8);
+    assert_eq!(a, b);
+}
