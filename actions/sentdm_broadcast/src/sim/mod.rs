@@ -269,7 +269,7 @@ pub enum AccountKind {
 }
 
 /// An extra API key and the account behind it (the seeded `user` account always exists).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimAccount {
     /// `None` for a profile reachable only through its organization's key.
     pub api_key: Option<String>,
@@ -279,6 +279,17 @@ pub struct SimAccount {
     /// Owning organization's id, for profiles.
     pub organization_id: Option<String>,
     pub name: String,
+}
+
+impl std::fmt::Debug for SimAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimAccount")
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("organization_id", &self.organization_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SimAccount {
@@ -304,7 +315,7 @@ impl SimAccount {
 }
 
 /// Simulator configuration (CONTRACT §6.1). Prefer [`Simulator::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SimConfig {
     pub api_key: String,
     /// Seeds ids, secrets and every random fault decision.
@@ -338,6 +349,22 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Organizations and profiles besides the seeded `user` account.
     pub extra_accounts: Vec<SimAccount>,
+}
+
+impl std::fmt::Debug for SimConfig {
+    // Keys stay out of logs even for a simulator: configs get copied into real setups.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("api_key", &"***")
+            .field("seed", &self.seed)
+            .field("step_delay", &self.step_delay)
+            .field("manual_clock", &self.manual_clock)
+            .field("retry_scale", &self.retry_scale)
+            .field("rate_limits", &self.rate_limits)
+            .field("faults", &self.faults)
+            .field("extra_accounts", &self.extra_accounts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SimConfig {
