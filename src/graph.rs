@@ -172,18 +172,14 @@ impl Graph {
                 )
             })?;
         }
-        let db = surrealdb::engine::any::connect(url)
+        let db = connect_engine(url).await?;
+        if remote && let (Some(username), Some(password)) = (&options.username, &options.password) {
+            db.signin(surrealdb::opt::auth::Root {
+                username: username.clone(),
+                password: password.clone(),
+            })
             .await
-            .map_err(|e| GraphError::new(GraphErrorKind::Unavailable, e.message().to_owned()))?;
-        if remote {
-            if let (Some(username), Some(password)) = (&options.username, &options.password) {
-                db.signin(surrealdb::opt::auth::Root {
-                    username: username.clone(),
-                    password: password.clone(),
-                })
-                .await
-                .map_err(|e| GraphError::new(GraphErrorKind::Config, e.message().to_owned()))?;
-            }
+            .map_err(|e| GraphError::new(GraphErrorKind::Config, e.message().to_owned()))?;
         }
         let ns = options
             .namespace
@@ -294,7 +290,8 @@ impl Graph {
     }
 
     /// Run `sql` (which should be wrapped in `BEGIN; … COMMIT;`) and retry it on
-    /// transaction conflicts with a short jittered backoff.
+    /// transaction conflicts with a short jittered backoff. `BEGIN` and `COMMIT` count
+    /// as statements in the result, so the first real statement is index 1.
     pub async fn transaction(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
         let mut attempt = 0;
         loop {
@@ -322,6 +319,33 @@ impl Graph {
             .await
             .map(|_| ())
             .map_err(|e| GraphError::new(e.kind, format!("schema `{name}`: {}", e.message)))
+    }
+}
+
+/// How long to wait for an embedded store that a previous handle is still closing.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+async fn connect_engine(url: &str) -> GraphResult<Surreal<Any>> {
+    // The embedded engine shuts its store down in a background task after the last
+    // handle is dropped, so a restart in the same process (or right after the previous
+    // process exits) can briefly find the store locked. Wait for it rather than fail.
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match surrealdb::engine::any::connect(url).await {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.message().contains("already locked")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(GraphError::new(
+                    GraphErrorKind::Unavailable,
+                    e.message().to_owned(),
+                ));
+            }
+        }
     }
 }
 
@@ -373,6 +397,21 @@ mod tests {
             .expect("query");
         assert_eq!(out.len(), 2);
         assert_eq!(out[1], json!([{"n": 5, "id": "one"}]));
+    }
+
+    #[tokio::test]
+    async fn transaction_results_are_indexed_by_statement() {
+        let g = Graph::memory().await.expect("mem graph");
+        let out = g
+            .transaction(
+                "BEGIN; CREATE t:a SET n = 1; RETURN count(SELECT id FROM t); COMMIT;",
+                Value::Null,
+            )
+            .await
+            .expect("tx");
+        // BEGIN and COMMIT count as statements: results are indexed from BEGIN = 0.
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out[2], json!(1));
     }
 
     #[tokio::test]

@@ -124,7 +124,7 @@ impl<A: Action> FromRequestParts<HostState> for ActionRef<A> {
             .iter()
             .find(|(k, _)| *k == "action_id")
             .map(|(_, v)| v.to_owned())
-            .ok_or_else(|| ApiError::internal())?;
+            .ok_or_else(ApiError::internal)?;
         state
             .directory()
             .get::<A>(&id)

@@ -292,6 +292,7 @@ impl Host {
         let reload = self.spawn_sighup_reload();
         let service = self
             .router
+            .clone()
             .into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
@@ -300,7 +301,7 @@ impl Host {
             task.abort();
         }
         tracing::info!("server stopped; closing the graph");
-        drop(self.runtime);
+        drop(self);
         served.map_err(HostError::Io)
     }
 
@@ -337,6 +338,14 @@ impl Host {
     #[cfg(not(unix))]
     fn spawn_sighup_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
         None
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Loaded instances hold the directory they live in; unloading breaks that cycle
+        // so the graph closes when the last handle goes.
+        self.runtime.unload();
     }
 }
 

@@ -205,16 +205,15 @@ pub(crate) struct ErasedConfig {
     pub(crate) json: serde_json::Value,
 }
 
+/// A new instance: the runtime's view of it and the typed value agent code downcasts.
+pub(crate) type Created = (Arc<dyn LoadedAction>, Arc<dyn Any + Send + Sync>);
+
 /// Object-safe view of an action type, for the registry.
 pub(crate) trait ActionType: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> &'static str;
     fn parse(&self, decl: &ActionDecl) -> Result<ErasedConfig, Vec<ConfigError>>;
-    fn create(
-        &self,
-        ctx: ActionContext,
-        config: &ErasedConfig,
-    ) -> Result<(Arc<dyn LoadedAction>, Arc<dyn Any + Send + Sync>), ActionError>;
+    fn create(&self, ctx: ActionContext, config: &ErasedConfig) -> Result<Created, ActionError>;
     fn routes(&self) -> OpenApiRouter<HostState>;
     fn public_routes(&self) -> OpenApiRouter<HostState>;
 }
@@ -245,11 +244,7 @@ impl<A: Action> ActionType for TypeEntry<A> {
             json,
         })
     }
-    fn create(
-        &self,
-        ctx: ActionContext,
-        config: &ErasedConfig,
-    ) -> Result<(Arc<dyn LoadedAction>, Arc<dyn Any + Send + Sync>), ActionError> {
+    fn create(&self, ctx: ActionContext, config: &ErasedConfig) -> Result<Created, ActionError> {
         let typed = config
             .typed
             .downcast_ref::<A::Config>()

@@ -498,6 +498,16 @@ impl Runtime {
             .map(|_| ())
     }
 
+    /// Drop every loaded instance (no hooks run: a restart must not tear down provider
+    /// webhooks). Instances hold the directory they live in, so this also breaks that
+    /// cycle and lets the graph close once the last handle is gone.
+    pub(crate) fn unload(&self) {
+        self.write_state(|s| {
+            s.actions.clear();
+            s.agents.clear();
+        });
+    }
+
     /// The shared graph.
     pub fn graph(&self) -> &Graph {
         &self.graph

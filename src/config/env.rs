@@ -100,14 +100,14 @@ pub(crate) fn retype(text: &str) -> Value {
         .chars()
         .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
     // The character check keeps Rust's `inf`/`NaN` spellings out; JSON has no such numbers.
-    if float_chars && text.chars().any(|c| c.is_ascii_digit()) {
-        if let Some(number) = text
+    if float_chars
+        && text.chars().any(|c| c.is_ascii_digit())
+        && let Some(number) = text
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
-        {
-            return Value::Number(number);
-        }
+    {
+        return Value::Number(number);
     }
     Value::String(text.to_owned())
 }

@@ -35,7 +35,7 @@ pub(crate) fn load_one(
         env,
         errors: Vec::new(),
     };
-    let json = checker.to_json(&yaml, "");
+    let json = checker.convert(&yaml, "");
     let agent = checker.document(json, &source);
     let mut errors = checker.errors;
     match agent {
@@ -81,12 +81,12 @@ fn syntax_error(path: &Path, source: &SourceMap, error: &serde_yaml::Error) -> C
     let mut key = pos.and_then(|pos| source.last_key_before(pos));
     // serde_yaml positions a duplicate key at its mapping; point at the repetition instead.
     // Its message is prefixed with the mapping's path, which `key` now replaces.
-    if let Some(at) = message.find("duplicate entry with key") {
-        if let Some((dup_key, dup_pos)) = source.first_duplicate() {
-            key = Some(dup_key);
-            pos = Some(dup_pos);
-            message.drain(..at);
-        }
+    if let Some(at) = message.find("duplicate entry with key")
+        && let Some((dup_key, dup_pos)) = source.first_duplicate()
+    {
+        key = Some(dup_key);
+        pos = Some(dup_pos);
+        message.drain(..at);
     }
     let key = key.unwrap_or_default();
     ConfigErrors(vec![ConfigError {
@@ -117,7 +117,7 @@ impl Checker<'_> {
     }
 
     /// YAML -> JSON, expanding env references in string values.
-    fn to_json(&mut self, yaml: &Yaml, path: &str) -> Value {
+    fn convert(&mut self, yaml: &Yaml, path: &str) -> Value {
         match yaml {
             Yaml::Null => Value::Null,
             Yaml::Bool(b) => Value::Bool(*b),
@@ -147,7 +147,7 @@ impl Checker<'_> {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| self.to_json(item, &join_index(path, i)))
+                    .map(|(i, item)| self.convert(item, &join_index(path, i)))
                     .collect(),
             ),
             Yaml::Mapping(mapping) => {
@@ -167,7 +167,7 @@ impl Checker<'_> {
                         continue;
                     };
                     let child = join_key(path, key);
-                    let value = self.to_json(value, &child);
+                    let value = self.convert(value, &child);
                     object.insert(key.clone(), value);
                 }
                 Value::Object(object)

@@ -109,10 +109,9 @@ impl ActionDecl {
             // (its position falls back to the parent when it is not in the file).
             if let Some(field) = quoted_field(&message, "unknown field `")
                 .or_else(|| quoted_field(&message, "missing field `"))
+                && !key.ends_with(&format!(".{field}"))
             {
-                if !key.ends_with(&format!(".{field}")) {
-                    key = join_key(&key, field);
-                }
+                key = join_key(&key, field);
             }
             load::error_at(&self.file, &self.source, &key, message)
         })

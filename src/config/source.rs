@@ -161,10 +161,10 @@ impl Builder {
             Some(Frame::Map { own, .. } | Frame::Seq { own, .. }) => own.take(),
             None => None,
         };
-        if let Some(own) = own {
-            if let Some(pos) = self.map.keys.get_mut(&own) {
-                *pos = (*pos).min(child);
-            }
+        if let Some(own) = own
+            && let Some(pos) = self.map.keys.get_mut(&own)
+        {
+            *pos = (*pos).min(child);
         }
     }
 

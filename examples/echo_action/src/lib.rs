@@ -91,7 +91,7 @@ impl Echo {
         let out = self
             .ctx
             .graph
-            .query(
+            .transaction(
                 "BEGIN;
                  CREATE type::record('echo_message', $id) CONTENT { action_id: $action_id, message: $message, created_at: time::now() };
                  RELATE (type::record('action', $action_id))->echoed->(type::record('echo_message', $id));
@@ -101,7 +101,8 @@ impl Echo {
             )
             .await
             .map_err(|e| ActionError::new(format!("graph: {e}")))?;
-        let stored = out.last().and_then(serde_json::Value::as_u64).unwrap_or(0);
+        // Index 0 is BEGIN; the count is the fourth statement.
+        let stored = out.get(3).and_then(serde_json::Value::as_u64).unwrap_or(0);
         Ok(EchoReply {
             reply: format!("{}: {message}", self.config.greeting),
             id,

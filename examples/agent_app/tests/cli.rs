@@ -1,0 +1,215 @@
+//! The real `graphagent` binary: `check` exit codes, `--help`, and `serve` with the
+//! example agent on the embedded graph, stopped by SIGTERM.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_graphagent");
+const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
+const PASSWORD: &str = "cli test password 42";
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../agent.yaml.example")
+}
+
+#[test]
+fn check_accepts_the_example_and_rejects_errors_with_positions() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(example())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 1 action(s))"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("agent.yaml");
+    std::fs::write(
+        &bad,
+        "agent: x\nactions:\n  - action: echo\n    context: { greting: hi }\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent.yaml:4:16: actions[0].context.greting: unknown field `greting`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("run");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let expected: &[&str] = match args[0] {
+            "serve" => &[
+                "--config",
+                "--bind",
+                "--graph",
+                "--public-base-url",
+                "GRAPHAGENT_BIND",
+            ],
+            "check" => &["--config"],
+            _ => &["serve", "check"],
+        };
+        for word in expected {
+            assert!(text.contains(word), "{args:?} lacks {word}: {text}");
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn serve(data: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(example())
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .arg("--graph")
+        .arg(format!("surrealkv://{}", data.join("graph").display()))
+        .env("GRAPHAGENT_JWT_SECRET", SECRET)
+        .env("GRAPHAGENT_ADMIN_EMAIL", "ops@example.com")
+        .env("GRAPHAGENT_ADMIN_PASSWORD", PASSWORD)
+        .env("GRAPHAGENT_LOG_FORMAT", "json")
+        .env("ECHO_GREETING", "ahoy")
+        .env_remove("GRAPHAGENT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(res) = http.get(format!("{base}/readyz")).send().await
+            && res.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server did not become ready");
+}
+
+#[tokio::test]
+async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut server = serve(data.path());
+        wait_ready(&http, &server.base).await;
+        let login: Value = http
+            .post(format!("{}/api/auth/login", server.base))
+            .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        let token = login["access_token"].as_str().expect("token").to_owned();
+        let actions: Value = http
+            .get(format!(
+                "{}/api/agents/acme%2Fnotifier/actions",
+                server.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("actions")
+            .json()
+            .await
+            .expect("json");
+        let id = actions[0]["id"].as_str().expect("id").to_owned();
+        // ${ECHO_GREETING:-pong} was expanded from the environment.
+        assert_eq!(actions[0]["config"]["greeting"], "ahoy");
+        let ping: Value = http
+            .get(format!("{}/api/actions/{id}/echo/ping", server.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("ping")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(ping["greeting"], "ahoy");
+        ids.push(id);
+
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "exit status {status}");
+        let mut logs = String::new();
+        if let Some(mut err) = server.child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut logs);
+        }
+        // JSON logs, no secrets in them.
+        let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty());
+        for line in &lines {
+            let parsed: Result<Value, _> = serde_json::from_str(line);
+            assert!(parsed.is_ok(), "not a JSON log line: {line}");
+        }
+        assert!(logs.contains("shutdown requested"), "{logs}");
+        assert!(!logs.contains(PASSWORD) && !logs.contains(SECRET) && !logs.contains(&token));
+    }
+    // Same data dir, same ids.
+    assert_eq!(ids[0], ids[1]);
+}

@@ -1,0 +1,281 @@
+//! Login, JWT, API keys, scoped keys: the 401 / 403 paths users rely on.
+
+use serde_json::{Value, json};
+
+use crate::util::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, TestServer, settings};
+
+async fn server() -> TestServer {
+    TestServer::start(settings(None, "mem://")).await
+}
+
+#[tokio::test]
+async fn login_issues_a_token_that_opens_admin_endpoints() {
+    let s = server().await;
+    let res = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"email": "  ADMIN@example.com ", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    let token = body["access_token"].as_str().expect("token");
+    let res = s
+        .http
+        .get(s.url("/api/agents"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 200);
+    // The password is stored as an argon2 hash, never in clear.
+    let rows = s
+        .graph
+        .query("SELECT VALUE password_hash FROM user;", Value::Null)
+        .await
+        .expect("query");
+    let hash = rows[0][0].as_str().unwrap_or_default();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(ADMIN_PASSWORD));
+}
+
+#[tokio::test]
+async fn bad_credentials_are_401_with_a_json_error() {
+    let s = server().await;
+    for body in [
+        json!({"email": ADMIN_EMAIL, "password": "wrong"}),
+        json!({"email": "nobody@example.com", "password": ADMIN_PASSWORD}),
+    ] {
+        let res = s
+            .http
+            .post(s.url("/api/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), 401);
+        let err: Value = res.json().await.expect("json");
+        assert_eq!(err["error"]["code"], "unauthorized");
+        assert_eq!(err["error"]["message"], "invalid email or password");
+    }
+    let res = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"email": ADMIN_EMAIL}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 422);
+    let err: Value = res.json().await.expect("json");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("password"),
+        "{err}"
+    );
+
+    // Missing, malformed, forged and expired credentials.
+    let missing = s.http.get(s.url("/api/agents")).send().await.expect("get");
+    assert_eq!(missing.status(), 401);
+    let garbage = s
+        .http
+        .get(s.url("/api/agents"))
+        .bearer_auth("x.y.z")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(garbage.status(), 401);
+    let claims = json!({"sub": "u", "email": ADMIN_EMAIL, "role": "admin", "iss": "graphagent",
+                        "iat": 1_000, "exp": 2_000});
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encode");
+    let res = s
+        .http
+        .get(s.url("/api/agents"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 401);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["message"], "access token expired");
+    let now = graphagent::auth::unix_now();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "u", "email": ADMIN_EMAIL, "role": "admin", "iss": "graphagent", "iat": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another"),
+    )
+    .expect("encode");
+    let res = s
+        .http
+        .get(s.url("/api/agents"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn api_keys_are_shown_once_scoped_and_revocable() {
+    let s = server().await;
+    let (status, created) = s
+        .admin_post(
+            "/api/auth/api-keys",
+            json!({"name": "ci", "scopes": ["admin"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(key.starts_with(&format!("gak_{id}_")));
+
+    let with_key = |k: &str| {
+        s.http
+            .get(s.url("/api/agents"))
+            .header("x-api-key", k)
+            .send()
+    };
+    assert_eq!(with_key(&key).await.expect("get").status(), 200);
+
+    // Listed without the key or its hash; stored hashed.
+    let (_, list) = s.admin_get("/api/auth/api-keys").await;
+    let listed = list.to_string();
+    assert!(
+        listed.contains(&id) && !listed.contains(&key) && !listed.contains("hash"),
+        "{listed}"
+    );
+    let stored = s
+        .graph
+        .query("SELECT * FROM api_key;", Value::Null)
+        .await
+        .expect("q");
+    assert!(!stored[0].to_string().contains(&key));
+
+    // A machine key works only for its scope: 403 on admin endpoints.
+    let (_, machine) = s
+        .admin_post(
+            "/api/auth/api-keys",
+            json!({"name": "hook", "scopes": ["webhook:sentdm:act_1"]}),
+        )
+        .await;
+    let machine_key = machine["key"].as_str().expect("key");
+    let res = with_key(machine_key).await.expect("get");
+    assert_eq!(res.status(), 403);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "forbidden");
+
+    // Revoked: 401. A tampered key: 401.
+    let token = s.token().await;
+    let res = s
+        .http
+        .delete(s.url(&format!("/api/auth/api-keys/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 200);
+    let revoked: Value = res.json().await.expect("json");
+    assert!(revoked["revoked_at"].is_string());
+    assert_eq!(with_key(&key).await.expect("get").status(), 401);
+    let tampered = format!("{}x", &machine_key[..machine_key.len() - 1]);
+    assert_eq!(with_key(&tampered).await.expect("get").status(), 401);
+    assert_eq!(with_key("nonsense").await.expect("get").status(), 401);
+    let res = s
+        .http
+        .delete(s.url("/api/auth/api-keys/key_ffffffffffffffff"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn bad_key_requests_name_the_field_and_change_nothing() {
+    let s = server().await;
+    for (body, field) in [
+        (json!({"name": "", "scopes": ["admin"]}), "name"),
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (
+            json!({"name": "x", "scopes": ["admin", "Not A Scope"]}),
+            "scopes[1]",
+        ),
+    ] {
+        let (status, err) = s.admin_post("/api/auth/api-keys", body).await;
+        assert_eq!(status, 422);
+        assert_eq!(err["error"]["field"], field);
+    }
+    let (_, list) = s.admin_get("/api/auth/api-keys").await;
+    assert_eq!(list, json!([]));
+    // Only admins create keys.
+    let res = s
+        .http
+        .post(s.url("/api/auth/api-keys"))
+        .json(&json!({"name": "x", "scopes": ["admin"]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_address() {
+    let mut cfg = settings(None, "mem://");
+    cfg.auth.login_per_minute = 3;
+    let s = TestServer::start(cfg).await;
+    let attempt = || {
+        s.http
+            .post(s.url("/api/auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": "wrong"}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt().await.expect("post").status(), 401);
+    }
+    let res = attempt().await.expect("post");
+    assert_eq!(res.status(), 429);
+    let retry_after: u64 = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry_after));
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn derived_scoped_keys_survive_restarts_and_are_checked() {
+    // What the SentDM action puts in its webhook URL: derived, so restarts keep the URL.
+    let s = server().await;
+    let graph = graphagent::Graph::memory().await.expect("graph");
+    let auth = graphagent::auth::Auth::new(graph, &settings(None, "mem://").auth)
+        .await
+        .expect("auth");
+    use graphagent::plugin::ScopedKeys;
+    let key = auth.derive("webhook:sentdm:act_1").expect("derived");
+    drop(s);
+    auth.authorize_scope(Some(&key), "webhook:sentdm:act_1")
+        .await
+        .expect("ok");
+    let err = auth
+        .authorize_scope(Some(&key), "webhook:sentdm:act_2")
+        .await
+        .expect_err("wrong scope");
+    assert_eq!(err.status.as_u16(), 403);
+    let err = auth
+        .authorize_scope(None, "webhook:sentdm:act_1")
+        .await
+        .expect_err("missing");
+    assert_eq!(err.status.as_u16(), 401);
+}
