@@ -380,6 +380,23 @@ impl Client {
         &self.cfg
     }
 
+    /// The same client (connection pool and rate limiters shared) acting in sandbox mode
+    /// and/or as another profile, for one call's per-request options.
+    pub fn with_options(&self, sandbox: bool, profile_id: Option<String>) -> Result<Self> {
+        if profile_id.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(Error::InvalidRequest("profile id must not be empty".into()));
+        }
+        let mut cfg = (*self.cfg).clone();
+        cfg.sandbox = sandbox;
+        if profile_id.is_some() {
+            cfg.profile_id = profile_id;
+        }
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            ..self.clone()
+        })
+    }
+
     /// `GET /v3/me`.
     pub async fn me(&self) -> Result<Account> {
         let raw = self.call(Req::get("/v3/me")).await?;

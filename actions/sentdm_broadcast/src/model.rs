@@ -117,7 +117,7 @@ pub struct Pagination {
 }
 
 /// One page of a list endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub pagination: Pagination,

@@ -1,0 +1,886 @@
+//! The SentDM broadcast action end to end: real host, embedded graph, the simulator
+//! over real HTTP sending real signed webhooks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use graphagent_sentdm::client::{ApiKey, Client, ClientConfig};
+use graphagent_sentdm::sim::{ApiFault, Faults, SimHandle};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::app::{App, AppOptions, eventually, tmp_graph};
+use crate::util::{sim_builder, start_sim};
+
+async fn sim_webhooks(sim: &SimHandle) -> Vec<graphagent_sentdm::model::Webhook> {
+    let client = Client::new(ClientConfig::new(
+        sim.base_url(),
+        ApiKey::new(sim.api_key()),
+    ))
+    .expect("client");
+    client.list_all_webhooks().await.expect("list")
+}
+
+fn mutations(sim: &SimHandle, prefix: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn start_registers_one_webhook_and_a_restart_keeps_it() {
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::start(
+        &sim,
+        AppOptions {
+            graph_url: Some(tmp_graph(dir.path())),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let hooks = sim_webhooks(&sim).await;
+    assert_eq!(hooks.len(), 1);
+    let id = hooks[0].id.clone();
+    assert!(hooks[0].endpoint_url.contains(&format!(
+        "/api/sentdm/webhook/{}?api_key=gsk_",
+        App::action_id("sentdm")
+    )));
+    assert_eq!(hooks[0].event_types, ["message"]);
+    let (_, status) = app.call(Method::GET, "/sentdm/status", None).await;
+    assert_eq!(status["configured"], true);
+    assert_eq!(status["reachable"], true);
+    assert_eq!(status["webhook_registered"], true);
+    assert_eq!(status["last_reconcile"]["outcome"], "created");
+    // The machine key never appears in answers.
+    assert!(
+        status["webhook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("?api_key=***")),
+        "{status}"
+    );
+    let port = app.port();
+    app.stop().await;
+
+    let before = mutations(&sim, "/v3/webhooks");
+    let app = App::start(
+        &sim,
+        AppOptions {
+            graph_url: Some(tmp_graph(dir.path())),
+            port: Some(port),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let hooks = sim_webhooks(&sim).await;
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].id, id, "restart must keep the webhook");
+    assert_eq!(
+        mutations(&sim, "/v3/webhooks"),
+        before,
+        "no create/delete/rotate on restart"
+    );
+    let (_, report) = app
+        .call(Method::POST, "/sentdm/webhook/register", None)
+        .await;
+    assert_eq!(report["outcome"], "kept");
+    assert_eq!(report["changes"], 0);
+    assert_eq!(mutations(&sim, "/v3/webhooks"), before);
+}
+
+#[tokio::test]
+async fn two_actions_behind_one_url_keep_their_own_webhooks() {
+    let sim = start_sim().await;
+    // A webhook of another origin that must never be touched.
+    let client = Client::new(ClientConfig::new(
+        sim.base_url(),
+        ApiKey::new(sim.api_key()),
+    ))
+    .expect("client");
+    let foreign = client
+        .create_webhook(
+            &graphagent_sentdm::model::WebhookRequest {
+                display_name: "other system".into(),
+                endpoint_url: format!(
+                    "http://127.0.0.1:9/api/sentdm/webhook/{}",
+                    App::action_id("a")
+                ),
+                event_types: vec!["message".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("foreign webhook");
+    let app = App::start(
+        &sim,
+        AppOptions {
+            names: &["a", "b"],
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let hooks = sim_webhooks(&sim).await;
+    assert_eq!(hooks.len(), 3, "{hooks:?}");
+    assert!(hooks.iter().any(|h| h.id == foreign.id));
+    for name in ["a", "b"] {
+        let report = app.action(name).reconcile_webhook_endpoint().await;
+        assert_eq!(
+            (report.outcome.as_str(), report.changes),
+            ("kept", 0),
+            "{name}: {report:?}"
+        );
+    }
+    assert_eq!(sim_webhooks(&sim).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_webhook_whose_secret_was_lost_is_repaired() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (id, _) = app.webhook_state("sentdm").await.expect("state");
+    app.graph
+        .query("DELETE sentdm_webhook_state;", Value::Null)
+        .await
+        .expect("delete");
+    let (_, report) = app
+        .call(Method::POST, "/sentdm/webhook/register", None)
+        .await;
+    assert_eq!(report["outcome"], "rotated", "{report}");
+    assert_eq!(report["webhook_id"], id.as_str());
+    let (new_id, _) = app.webhook_state("sentdm").await.expect("state restored");
+    assert_eq!(new_id, id);
+    // Deliveries verify again: a broadcast's events land.
+    let (status, _) = app.broadcast(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": {"name": "Jo", "order_id": "1"}}})).await;
+    assert_eq!(status, 202);
+    sim.settle().await;
+    let (_, page) = app.call(Method::GET, "/sentdm/broadcasts", None).await;
+    assert_eq!(page["items"][0]["status"], "delivered", "{page}");
+}
+
+fn params() -> Value {
+    json!({"name": "Jane", "order_id": "12345"})
+}
+
+#[tokio::test]
+async fn a_broadcast_to_n_recipients_on_two_channels_ends_final_in_the_graph() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    // …0001 fails after SENT (DELIVERY_007), the others succeed.
+    let to = ["+14155550100", "+14155550200", "+14155550001"];
+    let (status, result) = app
+        .broadcast(json!({"to": to, "channels": ["sms", "whatsapp"], "template": {"name": "order_confirmation", "parameters": params()}, "idempotency_key": "order-12345"}))
+        .await;
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["status"], "accepted");
+    assert_eq!(result["messages"].as_array().map(Vec::len), Some(6));
+    assert_eq!(result["persisted"]["ok"], true);
+    assert_eq!(result["persisted"]["records"], 6);
+    let broadcast_id = result["broadcast_id"].as_str().expect("id").to_owned();
+
+    let linked = app
+        .graph
+        .query(
+            "RETURN count(SELECT id FROM type::record('action', $a)->tracks->sentdm_message);
+             RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
+             RETURN count(SELECT id FROM type::record('action', $a)->sent->broadcast);",
+            json!({"a": App::action_id("sentdm"), "b": broadcast_id}),
+        )
+        .await
+        .expect("query");
+    assert_eq!(linked, vec![json!(6), json!(6), json!(1)]);
+    let (_, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?page_size=100", None)
+        .await;
+    for item in page["items"].as_array().expect("items") {
+        assert_eq!(item["status"], "accepted");
+        assert_eq!(item["events"][0]["source"], "send");
+    }
+
+    sim.settle().await;
+    let (_, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?page_size=100", None)
+        .await;
+    assert_eq!(page["total"], 6);
+    for item in page["items"].as_array().expect("items") {
+        let to = item["to"].as_str().unwrap_or_default();
+        let channel = item["channel"].as_str().unwrap_or_default();
+        let expected = match (to.ends_with("0001"), channel) {
+            (true, _) => "failed",
+            (false, "whatsapp") => "read",
+            (false, _) => "delivered",
+        };
+        assert_eq!(item["status"], expected, "{item}");
+        if expected == "failed" {
+            assert_eq!(item["error"]["code"], "DELIVERY_007");
+        }
+        // send + queued, sent + delivered (+ read) or failed
+        let statuses: Vec<&str> = item["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["status"].as_str())
+            .collect();
+        let want: &[&str] = match expected {
+            // `routed` is not in the default webhook filter.
+            "read" => &["accepted", "QUEUED", "SENT", "DELIVERED", "READ"],
+            "delivered" => &["accepted", "QUEUED", "SENT", "DELIVERED"],
+            _ => &["accepted", "QUEUED", "SENT", "FAILED"],
+        };
+        assert_eq!(statuses, want, "{item}");
+        assert_eq!(item["broadcast_id"], broadcast_id.as_str());
+    }
+
+    // The same idempotency key again: nothing is sent twice, same broadcast.
+    let sent_before = sim.message_count();
+    let (status, again) = app
+        .broadcast(json!({"to": to, "channels": ["sms", "whatsapp"], "template": {"name": "order_confirmation", "parameters": params()}, "idempotency_key": "order-12345"}))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(again["broadcast_id"], broadcast_id.as_str());
+    assert_eq!(again["requests"][0]["replayed"], true);
+    assert_eq!(sim.message_count(), sent_before);
+    assert_eq!(app.record_count().await, 6);
+}
+
+#[tokio::test]
+async fn the_event_log_is_bounded() {
+    let sim = start_sim().await;
+    let app = App::start(
+        &sim,
+        AppOptions {
+            extra: "      record_event_history_limit: 3\n",
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let (_, result) = app.broadcast(json!({"to": ["+14155550100"], "channels": ["whatsapp"], "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    sim.settle().await;
+    let record_id = result["messages"][0]["record_id"]
+        .as_str()
+        .expect("record id");
+    let (_, record) = app
+        .call(
+            Method::GET,
+            &format!("/sentdm/broadcasts/{record_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(record["status"], "read");
+    let statuses: Vec<&str> = record["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["SENT", "DELIVERED", "READ"]);
+    assert_eq!(record["event_count"], 5);
+}
+
+fn envelope(message_id: &str, status: &str, updated_at: &str) -> String {
+    json!({"field": "message", "sub_type": format!("message.{}", status.to_lowercase()), "timestamp": updated_at,
+           "payload": {"message_id": message_id, "message_status": status, "channel": "sms",
+                       "outbound_number": "+14155550100", "updated_at": updated_at}})
+    .to_string()
+}
+
+/// A simulator that accepts sends but delivers no webhooks of its own, for tests that
+/// craft every delivery themselves.
+async fn silent_sim() -> SimHandle {
+    let all = [
+        "queued",
+        "routed",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "blocked",
+        "filtered",
+        "scheduled",
+        "cancelled",
+    ];
+    sim_builder()
+        .faults(Faults {
+            drop_sub_types: all.iter().map(|s| format!("message.{s}")).collect(),
+            ..Faults::default()
+        })
+        .start()
+        .await
+        .expect("sim")
+}
+
+async fn one_record(app: &App, sim: &SimHandle) -> (String, String) {
+    let (_, result) = app.broadcast(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    let _ = sim;
+    (
+        result["messages"][0]["message_id"]
+            .as_str()
+            .expect("mid")
+            .to_owned(),
+        result["messages"][0]["record_id"]
+            .as_str()
+            .expect("rid")
+            .to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn deliveries_that_fail_verification_are_401_and_write_nothing() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, rid) = one_record(&app, &sim).await;
+    let body = envelope(&mid, "DELIVERED", "2026-05-14T18:49:20Z");
+    type Tweak = Box<dyn FnOnce(&mut crate::app::Delivery)>;
+    let cases: Vec<(&str, Tweak, u16)> = vec![
+        (
+            "tampered body",
+            Box::new(|d| d.body = d.body.replace("DELIVERED", "READ")),
+            401,
+        ),
+        (
+            "bad signature",
+            Box::new(|d| d.signature = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            401,
+        ),
+        (
+            "hex of body",
+            Box::new(|d| d.signature = "sha256=00ff".into()),
+            401,
+        ),
+        ("stale timestamp", Box::new(|d| d.timestamp -= 301), 401),
+        (
+            "wrong webhook id",
+            Box::new(|d| d.webhook_id = "00000000-0000-0000-0000-000000000000".into()),
+            401,
+        ),
+        ("missing key", Box::new(|d| d.key = None), 401),
+        (
+            "invalid key",
+            Box::new(|d| d.key = Some("gsk_bm9wZQ.AAAA".into())),
+            401,
+        ),
+    ];
+    for (what, tweak, want) in cases {
+        let (status, body) = app.deliver("sentdm", &body, tweak).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body["error"]["message"].is_string(), "{what}");
+    }
+    // A valid key for another action's scope: 403.
+    let other_key = {
+        let settings = graphagent::AuthSettings {
+            jwt_secret: Some(crate::app::JWT_SECRET.into()),
+            ..Default::default()
+        };
+        let auth =
+            graphagent::auth::Auth::new(graphagent::Graph::memory().await.expect("g"), &settings)
+                .await
+                .expect("auth");
+        use graphagent::plugin::ScopedKeys;
+        auth.derive("webhook:sentdm:act_someone_else").expect("key")
+    };
+    let (status, _) = app
+        .deliver("sentdm", &body, |d| d.key = Some(other_key))
+        .await;
+    assert_eq!(status, 403);
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(record["status"], "accepted");
+    assert_eq!(record["event_count"], 1, "nothing was written: {record}");
+    let receipts = app
+        .graph
+        .query("RETURN count(SELECT id FROM sentdm_receipt);", Value::Null)
+        .await
+        .expect("q");
+    assert_eq!(receipts[0], json!(0));
+    // And the genuine one is accepted.
+    let (status, ack) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone(), ack["record_status"].clone()),
+        (200, json!("received"), json!("delivered"))
+    );
+}
+
+#[tokio::test]
+async fn replays_and_concurrent_duplicates_apply_once() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, rid) = one_record(&app, &sim).await;
+    let body = envelope(&mid, "SENT", "2026-05-14T18:49:16Z");
+    let (_, first) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(first["status"], "received");
+    let (status, replay) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(
+        (status, replay["status"].clone()),
+        (200, json!("duplicate"))
+    );
+
+    let body = envelope(&mid, "DELIVERED", "2026-05-14T18:49:20Z");
+    let app = std::sync::Arc::new(app);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            let body = body.clone();
+            tokio::spawn(async move { app.deliver("sentdm", &body, |_| {}).await })
+        })
+        .collect();
+    let mut outcomes = BTreeMap::new();
+    for t in tasks {
+        let (status, ack) = t.await.expect("join");
+        assert_eq!(status, 200);
+        *outcomes
+            .entry(ack["status"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([("duplicate".to_owned(), 19), ("received".to_owned(), 1)])
+    );
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(record["status"], "delivered");
+    assert_eq!(
+        record["event_count"], 3,
+        "send + sent + delivered: {record}"
+    );
+}
+
+#[tokio::test]
+async fn fifty_distinct_concurrent_events_for_one_record_all_land() {
+    let sim = silent_sim().await;
+    let app = std::sync::Arc::new(App::start(&sim, AppOptions::default()).await);
+    let (mid, rid) = one_record(&app, &sim).await;
+    let statuses = ["QUEUED", "ROUTED", "SENT", "DELIVERED", "READ"];
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let app = app.clone();
+            // Distinct events: the occurrence time differs; statuses in every order.
+            let body = envelope(
+                &mid,
+                statuses[i % 5],
+                &format!("2026-05-14T18:{:02}:{:02}Z", 10 + i / 60, i % 60),
+            );
+            tokio::spawn(async move { app.deliver("sentdm", &body, |_| {}).await })
+        })
+        .collect();
+    for t in tasks {
+        let (status, ack) = t.await.expect("join");
+        assert_eq!(
+            (status, ack["status"].clone()),
+            (200, json!("received")),
+            "{ack}"
+        );
+    }
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(record["event_count"], 51);
+    assert_eq!(record["events"].as_array().map(Vec::len), Some(51));
+    assert_eq!(record["status"], "read");
+}
+
+#[tokio::test]
+async fn reordered_and_duplicated_deliveries_never_regress() {
+    let sim = sim_builder()
+        .faults(Faults {
+            reorder: true,
+            duplicate: true,
+            ..Faults::default()
+        })
+        .start()
+        .await
+        .expect("sim");
+    let app = App::start(&sim, AppOptions::default()).await;
+    let to: Vec<String> = (0..8).map(|i| format!("+1415555{:04}", 1000 + i)).collect();
+    let (status, _) = app.broadcast(json!({"to": to, "channels": ["sms", "whatsapp"], "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    assert_eq!(status, 202);
+    sim.settle().await;
+    let (_, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?page_size=100", None)
+        .await;
+    assert_eq!(page["total"], 16);
+    for item in page["items"].as_array().expect("items") {
+        let want = if item["channel"] == "whatsapp" {
+            "read"
+        } else {
+            "delivered"
+        };
+        assert_eq!(item["status"], want, "{item}");
+        // Every distinct event once, however often it was delivered.
+        let n = item["events"].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(n, if want == "read" { 5 } else { 4 }, "{item}");
+    }
+}
+
+#[tokio::test]
+async fn graph_outage_is_503_and_the_retry_applies_once() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, rid) = one_record(&app, &sim).await;
+    let (_, sent) = app
+        .deliver(
+            "sentdm",
+            &envelope(&mid, "SENT", "2026-05-14T18:49:16Z"),
+            |_| {},
+        )
+        .await;
+    assert_eq!(sent["status"], "received");
+    let body = envelope(&mid, "DELIVERED", "2026-05-14T18:49:20Z");
+    app.graph.set_outage(true);
+    let (status, err) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(status, 503, "{err}");
+    app.graph.set_outage(false);
+    let (status, ack) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!((status, ack["status"].clone()), (200, json!("received")));
+    let (_, ack) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(ack["status"], "duplicate");
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(record["status"], "delivered");
+    assert_eq!(
+        record["event_count"], 3,
+        "send, sent, delivered once: {record}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_webhooks_are_recovered_by_refresh_and_the_sweeper() {
+    let sim = sim_builder()
+        .faults(Faults {
+            drop_sub_types: vec!["message.delivered".into(), "message.read".into()],
+            ..Faults::default()
+        })
+        .start()
+        .await
+        .expect("sim");
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (_, result) = app.broadcast(json!({"to": ["+14155550100", "+14155550200"], "channels": ["whatsapp"], "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    sim.settle().await;
+    let first = result["messages"][0]["record_id"].as_str().expect("rid");
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{first}"), None)
+        .await;
+    assert_eq!(
+        record["status"], "sent",
+        "the delivered/read webhooks were dropped"
+    );
+    let (status, refreshed) = app
+        .call(
+            Method::POST,
+            &format!("/sentdm/broadcasts/{first}/refresh"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(refreshed["status"], "read");
+    assert_eq!(
+        refreshed["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .map(|e| e["source"].clone()),
+        Some(json!("refresh"))
+    );
+    // The other one through the sweeper.
+    let swept = app
+        .action("sentdm")
+        .sweep_once(Duration::ZERO, 100)
+        .await
+        .expect("sweep");
+    assert!(swept >= 1);
+    let second = result["messages"][1]["record_id"].as_str().expect("rid");
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{second}"), None)
+        .await;
+    assert_eq!(record["status"], "read");
+}
+
+#[tokio::test]
+async fn sandbox_sends_are_kept_only_when_asked() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (status, result) = app.broadcast(json!({"to": ["+14155550100"], "sandbox": true, "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["sandbox"], true);
+    assert_eq!(result["persisted"]["ok"], false);
+    assert!(
+        result["persisted"]["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("sandbox"))
+    );
+    assert_eq!(app.record_count().await, 0);
+    app.stop().await;
+
+    let app = App::start(
+        &sim,
+        AppOptions {
+            extra: "      persist_sandbox_sends: true\n",
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let (_, result) = app.broadcast(json!({"to": ["+14155550100"], "sandbox": true, "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    assert_eq!(result["persisted"]["ok"], true);
+    assert_eq!(app.record_count().await, 1);
+}
+
+#[tokio::test]
+async fn sentdm_faults_on_send_are_retried_without_a_duplicate() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    // The first attempt is processed but its answer is lost (503); then a 429.
+    sim.push_api_fault(
+        ApiFault::status(503)
+            .on("POST", "/v3/messages")
+            .times(1)
+            .after_processing(),
+    );
+    sim.push_api_fault(
+        ApiFault::rate_limited(1)
+            .on("POST", "/v3/messages")
+            .times(1),
+    );
+    let (status, result) = app.broadcast(json!({"to": ["+14155550100", "+14155550200"], "template": {"name": "order_confirmation", "parameters": params()}})).await;
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(sim.message_count(), 2, "retries reused the idempotency key");
+    assert_eq!(result["messages"].as_array().map(Vec::len), Some(2));
+    let keys: Vec<_> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v3/messages")
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    assert!(
+        keys.len() >= 2 && keys.windows(2).all(|w| w[0] == w[1]),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_sends_are_clear_errors_and_send_nothing() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let cases = [
+        (json!({"to": []}), "to"),
+        (json!({"to": ["4155550100"]}), "to[0]"),
+        (
+            json!({"to": ["+14155550100"], "channels": ["fax"]}),
+            "channels[0]",
+        ),
+        (
+            json!({"to": ["+14155550100"], "idempotency_key": "no spaces"}),
+            "idempotency_key",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, err) = app.broadcast(body).await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    let (status, err) = app
+        .broadcast(json!({"to": ["+14155550100"], "unknown": 1}))
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(mutations(&sim, "/v3/messages"), 0, "nothing reached SentDM");
+    // SentDM's own rejection (unknown template) comes back with its code.
+    let (status, err) = app.broadcast(json!({"to": ["+14155550100"], "template": {"id": "00000000-0000-4000-8000-000000000000"}})).await;
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(err["error"]["code"], "sentdm_not_found");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("RESOURCE_002")),
+        "{err}"
+    );
+    assert_eq!(app.record_count().await, 0);
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_credentials() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let base = format!("{}/api/actions/{}", app.base, App::action_id("sentdm"));
+    for (method, path) in [
+        (Method::POST, "/sentdm/broadcast"),
+        (Method::GET, "/sentdm/status"),
+        (Method::GET, "/sentdm/broadcasts"),
+        (Method::GET, "/sentdm/templates"),
+        (Method::POST, "/sentdm/webhook/register"),
+        (Method::GET, "/sentdm/webhook"),
+    ] {
+        let res = app
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(res.status(), 401, "{method} {path}");
+    }
+    let (status, templates) = app
+        .call(Method::GET, "/sentdm/templates?page_size=10", None)
+        .await;
+    assert_eq!(status, 200, "{templates}");
+    assert!(
+        templates["items"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "order_confirmation"))
+    );
+    let (status, _) = app
+        .call(Method::GET, "/sentdm/templates?page_size=1000", None)
+        .await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test]
+async fn replies_are_stored_apart_and_streamed_to_agent_code() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, _) = one_record(&app, &sim).await;
+    let mut replies = app.action("sentdm").subscribe_replies();
+    let body = json!({"field": "message", "sub_type": "message.received", "timestamp": "2025-10-31T10:10:42Z",
+        "payload": {"message_id": "in-1", "inbound_number": "+14155550100", "outbound_number": "+14155550999", "channel": "sms", "text": "STOP"}}).to_string();
+    let (status, ack) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("received")),
+        "{ack}"
+    );
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+        .await
+        .expect("in time")
+        .expect("reply");
+    assert_eq!(reply.text.as_deref(), Some("STOP"));
+    let (_, dup) = app.deliver("sentdm", &body, |_| {}).await;
+    assert_eq!(dup["status"], "duplicate");
+    let rows = app
+        .graph
+        .query(
+            "SELECT text, ->replies_to->sentdm_message.sentdm_message_id AS answers FROM sentdm_inbound;
+             RETURN count(SELECT id FROM sentdm_message);",
+            Value::Null,
+        )
+        .await
+        .expect("q");
+    assert_eq!(rows[0][0]["text"], "STOP");
+    assert_eq!(rows[0][0]["answers"], json!([mid]));
+    assert_eq!(rows[1], json!(1), "a reply is not a broadcast record");
+}
+
+#[tokio::test]
+async fn unknown_messages_get_a_minimal_record_unless_a_sibling_owns_them() {
+    let sim = silent_sim().await;
+    let app = App::start(
+        &sim,
+        AppOptions {
+            names: &["sentdm", "other"],
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let (_, ack) = app
+        .deliver(
+            "sentdm",
+            &envelope("m-unknown", "SENT", "2026-05-14T18:49:16Z"),
+            |_| {},
+        )
+        .await;
+    assert_eq!(ack["status"], "received");
+    let (_, record) = app
+        .call(
+            Method::GET,
+            &format!(
+                "/sentdm/broadcasts/{}",
+                ack["record_id"].as_str().unwrap_or_default()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(record["minimal"], true);
+    assert_eq!(record["status"], "sent");
+    // A message sent by the sibling action, delivered to this action's webhook too.
+    let (_, sibling) = app
+        .raw(Method::POST, &format!("{}/api/actions/{}/sentdm/broadcast", app.base, App::action_id("other")),
+             Some(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": params()}})))
+        .await;
+    let mid = sibling["messages"][0]["message_id"].as_str().expect("mid");
+    let (status, ack) = app
+        .deliver(
+            "sentdm",
+            &envelope(mid, "SENT", "2026-05-14T18:49:16Z"),
+            |_| {},
+        )
+        .await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("ignored")),
+        "{ack}"
+    );
+    eventually(
+        "no record for the sibling's message under this action",
+        || async { app.record_count().await == 2 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn verified_but_unusable_bodies_are_200_and_counted() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    for body in [
+        "not json",
+        "[1,2]",
+        r#"{"field":"message","payload":{}}"#,
+        r#"{"field":"templates","payload":{"template_id":"t","status":"APPROVED"}}"#,
+    ] {
+        let (status, ack) = app.deliver("sentdm", body, |_| {}).await;
+        assert_eq!(
+            (status, ack["status"].clone()),
+            (200, json!("ignored")),
+            "{body}"
+        );
+    }
+    let (_, health) = app.call(Method::GET, "/sentdm/status", None).await;
+    assert_eq!(health["counters"]["ignored"], 4);
+    assert_eq!(app.record_count().await, 0);
+}
+
+#[tokio::test]
+async fn without_an_api_key_the_action_loads_and_says_so() {
+    // Built by hand: no api_key and no SENTDM_API_KEY in this test's environment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "agent: a\nactions:\n  - action: jvagent/sentdm_broadcast_action\n    name: s\n",
+    )
+    .expect("write");
+    let host = graphagent::HostBuilder::new()
+        .action::<graphagent_sentdm::SentDmBroadcast>()
+        .settings(graphagent::Settings {
+            config_path: Some(config),
+            graph_url: "mem://".into(),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("loads");
+    let action = host
+        .agent("a")
+        .and_then(|a| a.action::<graphagent_sentdm::SentDmBroadcast>())
+        .expect("action");
+    if std::env::var("SENTDM_API_KEY").is_err() {
+        let health = action.healthcheck().await;
+        assert!(!health.configured);
+        assert_eq!(
+            health.last_reconcile.map(|r| r.outcome),
+            Some("skipped".into())
+        );
+        let err = action
+            .send_broadcast(Default::default())
+            .await
+            .expect_err("not configured");
+        assert!(err.to_string().contains("SENTDM_API_KEY"));
+    }
+}

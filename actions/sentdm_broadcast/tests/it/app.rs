@@ -1,0 +1,310 @@
+//! The action in a real host: server on a loopback port, embedded SurrealDB, the
+//! simulator over real HTTP delivering real signed webhooks to it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use graphagent::{Graph, HostBuilder, Settings};
+use graphagent_sentdm::SentDmBroadcast;
+use graphagent_sentdm::signing::SigningSecret;
+use graphagent_sentdm::sim::SimHandle;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const JWT_SECRET: &str = "sentdm-test-secret-sentdm-test-secret";
+pub const ADMIN: (&str, &str) = ("ops@example.com", "ops password for tests");
+
+/// A running host with SentDM actions configured against `sim`.
+pub struct App {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub graph: Graph,
+    pub token: String,
+    pub host_agent: graphagent::AgentHandle,
+    /// Webhook id and secret by action name, read once (deliveries during an injected
+    /// graph outage still need them).
+    states: std::sync::Mutex<std::collections::HashMap<String, (String, SigningSecret)>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), graphagent::HostError>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct AppOptions<'a> {
+    /// Extra `context:` lines for every action (YAML, 6-space indented).
+    pub extra: &'a str,
+    /// Action names (one `sentdm_broadcast` each).
+    pub names: &'a [&'a str],
+    /// Graph URL (`mem://` by default).
+    pub graph_url: Option<String>,
+    /// Reuse this port (restart tests).
+    pub port: Option<u16>,
+}
+
+impl Default for AppOptions<'_> {
+    fn default() -> Self {
+        Self {
+            extra: "",
+            names: &["sentdm"],
+            graph_url: None,
+            port: None,
+        }
+    }
+}
+
+pub fn agent_yaml(sim: &SimHandle, o: &AppOptions<'_>) -> String {
+    let mut y = String::from("agent: acme/notifier\nactions:\n");
+    for name in o.names {
+        y.push_str(&format!(
+            "  - action: sentdm_broadcast\n    name: {name}\n    context:\n      api_base: {}\n      api_key: {}\n      sweep_interval_seconds: 0\n      default_template_name: order_confirmation\n{}{}",
+            sim.base_url(),
+            sim.api_key(),
+            if o.extra.contains("record_event_history_limit") { "" } else { "      record_event_history_limit: 100\n" },
+            o.extra
+        ));
+    }
+    y
+}
+
+impl App {
+    pub async fn start(sim: &SimHandle, o: AppOptions<'_>) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,surrealdb=warn")
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("agent.yaml");
+        std::fs::write(&config, agent_yaml(sim, &o)).expect("write config");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", o.port.unwrap_or(0)))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        let mut settings = Settings {
+            config_path: Some(config),
+            graph_url: o.graph_url.clone().unwrap_or_else(|| "mem://".into()),
+            public_base_url: Some(base.clone()),
+            ..Settings::default()
+        };
+        settings.auth.jwt_secret = Some(JWT_SECRET.into());
+        settings.auth.admin_email = Some(ADMIN.0.into());
+        settings.auth.admin_password = Some(ADMIN.1.into());
+        let host = HostBuilder::new()
+            .action::<SentDmBroadcast>()
+            .settings(settings)
+            .build()
+            .await
+            .expect("host builds");
+        let graph = host.graph().clone();
+        let host_agent = host.agent("acme/notifier").expect("agent");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(host.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let token: Value = http
+            .post(format!("{base}/api/auth/login"))
+            .json(&json!({"email": ADMIN.0, "password": ADMIN.1}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        Self {
+            base,
+            http,
+            graph,
+            token: token["access_token"].as_str().expect("token").to_owned(),
+            host_agent,
+            states: Default::default(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    pub fn action_id(name: &str) -> String {
+        graphagent::plugin::action_id("acme/notifier", name)
+    }
+
+    pub fn action(&self, name: &str) -> std::sync::Arc<SentDmBroadcast> {
+        self.host_agent
+            .action_named::<SentDmBroadcast>(name)
+            .expect("action")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("clean stop");
+        }
+    }
+
+    /// Admin call under the action's prefix; returns status and JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!(
+            "{}/api/actions/{}{path}",
+            self.base,
+            Self::action_id("sentdm")
+        );
+        self.raw(method, &url, body).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn broadcast(&self, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, "/sentdm/broadcast", Some(body))
+            .await
+    }
+
+    /// The webhook id and secret the action stored.
+    pub async fn webhook_state(&self, name: &str) -> Option<(String, SigningSecret)> {
+        let rows = self
+            .graph
+            .query(
+                "SELECT webhook_id, signing_secret FROM type::record('sentdm_webhook_state', $id);",
+                json!({"id": Self::action_id(name)}),
+            )
+            .await
+            .expect("query");
+        let row = rows.into_iter().next()?.as_array()?.first()?.clone();
+        Some((
+            row["webhook_id"].as_str()?.to_owned(),
+            SigningSecret::parse(row["signing_secret"].as_str()?).ok()?,
+        ))
+    }
+
+    /// POST a delivery to this action's receiver, signed as SentDM would.
+    pub async fn deliver(
+        &self,
+        name: &str,
+        body: &str,
+        tweak: impl FnOnce(&mut Delivery),
+    ) -> (u16, Value) {
+        let cached = self.states.lock().expect("lock").get(name).cloned();
+        let (webhook_id, secret) = match cached {
+            Some(s) => s,
+            None => {
+                let s = self.webhook_state(name).await.expect("webhook state");
+                self.states
+                    .lock()
+                    .expect("lock")
+                    .insert(name.to_owned(), s.clone());
+                s
+            }
+        };
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut d = Delivery {
+            key: Some(self.scoped_key(name).await),
+            webhook_id: webhook_id.clone(),
+            timestamp: ts,
+            signature: secret.sign(&webhook_id, ts, body.as_bytes()),
+            body: body.to_owned(),
+        };
+        tweak(&mut d);
+        let mut url = format!("{}/api/sentdm/webhook/{}", self.base, Self::action_id(name));
+        if let Some(k) = &d.key {
+            url.push_str(&format!("?api_key={k}"));
+        }
+        let res = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-webhook-id", &d.webhook_id)
+            .header("x-webhook-timestamp", d.timestamp.to_string())
+            .header("x-webhook-signature", &d.signature)
+            .body(d.body.clone())
+            .send()
+            .await
+            .expect("deliver");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The machine key in the webhook URL, derived the way the host derives it.
+    pub async fn scoped_key(&self, name: &str) -> String {
+        let settings = graphagent::AuthSettings {
+            jwt_secret: Some(JWT_SECRET.into()),
+            ..graphagent::AuthSettings::default()
+        };
+        let g = Graph::memory().await.expect("graph");
+        let auth = graphagent::auth::Auth::new(g, &settings)
+            .await
+            .expect("auth");
+        use graphagent::plugin::ScopedKeys;
+        auth.derive(&format!("webhook:sentdm:{}", Self::action_id(name)))
+            .expect("key")
+    }
+
+    pub async fn record_count(&self) -> u64 {
+        let out = self
+            .graph
+            .query("RETURN count(SELECT id FROM sentdm_message);", Value::Null)
+            .await
+            .expect("count");
+        out[0].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A delivery before it is sent, for tests that tamper with it.
+pub struct Delivery {
+    pub key: Option<String>,
+    pub webhook_id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: String,
+}
+
+pub fn tmp_graph(dir: &Path) -> String {
+    format!("surrealkv://{}", dir.join("graph").display())
+}
+
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
