@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let host = graphagent::HostBuilder::new().action::<graphagent_echo::Echo>();
+    let host = graphagent::HostBuilder::new()
+        .action::<graphagent_sentdm::SentDmBroadcast>()
+        .action::<graphagent_echo::Echo>();
     graphagent::cli::run(host).await
 }

@@ -28,7 +28,7 @@ fn check_accepts_the_example_and_rejects_errors_with_positions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 1 action(s))"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 2 action(s))"));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("agent.yaml");
@@ -163,9 +163,10 @@ async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
             .json()
             .await
             .expect("json");
-        let id = actions[0]["id"].as_str().expect("id").to_owned();
+        let echo = actions.as_array().and_then(|a| a.iter().find(|x| x["type_name"] == "echo")).expect("echo action").clone();
+        let id = echo["id"].as_str().expect("id").to_owned();
         // ${ECHO_GREETING:-pong} was expanded from the environment.
-        assert_eq!(actions[0]["config"]["greeting"], "ahoy");
+        assert_eq!(echo["config"]["greeting"], "ahoy");
         let ping: Value = http
             .get(format!("{}/api/actions/{id}/echo/ping", server.base))
             .bearer_auth(&token)
