@@ -116,13 +116,16 @@ async fn run(target: Arc<Target>, bodies: Arc<Vec<(usize, String)>>, concurrency
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, next, bodies, target) = (http.clone(), next.clone(), bodies.clone(), target.clone());
+            let (http, next, bodies, target) =
+                (http.clone(), next.clone(), bodies.clone(), target.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let (mut ok, mut errors) = (0, 0);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, body)) = bodies.get(i) else { break };
+                    let Some((_, body)) = bodies.get(i) else {
+                        break;
+                    };
                     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
                     let sig = target.secret.sign(&target.webhook_id, ts, body.as_bytes());
                     let t0 = Instant::now();
@@ -150,7 +153,13 @@ async fn run(target: Arc<Target>, bodies: Arc<Vec<(usize, String)>>, concurrency
             })
         })
         .collect();
-    let mut report = Report { sent: 0, ok: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    let mut report = Report {
+        sent: 0,
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
     for w in workers {
         let (lat, ok, errors) = w.await.expect("worker");
         report.latencies_us.extend(lat);
@@ -171,7 +180,9 @@ async fn baseline_server(secret: SigningSecret) -> String {
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let secret = secret.clone();
             async move {
-                let Ok(parts) = SignedParts::from_headers(&headers) else { return StatusCode::UNAUTHORIZED };
+                let Ok(parts) = SignedParts::from_headers(&headers) else {
+                    return StatusCode::UNAUTHORIZED;
+                };
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 if secret.verify(&parts, &body, now, 300).is_err() {
                     return StatusCode::UNAUTHORIZED;
@@ -183,7 +194,9 @@ async fn baseline_server(secret: SigningSecret) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
@@ -192,7 +205,11 @@ async fn baseline_server(secret: SigningSecret) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
@@ -202,7 +219,12 @@ fn machine() -> String {
 async fn main() {
     let args = Args::parse();
     println!("machine: {}; args: {args:?}", machine());
-    let sim = Simulator::builder().manual_clock().seed(1).start().await.expect("simulator");
+    let sim = Simulator::builder()
+        .manual_clock()
+        .seed(1)
+        .start()
+        .await
+        .expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
     let graph_url = match args.graph.as_str() {
         "mem" => "mem://".to_owned(),
@@ -218,7 +240,9 @@ async fn main() {
         ),
     )
     .expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let mut settings = Settings {
         config_path: Some(config),
@@ -227,29 +251,51 @@ async fn main() {
         ..Settings::default()
     };
     settings.auth.jwt_secret = Some("load-test-secret-load-test-secret-0000".into());
-    let host = HostBuilder::new().action::<SentDmBroadcast>().settings(settings).build().await.expect("host");
+    let host = HostBuilder::new()
+        .action::<SentDmBroadcast>()
+        .settings(settings)
+        .build()
+        .await
+        .expect("host");
     let graph: Graph = host.graph().clone();
     let action_id = graphagent::plugin::action_id("bench", "sentdm");
     tokio::spawn(host.serve(listener, std::future::pending()));
 
     let state = graph
-        .query("SELECT webhook_id, signing_secret FROM type::record('sentdm_webhook_state', $id);", json!({"id": action_id}))
+        .query(
+            "SELECT webhook_id, signing_secret FROM type::record('sentdm_webhook_state', $id);",
+            json!({"id": action_id}),
+        )
         .await
         .expect("state");
     let row = &state[0][0];
     let webhook_id = row["webhook_id"].as_str().expect("webhook id").to_owned();
-    let secret = SigningSecret::parse(row["signing_secret"].as_str().expect("secret")).expect("secret parses");
+    let secret = SigningSecret::parse(row["signing_secret"].as_str().expect("secret"))
+        .expect("secret parses");
     let hooks = sim_webhook_url(&sim).await;
-    let target = Arc::new(Target { url: hooks, webhook_id: webhook_id.clone(), secret: secret.clone() });
+    let target = Arc::new(Target {
+        url: hooks,
+        webhook_id: webhook_id.clone(),
+        secret: secret.clone(),
+    });
 
     // Events spread over `messages` records, each record's events interleaved with others.
     let total = args.warmup + args.events;
-    let bodies: Vec<(usize, String)> = (0..total).map(|seq| (seq % args.messages, event_body(seq % args.messages, seq))).collect();
+    let bodies: Vec<(usize, String)> = (0..total)
+        .map(|seq| (seq % args.messages, event_body(seq % args.messages, seq)))
+        .collect();
     let (warm, measured) = bodies.split_at(args.warmup);
     if !warm.is_empty() {
-        run(target.clone(), Arc::new(warm.to_vec()), args.concurrency).await.print("warm-up");
+        run(target.clone(), Arc::new(warm.to_vec()), args.concurrency)
+            .await
+            .print("warm-up");
     }
-    let report = run(target.clone(), Arc::new(measured.to_vec()), args.concurrency).await;
+    let report = run(
+        target.clone(),
+        Arc::new(measured.to_vec()),
+        args.concurrency,
+    )
+    .await;
     report.print("receiver (verify + dedupe + fold + commit)");
 
     // Nothing lost, nothing applied twice.
@@ -275,16 +321,29 @@ async fn main() {
 
     if args.baseline {
         let url = baseline_server(secret).await;
-        let base_target = Arc::new(Target { url, webhook_id, secret: target.secret.clone() });
+        let base_target = Arc::new(Target {
+            url,
+            webhook_id,
+            secret: target.secret.clone(),
+        });
         let bodies = Arc::new(measured.to_vec());
-        run(base_target, bodies, args.concurrency).await.print("baseline (verify + parse only)");
+        run(base_target, bodies, args.concurrency)
+            .await
+            .print("baseline (verify + parse only)");
     }
     std::process::exit(i32::from(lost || report.errors > 0));
 }
 
 async fn sim_webhook_url(sim: &graphagent_sentdm::sim::SimHandle) -> String {
     use graphagent_sentdm::client::{ApiKey, Client, ClientConfig};
-    let client = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new(sim.api_key()))).expect("client");
+    let client = Client::new(ClientConfig::new(
+        sim.base_url(),
+        ApiKey::new(sim.api_key()),
+    ))
+    .expect("client");
     let hooks = client.list_all_webhooks().await.expect("webhooks");
-    hooks.first().map(|h| h.endpoint_url.clone()).expect("one webhook registered")
+    hooks
+        .first()
+        .map(|h| h.endpoint_url.clone())
+        .expect("one webhook registered")
 }

@@ -746,6 +746,14 @@ impl SentDmBroadcast {
             .ok_or_else(|| SentDmError::NotFound(format!("no record `{record_id}`")))
     }
 
+    /// A broadcast with its delivery funnel (records counted by current status).
+    pub async fn get_broadcast(&self, broadcast_id: &str) -> Result<Value, SentDmError> {
+        self.store
+            .broadcast_summary(broadcast_id)
+            .await?
+            .ok_or_else(|| SentDmError::NotFound(format!("no broadcast `{broadcast_id}`")))
+    }
+
     /// Read the message from SentDM and fold it in as a `refresh` event (recovers
     /// records whose webhooks were lost).
     pub async fn refresh_record(&self, record_id: &str) -> Result<Record, SentDmError> {

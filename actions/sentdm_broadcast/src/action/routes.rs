@@ -77,6 +77,7 @@ impl From<SentDmError> for ApiError {
 pub(super) fn private() -> OpenApiRouter<HostState> {
     OpenApiRouter::new()
         .routes(routes!(send_broadcast))
+        .routes(routes!(get_broadcast))
         .routes(routes!(get_message))
         .routes(routes!(get_activities))
         .routes(routes!(list_templates))
@@ -109,6 +110,20 @@ async fn send_broadcast(
         StatusCode::ACCEPTED,
         Json(action.send_broadcast(req).await?),
     ))
+}
+
+/// A broadcast and its delivery funnel (records counted by current status).
+#[utoipa::path(get, path = "/sentdm/broadcast/{broadcast_id}", tag = TAG,
+    params(("broadcast_id" = String, Path, description = "Broadcast id (`bc_…`)")),
+    responses(
+        (status = 200, description = "The broadcast node with `funnel`, e.g. `{\"delivered\": 3, \"failed\": 1}`", body = Object),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn get_broadcast(
+    ActionRef(action): ActionRef<SentDmBroadcast>,
+    Path(ids): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(action.get_broadcast(&ids.1).await?))
 }
 
 /// A message's status at SentDM.

@@ -325,6 +325,33 @@ impl Store {
         Ok((rows, total))
     }
 
+    /// A broadcast node and the delivery funnel of its records (count by status).
+    pub async fn broadcast_summary(&self, broadcast_id: &str) -> Result<Option<Value>, GraphError> {
+        let out = self
+            .graph
+            .query(
+                "SELECT *, record::id(id) AS id FROM type::record('broadcast', $b) WHERE action_id = $action;
+                 SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status;",
+                json!({"b": broadcast_id, "action": self.action_id}),
+            )
+            .await?;
+        let Some(mut node) = out
+            .first()
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let mut funnel = serde_json::Map::new();
+        for row in out.get(1).and_then(Value::as_array).into_iter().flatten() {
+            let status = row["status"].as_str().unwrap_or("unknown").to_owned();
+            funnel.insert(status, row["n"].clone());
+        }
+        node["funnel"] = Value::Object(funnel);
+        Ok(Some(node))
+    }
+
     /// Records stuck in a non-final status since before `older_than_ms` ago.
     pub async fn stale_records(
         &self,

@@ -232,6 +232,24 @@ async fn a_broadcast_to_n_recipients_on_two_channels_ends_final_in_the_graph() {
         assert_eq!(item["broadcast_id"], broadcast_id.as_str());
     }
 
+    let (status, summary) = app
+        .call(
+            Method::GET,
+            &format!("/sentdm/broadcast/{broadcast_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        summary["funnel"],
+        json!({"read": 2, "delivered": 2, "failed": 2})
+    );
+    assert_eq!(summary["message_count"], 6);
+    let (status, _) = app
+        .call(Method::GET, "/sentdm/broadcast/bc_nope", None)
+        .await;
+    assert_eq!(status, 404);
+
     // The same idempotency key again: nothing is sent twice, same broadcast.
     let sent_before = sim.message_count();
     let (status, again) = app
