@@ -163,7 +163,11 @@ async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
             .json()
             .await
             .expect("json");
-        let echo = actions.as_array().and_then(|a| a.iter().find(|x| x["type_name"] == "echo")).expect("echo action").clone();
+        let echo = actions
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["type_name"] == "echo"))
+            .expect("echo action")
+            .clone();
         let id = echo["id"].as_str().expect("id").to_owned();
         // ${ECHO_GREETING:-pong} was expanded from the environment.
         assert_eq!(echo["config"]["greeting"], "ahoy");
