@@ -25,6 +25,7 @@ const CREDENTIALS_HELP: &str = "\
 Credentials come from the environment:
   GRAPHAGENT_API_KEY                               an admin API key (sent as x-api-key), or
   GRAPHAGENT_ADMIN_EMAIL + GRAPHAGENT_ADMIN_PASSWORD  logged in with POST /api/auth/login
+                                                   (once per run; logins are rate-limited)
 
 Run without a subcommand in a terminal for an interactive menu.";
 
@@ -324,6 +325,14 @@ impl Api {
                     "login failed: wrong GRAPHAGENT_ADMIN_EMAIL or GRAPHAGENT_ADMIN_PASSWORD"
                         .into(),
                 ),
+                CliError::Api {
+                    status: 429,
+                    message,
+                    ..
+                } => CliError::Credentials(format!(
+                    "login refused: {message} (logins are rate-limited per address; \
+                     scripts should set GRAPHAGENT_API_KEY)"
+                )),
                 other => other,
             })?;
         api.credential = Credential::Bearer(token.access_token);
