@@ -59,6 +59,11 @@ pub enum SentdmCommand {
     Status,
     /// Send a template broadcast (one message per recipient and channel).
     Send(SendArgs),
+    /// A broadcast and its delivery funnel (records counted by current status).
+    Broadcast {
+        /// Broadcast id (`bc_…`, printed by `send`).
+        broadcast_id: String,
+    },
     /// Templates at SentDM.
     Templates(TemplateArgs),
     /// A message's status at SentDM.
@@ -537,6 +542,16 @@ pub async fn execute(
                 show_broadcast(&decode(v)?);
             }
         }
+        SentdmCommand::Broadcast { broadcast_id } => {
+            let mut p = path(&["broadcast"]);
+            p.push(broadcast_id);
+            let v = get(p, vec![]).await?;
+            if json {
+                print_json(&v);
+            } else {
+                show_broadcast_summary(&v);
+            }
+        }
         SentdmCommand::Templates(t) => {
             let mut q = Vec::new();
             push_opt(&mut q, "search", t.search);
@@ -816,6 +831,48 @@ fn show_broadcast(b: &BroadcastResult) {
     }
 }
 
+fn show_broadcast_summary(b: &Value) {
+    let s = |k: &str| or_dash(b.get(k).and_then(Value::as_str));
+    let list = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    println!("broadcast   {}", s("id"));
+    println!("status      {}", s("status"));
+    let template = b
+        .get("template_name")
+        .or_else(|| b.get("template_id"))
+        .and_then(Value::as_str);
+    println!("template    {}", or_dash(template));
+    println!("channels    {}", list("channels"));
+    println!("recipients  {}", list("recipients"));
+    if let Some(n) = b.get("message_count").and_then(Value::as_u64) {
+        println!("messages    {n}");
+    }
+    println!("created     {}", s("created_at"));
+    let funnel: Vec<String> = b
+        .get("funnel")
+        .and_then(Value::as_object)
+        .map(|f| f.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    println!(
+        "funnel      {}",
+        if funnel.is_empty() {
+            "-".to_owned()
+        } else {
+            funnel.join(", ")
+        }
+    );
+}
+
 fn show_templates(p: &TemplatePage) {
     let rows: Vec<Vec<String>> = p
         .items
@@ -1028,6 +1085,7 @@ fn optional(s: String) -> Option<String> {
 const MENU: &[&str] = &[
     "status",
     "send a broadcast",
+    "broadcast funnel",
     "templates",
     "message status",
     "message activities",
@@ -1067,27 +1125,30 @@ fn menu_command(choice: usize) -> Option<Result<SentdmCommand, CliError>> {
                 idempotency_key: None,
             })
         }
-        3 => SentdmCommand::Templates(TemplateArgs {
+        3 => SentdmCommand::Broadcast {
+            broadcast_id: prompt("broadcast id (bc_…): ")?,
+        },
+        4 => SentdmCommand::Templates(TemplateArgs {
             search: optional(prompt("name contains (empty: all): ")?),
             ..TemplateArgs::default()
         }),
-        4 => SentdmCommand::Message {
+        5 => SentdmCommand::Message {
             message_id: prompt("SentDM message id: ")?,
         },
-        5 => SentdmCommand::Activities {
+        6 => SentdmCommand::Activities {
             message_id: prompt("SentDM message id: ")?,
         },
-        6 => SentdmCommand::Webhook(WebhookCommand::Show),
-        7 => SentdmCommand::Webhook(WebhookCommand::Register),
-        8 => SentdmCommand::Records(RecordsCommand::List(RecordListArgs {
+        7 => SentdmCommand::Webhook(WebhookCommand::Show),
+        8 => SentdmCommand::Webhook(WebhookCommand::Register),
+        9 => SentdmCommand::Records(RecordsCommand::List(RecordListArgs {
             status: optional(prompt("status (empty: any): ")?),
             to: optional(prompt("recipient (empty: any): ")?),
             ..RecordListArgs::default()
         })),
-        9 => SentdmCommand::Records(RecordsCommand::Show {
+        10 => SentdmCommand::Records(RecordsCommand::Show {
             record_id: prompt("record id: ")?,
         }),
-        10 => SentdmCommand::Records(RecordsCommand::Refresh {
+        11 => SentdmCommand::Records(RecordsCommand::Refresh {
             record_id: prompt("record id: ")?,
         }),
         _ => return Some(Err(CliError::Usage(format!("no menu entry {choice}")))),

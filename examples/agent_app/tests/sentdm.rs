@@ -36,6 +36,7 @@ fn sentdm_help_lists_every_subcommand() {
         "status",
         "send",
         "templates",
+        "broadcast",
         "message",
         "activities",
         "webhook",
@@ -379,6 +380,16 @@ async fn sentdm_commands_against_a_running_server() {
     )
     .await;
     assert_eq!(failed["total"], 2, "{failed}");
+
+    let summary = json_of(base, key, &["broadcast", broadcast]).await;
+    assert_eq!(summary["id"], broadcast, "{summary}");
+    let counted: u64 = summary["funnel"]
+        .as_object()
+        .expect("funnel")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(counted, 4, "{summary}");
 
     let refreshed = json_of(base, key, &["records", "refresh", record_id]).await;
     assert_eq!(refreshed["id"], record_id);
