@@ -1157,20 +1157,33 @@ fn menu_command(choice: usize) -> Option<Result<SentdmCommand, CliError>> {
 
 /// The interactive menu: numbered entries, one line of input each, until `q` or EOF.
 async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
-    loop {
-        println!("\nSentDM action {action}");
+    let show = || {
+        println!("SentDM action {action}");
         for (i, entry) in MENU.iter().enumerate() {
             println!("  {:>2}) {entry}", i + 1);
         }
-        println!("   q) quit");
-        let Some(answer) = prompt("> ") else {
+        println!("   ?) this list   q) quit");
+    };
+    show();
+    loop {
+        let Some(answer) = prompt("\nsentdm> ") else {
+            println!();
             return Ok(());
         };
-        if matches!(answer.as_str(), "q" | "quit" | "exit") {
-            return Ok(());
+        match answer.as_str() {
+            "q" | "quit" | "exit" => return Ok(()),
+            "" => continue,
+            "?" | "h" | "help" => {
+                show();
+                continue;
+            }
+            _ => {}
         }
         let Ok(choice) = answer.parse::<usize>() else {
-            eprintln!("type a number from 1 to {}, or q", MENU.len());
+            eprintln!(
+                "type a number from 1 to {}, ? for the list, or q",
+                MENU.len()
+            );
             continue;
         };
         let cmd = match menu_command(choice) {
@@ -1181,7 +1194,6 @@ async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
             }
             Some(Ok(cmd)) => cmd,
         };
-        println!();
         if let Err(e) = execute(api, action, cmd, json).await {
             eprintln!("error: {e}");
         }

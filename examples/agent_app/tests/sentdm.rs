@@ -452,8 +452,45 @@ async fn sentdm_commands_against_a_running_server() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
 
+    interactive_menu(base, &key_value).await;
+
     drop(server);
     sim.shutdown().await;
+}
+
+/// The menu needs a terminal: run the binary under `script` (util-linux), which gives it
+/// a pseudo-terminal, and type `1` (status) then `q`. Skipped where `script` is missing.
+async fn interactive_menu(base: &str, key: &str) {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &format!("'{BIN}' sentdm"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("GRAPHAGENT_URL", base)
+        .env("GRAPHAGENT_API_KEY", key)
+        .kill_on_drop(true);
+    for v in &CRED_VARS[1..3] {
+        cmd.env_remove(v);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("`script` is not installed: interactive menu not tested");
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(b"1\nq\n").await.expect("type");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("menu ends")
+        .expect("menu output");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}", text(&out.stderr));
+    assert!(
+        screen.contains("1) status") && screen.contains("11) record refresh"),
+        "{screen}"
+    );
+    assert!(screen.contains("configured      yes"), "{screen}");
 }
 
 async fn admin_key(base: &str) -> String {
