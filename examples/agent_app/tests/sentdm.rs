@@ -72,6 +72,7 @@ fn sentdm_help_lists_every_subcommand() {
             ],
         ),
         (vec!["--help"], vec!["serve", "check", "sentdm", "demo"]),
+        (vec!["demo", "--help"], vec!["--timeout", "--step-delay-ms"]),
     ] {
         let out = std::process::Command::new(BIN)
             .args(&args)
@@ -83,6 +84,19 @@ fn sentdm_help_lists_every_subcommand() {
             assert!(help.contains(w), "{args:?} lacks {w}: {help}");
         }
     }
+    // Nothing listening: says so, exit 1.
+    let out = std::process::Command::new(BIN)
+        .args(["sentdm", "status", "--url"])
+        .arg(format!("http://127.0.0.1:{}", free_port()))
+        .env("GRAPHAGENT_API_KEY", "gak_any")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach graphagent at http://127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
     // No subcommand and stdin not a terminal: help, exit 2 (no menu, no network).
     let out = std::process::Command::new(BIN)
         .arg("sentdm")
@@ -171,10 +185,10 @@ actions:
     )
 }
 
-async fn serve(sim: &SimHandle) -> Server {
+async fn serve(yaml: &str) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, agent_yaml(sim)).expect("write config");
+    std::fs::write(&config, yaml).expect("write config");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(BIN)
@@ -258,7 +272,7 @@ async fn start_sim() -> SimHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentdm_commands_against_a_running_server() {
     let sim = start_sim().await;
-    let server = serve(&sim).await;
+    let server = serve(&agent_yaml(&sim)).await;
     let base = server.base.as_str();
 
     let key_value = admin_key(base).await;
@@ -516,4 +530,39 @@ async fn admin_key(base: &str) -> String {
         .await
         .expect("json");
     created["key"].as_str().expect("key").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentdm_asks_which_action_when_several_are_loaded() {
+    let sim = start_sim().await;
+    let yaml = agent_yaml(&sim).replace(
+        "  - action: echo\n",
+        &format!(
+            "  - action: sentdm_broadcast\n    name: marketing\n    context:\n      api_base: {}\n      api_key: {}\n      sweep_interval_seconds: 0\n  - action: echo\n",
+            sim.base_url(),
+            sim.api_key()
+        ),
+    );
+    let server = serve(&yaml).await;
+    let out = sentdm(&server.base, ADMIN, &["status"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("several `sentdm_broadcast` actions")
+            && err.contains("acme/notifier / sentdm")
+            && err.contains("acme/notifier / marketing")
+            && err.contains("--action"),
+        "{err}"
+    );
+    // The ids it lists work with --action.
+    let id = err
+        .lines()
+        .find(|l| l.contains("/ marketing"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("listed id")
+        .to_owned();
+    let v = json_of(&server.base, ADMIN, &["--action", &id, "webhook", "show"]).await;
+    assert!(v["url"].as_str().is_some_and(|u| u.contains(&id)), "{v}");
+    drop(server);
+    sim.shutdown().await;
 }
