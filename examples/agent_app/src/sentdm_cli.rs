@@ -194,14 +194,15 @@ pub enum CliError {
         message: String,
         field: Option<String>,
     },
-    /// The server could not be reached, or answered something unreadable.
-    Transport(String),
+    /// Anything else: the server is unreachable, its answer unreadable, or it has no
+    /// SentDM action.
+    Failed(String),
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(m) | Self::Credentials(m) | Self::Transport(m) => f.write_str(m),
+            Self::Usage(m) | Self::Credentials(m) | Self::Failed(m) => f.write_str(m),
             Self::Api {
                 status,
                 code,
@@ -278,7 +279,8 @@ enum Credential {
 pub struct Api {
     http: reqwest::Client,
     base: Url,
-    credential: Credential,
+    /// `None` only while logging in.
+    credential: Option<Credential>,
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -295,14 +297,14 @@ impl Api {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .build()
-            .map_err(|e| CliError::Transport(format!("HTTP client: {e}")))?;
+            .map_err(|e| CliError::Failed(format!("HTTP client: {e}")))?;
         let mut api = Self {
             http,
             base,
-            credential: Credential::ApiKey(String::new()),
+            credential: None,
         };
         if let Some(key) = env_var("GRAPHAGENT_API_KEY") {
-            api.credential = Credential::ApiKey(key);
+            api.credential = Some(Credential::ApiKey(key));
             return Ok(api);
         }
         let (Some(email), Some(password)) = (
@@ -316,13 +318,7 @@ impl Api {
         };
         let body = serde_json::json!({"email": email, "password": password});
         let token: Token = api
-            .send(
-                Method::POST,
-                &["api", "auth", "login"],
-                &[],
-                Some(&body),
-                false,
-            )
+            .call(Method::POST, &["api", "auth", "login"], &[], Some(&body))
             .await
             .and_then(decode)
             .map_err(|e| match e {
@@ -340,7 +336,7 @@ impl Api {
                 )),
                 other => other,
             })?;
-        api.credential = Credential::Bearer(token.access_token);
+        api.credential = Some(Credential::Bearer(token.access_token));
         Ok(api)
     }
 
@@ -353,39 +349,39 @@ impl Api {
         Ok(url)
     }
 
-    async fn send(
+    /// A call with the credential (when there is one); `segments` are percent-encoded
+    /// one by one. Error answers become [`CliError::Api`].
+    pub async fn call(
         &self,
         method: Method,
         segments: &[&str],
         query: &[(&str, String)],
         body: Option<&Value>,
-        authenticated: bool,
     ) -> Result<Value, CliError> {
         let url = self.url(segments)?;
         let mut req = self.http.request(method, url.clone());
         if !query.is_empty() {
             req = req.query(query);
         }
-        if authenticated {
-            req = match &self.credential {
-                Credential::ApiKey(k) => req.header("x-api-key", k),
-                Credential::Bearer(t) => req.bearer_auth(t),
-            };
-        }
+        req = match &self.credential {
+            Some(Credential::ApiKey(k)) => req.header("x-api-key", k),
+            Some(Credential::Bearer(t)) => req.bearer_auth(t),
+            None => req,
+        };
         if let Some(b) = body {
             req = req.json(b);
         }
         let res = req.send().await.map_err(|e| {
-            CliError::Transport(format!("cannot reach graphagent at {}: {e}", self.base))
+            CliError::Failed(format!("cannot reach graphagent at {}: {e}", self.base))
         })?;
         let status = res.status();
         let text = res
             .text()
             .await
-            .map_err(|e| CliError::Transport(format!("reading the answer of {url}: {e}")))?;
+            .map_err(|e| CliError::Failed(format!("reading the answer of {url}: {e}")))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| {
-                CliError::Transport(format!("{url} answered {status} with non-JSON: {e}"))
+                CliError::Failed(format!("{url} answered {status} with non-JSON: {e}"))
             });
         }
         Err(match serde_json::from_str::<ErrorEnvelope>(&text) {
@@ -402,17 +398,6 @@ impl Api {
                 field: None,
             },
         })
-    }
-
-    /// An authenticated call; `segments` are percent-encoded one by one.
-    pub async fn call(
-        &self,
-        method: Method,
-        segments: &[&str],
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, CliError> {
-        self.send(method, segments, query, body, true).await
     }
 
     /// The `sentdm_broadcast` action to use: `explicit`, or the only one loaded.
@@ -439,7 +424,7 @@ impl Api {
         }
         match found.len() {
             1 => Ok(found.remove(0).id),
-            0 => Err(CliError::Usage(format!(
+            0 => Err(CliError::Failed(format!(
                 "no `{TYPE_NAME}` action is loaded at {} ({} agent(s))",
                 self.base,
                 agents.len()
@@ -460,7 +445,7 @@ impl Api {
 
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, CliError> {
     serde_json::from_value(v)
-        .map_err(|e| CliError::Transport(format!("unexpected answer from the server: {e}")))
+        .map_err(|e| CliError::Failed(format!("unexpected answer from the server: {e}")))
 }
 
 /// Run `graphagent sentdm`.
@@ -602,7 +587,7 @@ pub async fn execute(
                 show_reconcile(&report);
             }
             if report.outcome == "failed" {
-                return Err(CliError::Transport(format!(
+                return Err(CliError::Failed(format!(
                     "webhook reconcile failed: {}",
                     report.reason.unwrap_or_default()
                 )));
