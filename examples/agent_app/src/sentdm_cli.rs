@@ -23,9 +23,9 @@ const TYPE_NAME: &str = "sentdm_broadcast";
 
 const CREDENTIALS_HELP: &str = "\
 Credentials come from the environment:
-  GRAPHAGENT_API_KEY                               an admin API key (sent as x-api-key), or
-  GRAPHAGENT_ADMIN_EMAIL + GRAPHAGENT_ADMIN_PASSWORD  logged in with POST /api/auth/login
-                                                   (once per run; logins are rate-limited)
+  GRAPHAGENT_API_KEY          an admin API key (sent as x-api-key), or
+  GRAPHAGENT_ADMIN_EMAIL and  an admin login (POST /api/auth/login, once per run;
+  GRAPHAGENT_ADMIN_PASSWORD   logins are rate-limited: scripts should use a key)
 
 Run without a subcommand in a terminal for an interactive menu.";
 
