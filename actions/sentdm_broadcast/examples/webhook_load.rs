@@ -45,6 +45,10 @@ struct Args {
     /// Also measure a verify-only receiver (HTTP + HMAC + JSON parse ceiling).
     #[arg(long)]
     baseline: bool,
+    /// Also time one broadcast to this many recipients on sms + whatsapp (sends through
+    /// the simulator, records persisted in batches); 0 = skip.
+    #[arg(long, default_value_t = 0)]
+    broadcast: usize,
 }
 
 const STATUSES: [&str; 5] = ["QUEUED", "SENT", "DELIVERED", "READ", "ROUTED"];
@@ -259,6 +263,7 @@ async fn main() {
         .expect("host");
     let graph: Graph = host.graph().clone();
     let action_id = graphagent::plugin::action_id("bench", "sentdm");
+    let host_agent = host.agent("bench").expect("agent");
     tokio::spawn(host.serve(listener, std::future::pending()));
 
     let state = graph
@@ -317,6 +322,43 @@ async fn main() {
         println!("RESULT: FAIL (events lost, doubled or rejected)");
     } else {
         println!("RESULT: OK (every event applied exactly once)");
+    }
+
+    if args.broadcast > 0 {
+        let action = host_agent
+            .action::<SentDmBroadcast>()
+            .expect("loaded action");
+        let to: Vec<String> = (0..args.broadcast)
+            .map(|i| format!("+1415{:07}", 1_000_000 + i))
+            .collect();
+        let t0 = Instant::now();
+        let result = action
+            .send_broadcast(graphagent_sentdm::BroadcastRequest {
+                to,
+                channels: Some(vec!["sms".into(), "whatsapp".into()]),
+                template: Some(graphagent_sentdm::action::TemplateInput {
+                    name: Some("order_confirmation".into()),
+                    parameters: [
+                        ("name".to_owned(), "Jane".to_owned()),
+                        ("order_id".to_owned(), "1".to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("broadcast");
+        let took = t0.elapsed();
+        println!(
+            "broadcast: {} recipients x 2 channels = {} messages in {} SentDM requests, {} records persisted, {:.2} s end to end ({:.0} messages/s)",
+            args.broadcast,
+            result.messages.len(),
+            result.requests.len(),
+            result.persisted.records,
+            took.as_secs_f64(),
+            result.messages.len() as f64 / took.as_secs_f64()
+        );
     }
 
     if args.baseline {
