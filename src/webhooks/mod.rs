@@ -80,8 +80,9 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A subscription as stored.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A subscription as stored. No `Debug`: it holds the signing secrets, which must never
+/// reach a log.
+#[derive(Clone, Deserialize, Serialize)]
 pub(crate) struct SubRow {
     pub key: String,
     pub url: String,
