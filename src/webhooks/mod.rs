@@ -937,6 +937,95 @@ mod tests {
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
+    async fn service(graph: &Graph) -> Webhooks {
+        Webhooks::new(
+            graph.clone(),
+            WebhookSettings::default(),
+            EventPublisher::default(),
+            crate::events::catalogue(Vec::new()),
+        )
+        .await
+        .expect("service")
+    }
+
+    async fn count(graph: &Graph, sql: &str) -> u64 {
+        graph.query(sql, Value::Null).await.expect("count")[0]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn two_replicas_never_claim_the_same_delivery() {
+        let graph = Graph::memory().await.expect("graph");
+        let (a, b) = (service(&graph).await, service(&graph).await);
+        let event = EventRow {
+            key: "evt_1".into(),
+            ty: "webhook.test".into(),
+            agent_id: None,
+            action_id: None,
+            data: Some(json!({})),
+            payload_expired: false,
+            created_ms: 0,
+        };
+        graph
+            .query(
+                "INSERT INTO webhook_delivery $row;",
+                json!({"row": delivery_row(&event, "sub_1", now_ms() - 10, 0, "")}),
+            )
+            .await
+            .expect("insert");
+        let id = "evt_1_sub_1";
+        let (x, y) = tokio::join!(a.claim(id, "lease-a", false), b.claim(id, "lease-b", false));
+        let claimed = [x.expect("a").is_some(), y.expect("b").is_some()];
+        assert_eq!(claimed.iter().filter(|c| **c).count(), 1, "{claimed:?}");
+        // Still leased: neither can take it again, not even by force.
+        assert!(a.claim(id, "lease-c", false).await.expect("a").is_none());
+        assert!(b.claim(id, "lease-d", true).await.expect("b").is_none());
+    }
+
+    #[tokio::test]
+    async fn fan_out_is_exactly_once_even_when_repeated() {
+        let graph = Graph::memory().await.expect("graph");
+        let w = service(&graph).await;
+        let sub = json!({"id": "sub_1", "key": "sub_1", "url": "https://example.com/h",
+            "event_types": [], "enabled": true, "secret": new_secret(),
+            "created_ms": 0, "updated_ms": 0});
+        graph
+            .query("INSERT INTO webhook_subscription $s;", json!({"s": sub}))
+            .await
+            .expect("sub");
+        let event = EventPublisher::default().event("webhook.test", "agt", "act", json!({}));
+        let id = event.id.clone();
+        graph
+            .query(
+                crate::events::INSERT_OUTBOX,
+                json!({"outbox": [event.row()]}),
+            )
+            .await
+            .expect("event");
+        assert_eq!(w.fan_out().await.expect("fan out"), 1);
+        // A crash after the deliveries were written but before the flag: run it again.
+        graph
+            .query("UPDATE outbox_event SET fanned_out = false;", Value::Null)
+            .await
+            .expect("reset");
+        assert_eq!(w.fan_out().await.expect("fan out again"), 1);
+        assert_eq!(w.fan_out().await.expect("nothing left"), 0);
+        assert_eq!(
+            count(&graph, "RETURN count(SELECT id FROM webhook_delivery);").await,
+            1
+        );
+        let key = format!("{id}_sub_1");
+        assert_eq!(
+            count(
+                &graph,
+                &format!("RETURN count(SELECT id FROM webhook_delivery WHERE key = '{key}');")
+            )
+            .await,
+            1
+        );
+    }
+
     #[test]
     fn two_secrets_give_two_signatures() {
         let a = new_secret();

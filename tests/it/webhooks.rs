@@ -1022,3 +1022,32 @@ async fn the_cleaner_expires_payloads_and_keeps_attempts() {
         .await;
     assert_eq!(st, 410);
 }
+
+#[tokio::test]
+async fn a_subscription_failing_for_too_long_is_disabled() {
+    let dir = ConfigDir::new(AGENT);
+    let s = start(&dir, "mem://", |w| {
+        w.webhooks.disable_after_failures = 1000;
+        w.webhooks.disable_after_failing_for = Duration::from_millis(1);
+    })
+    .await;
+    let api = Api::new(&s).await;
+    let r = Receiver::new(410);
+    let url = r.start().await;
+    let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
+    api.emit("p1", "x", false).await;
+    eventually("the first event failed", || async {
+        (api.deliveries("outcome=failure").await.len() == 1).then_some(())
+    })
+    .await;
+    let (_, body) = api.get(&format!("/api/webhooks/subscriptions/{sub}")).await;
+    assert_eq!(body["enabled"], true, "one failure starts the clock only");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    api.emit("p2", "x", false).await;
+    let body = eventually("disabled by the failure period", || async {
+        let (_, body) = api.get(&format!("/api/webhooks/subscriptions/{sub}")).await;
+        (body["enabled"] == false).then_some(body)
+    })
+    .await;
+    assert_eq!(body["consecutive_failures"], 2);
+}
