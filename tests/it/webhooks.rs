@@ -1051,3 +1051,16 @@ async fn a_subscription_failing_for_too_long_is_disabled() {
     .await;
     assert_eq!(body["consecutive_failures"], 2);
 }
+
+#[tokio::test]
+async fn unusable_webhook_settings_stop_start_up() {
+    let mut s = settings(None, "mem://");
+    s.webhooks.timeout = Duration::from_secs(31);
+    s.webhooks.allowed_private = vec!["10.0.0.0/40".to_owned()];
+    let err = match builder().settings(s).build().await {
+        Ok(_) => panic!("built with a 31 s timeout"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("GRAPHAGENT_WEBHOOK_TIMEOUT_SECS"), "{err}");
+    assert!(err.contains("10.0.0.0/40"), "{err}");
+}
