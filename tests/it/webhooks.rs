@@ -1064,3 +1064,97 @@ async fn unusable_webhook_settings_stop_start_up() {
     assert!(err.contains("GRAPHAGENT_WEBHOOK_TIMEOUT_SECS"), "{err}");
     assert!(err.contains("10.0.0.0/40"), "{err}");
 }
+
+/// A receiver that answers 200 after `delay`, counting requests in flight.
+#[derive(Clone, Default)]
+struct SlowReceiver {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowReceiver {
+    async fn start(&self, delay: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let me = self.clone();
+        let app = axum::Router::new().fallback(move || {
+            let me = me.clone();
+            async move {
+                me.started.fetch_add(1, Ordering::SeqCst);
+                let now = me.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                me.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                me.in_flight.fetch_sub(1, Ordering::SeqCst);
+                me.done.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+}
+
+#[tokio::test]
+async fn concurrency_per_subscription_is_bounded() {
+    let dir = ConfigDir::new(AGENT);
+    let s = start(&dir, "mem://", |w| {
+        w.webhooks.per_subscription_concurrency = 2;
+    })
+    .await;
+    let api = Api::new(&s).await;
+    let r = SlowReceiver::default();
+    let url = r.start(Duration::from_millis(150)).await;
+    api.subscribe(&format!("{url}/hook"), &[]).await;
+    for i in 0..6 {
+        api.emit(&format!("c{i}"), "x", false).await;
+    }
+    eventually("all six delivered", || async {
+        (api.deliveries("outcome=success").await.len() == 6).then_some(())
+    })
+    .await;
+    let max = r.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 2, "{max} attempts in flight for one subscription");
+    assert_eq!(r.done.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_attempts_finish_and_records_them() {
+    let dir = ConfigDir::new(AGENT);
+    let graph = dir.graph_url();
+    let r = SlowReceiver::default();
+    let url = r.start(Duration::from_millis(400)).await;
+    let first = start(&dir, &graph, |_| {}).await;
+    {
+        let api = Api::new(&first).await;
+        api.subscribe(&format!("{url}/hook"), &[]).await;
+        api.emit("s1", "x", false).await;
+        eventually("the attempt is in flight", || async {
+            (r.started.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+    }
+    first.stop().await.expect("stop");
+    assert_eq!(
+        r.done.load(Ordering::SeqCst),
+        1,
+        "stop waited for the attempt"
+    );
+
+    let second = start(&dir, &graph, |_| {}).await;
+    let api = Api::new(&second).await;
+    let items = api.deliveries("").await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"], "succeeded", "{}", items[0]);
+    assert_eq!(items[0]["attempts"], 1);
+    assert_eq!(
+        r.started.load(Ordering::SeqCst),
+        1,
+        "not sent again after restart"
+    );
+}
