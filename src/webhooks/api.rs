@@ -427,8 +427,8 @@ pub(crate) async fn create_subscription(
     _admin: Admin,
     Json(body): Json<CreateSubscription>,
 ) -> ApiResult<(StatusCode, Json<SubscriptionWithSecret>)> {
-    let url = check_url(&state, &body.url).await?;
     check_event_types(&state, &body.event_types)?;
+    let url = check_url(&state, &body.url).await?;
     if body.description.chars().count() > 1000 {
         return Err(bad_field("description", "at most 1000 characters"));
     }

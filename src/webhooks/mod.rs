@@ -507,6 +507,13 @@ impl Webhooks {
                 .abandon(&delivery.key, &lease, "subscription disabled")
                 .await;
         }
+        if event.payload_expired || event.data.is_none() {
+            // Not the endpoint's fault: fail the delivery without counting it against
+            // the subscription.
+            return self
+                .abandon(&delivery.key, &lease, "payload expired before delivery")
+                .await;
+        }
         let outcome = self.send(&sub, &event).await;
         self.record(&delivery, &sub, &lease, outcome, "scheduled")
             .await
