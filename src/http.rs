@@ -363,20 +363,7 @@ pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, 
         .routes(routes!(agent_actions))
         .routes(routes!(reload_agent))
         .routes(routes!(get_action))
-        .routes(routes!(wh::list_event_types))
-        .routes(routes!(wh::create_subscription, wh::list_subscriptions))
-        .routes(routes!(
-            wh::get_subscription,
-            wh::update_subscription,
-            wh::delete_subscription
-        ))
-        .routes(routes!(wh::rotate_secret))
-        .routes(routes!(wh::test_subscription))
-        .routes(routes!(wh::recover_subscription))
-        .routes(routes!(wh::list_deliveries))
-        .routes(routes!(wh::get_delivery))
-        .routes(routes!(wh::redeliver))
-        .routes(routes!(wh::stats));
+        .merge(wh::router());
 
     let mut private = OpenApiRouter::new();
     for ty in state.runtime().types().all() {

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AttemptRow, DeliveryRow, ManualError, SubRow, ms_to_rfc3339, new_secret, now_ms};
 use crate::auth::Admin;
@@ -319,6 +321,25 @@ pub struct Stats {
     pub average_latency_ms: Option<f64>,
     /// By event type.
     pub by_event_type: Vec<TypeStats>,
+}
+
+/// Every `/api/webhooks/…` route, for the host router.
+pub(crate) fn router() -> OpenApiRouter<HostState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_event_types))
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(
+            get_subscription,
+            update_subscription,
+            delete_subscription
+        ))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(test_subscription))
+        .routes(routes!(recover_subscription))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(get_delivery))
+        .routes(routes!(redeliver))
+        .routes(routes!(stats))
 }
 
 fn webhooks(state: &HostState) -> &super::Webhooks {

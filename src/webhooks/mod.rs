@@ -305,6 +305,7 @@ impl Webhooks {
     // ---- fan-out ----------------------------------------------------------------
 
     /// Turn unfanned outbox events into deliveries; returns how many events were handled.
+    #[tracing::instrument(skip_all)]
     pub(crate) async fn fan_out(&self) -> GraphResult<usize> {
         let events: Vec<EventRow> = self
             .graph
@@ -375,6 +376,7 @@ impl Webhooks {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(event = %event.key, subscription = %sub.key))]
     async fn send(&self, sub: &SubRow, event: &EventRow) -> Outcome {
         let started = Instant::now();
         let Some(data) = event.data.clone().filter(|_| !event.payload_expired) else {
@@ -487,6 +489,7 @@ impl Webhooks {
     }
 
     /// Deliver one claimed delivery on schedule and record the outcome.
+    #[tracing::instrument(skip_all, fields(delivery = %delivery.key))]
     async fn process(&self, delivery: DeliveryRow, lease: String) -> GraphResult<()> {
         let sub = self.subscription(&delivery.subscription_id).await?;
         let event: Option<EventRow> = self
@@ -535,6 +538,7 @@ impl Webhooks {
 
     /// Write the attempt and the delivery's new state (and, for a scheduled attempt,
     /// the subscription's failure counters) in one transaction, guarded by the lease.
+    #[tracing::instrument(skip_all, fields(delivery = %delivery.key, trigger = %trigger))]
     async fn record(
         &self,
         delivery: &DeliveryRow,
@@ -774,16 +778,20 @@ impl Webhooks {
                     continue;
                 }
             };
-            let me = self.clone();
+            let slot = Slot {
+                webhooks: self.clone(),
+                sub_id,
+                _permit: permit,
+            };
             started += 1;
             tasks.spawn(async move {
                 let id = delivery.key.clone();
-                if let Err(e) = me.process(delivery, lease).await {
-                    // The lease expires and the delivery is picked up again.
+                // Even if this panics, the slot is released on unwind and the lease
+                // expires, so the delivery is picked up again.
+                if let Err(e) = slot.webhooks.process(delivery, lease).await {
                     tracing::warn!(delivery = %id, error = %e, "recording a webhook attempt failed");
                 }
-                me.done(&sub_id);
-                drop(permit);
+                drop(slot);
             });
         }
         Ok(started)
@@ -849,6 +857,20 @@ impl Webhooks {
                 Err(e) => tracing::warn!(error = %e, "webhook payload cleaner failed"),
             }
         }
+    }
+}
+
+/// One in-flight attempt's share of the concurrency limits; released on drop (also when
+/// the task panics).
+struct Slot {
+    webhooks: Arc<Webhooks>,
+    sub_id: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.webhooks.done(&self.sub_id);
     }
 }
 
