@@ -44,9 +44,94 @@ pub fn host_event_types() -> Vec<EventType> {
         EventType::new(
             "webhook.subscription.disabled",
             "A subscription was disabled after too many consecutive failed deliveries.",
-            json!({"subscription_id": "sub_01J9Z6", "url": "https://example.com/hooks", "consecutive_failures": 20}),
+            json!({"subscription_id": "sub_01J9Z6", "url": "https://example.com/hooks", "consecutive_failures": 20,
+                   "reason": "disabled after 20 consecutive failed events or 120 h of failures"}),
         ),
     ]
+}
+
+/// The SentDM broadcast action's event types. Declared here until the action crate
+/// declares them itself through [`crate::Action::event_types`] (names declared by an
+/// action type take precedence over these).
+pub fn sentdm_event_types() -> Vec<EventType> {
+    let message = |status: &str| {
+        json!({
+            "action_id": "act_5c0ffee0123456789abc",
+            "agent_id": "agt_0123456789abcdef0123",
+            "record_id": "rec_01J9Z6",
+            "sentdm_message_id": "msg_8f2a",
+            "to": "+14155550123",
+            "channel": "sms",
+            "status": status,
+            "occurred_at": "2026-01-31T12:00:00Z"
+        })
+    };
+    let mut failed = message("failed");
+    failed["error"] = json!({"code": "undeliverable", "message": "carrier rejected the message"});
+    let mut received = message("received");
+    received["text"] = json!("STOP");
+    vec![
+        EventType::new(
+            "sentdm.broadcast.accepted",
+            "SentDM accepted a broadcast (one `send_broadcast` call); its messages follow.",
+            json!({"action_id": "act_5c0ffee0123456789abc", "broadcast_id": "bc_01J9Z6",
+                   "recipients": 2, "channels": ["sms"], "template_id": "tpl_welcome"}),
+        ),
+        EventType::new(
+            "sentdm.message.queued",
+            "A message was queued by SentDM.",
+            message("queued"),
+        ),
+        EventType::new(
+            "sentdm.message.sent",
+            "A message was handed to the carrier or channel.",
+            message("sent"),
+        ),
+        EventType::new(
+            "sentdm.message.delivered",
+            "A message reached the recipient's device.",
+            message("delivered"),
+        ),
+        EventType::new(
+            "sentdm.message.read",
+            "The recipient read the message (channels that report it).",
+            message("read"),
+        ),
+        EventType::new(
+            "sentdm.message.failed",
+            "A message failed for good; `error` says why.",
+            failed,
+        ),
+        EventType::new(
+            "sentdm.message.received",
+            "An inbound message arrived from a recipient.",
+            received,
+        ),
+        EventType::new(
+            "sentdm.webhook.reconciled",
+            "The action's SentDM webhook registration was checked and fixed if needed.",
+            json!({"action_id": "act_5c0ffee0123456789abc", "webhook_id": "wh_123", "changed": true}),
+        ),
+        EventType::new(
+            "sentdm.webhook.reconcile_failed",
+            "Reconciling the action's SentDM webhook registration failed.",
+            json!({"action_id": "act_5c0ffee0123456789abc", "error": "SentDM answered 503"}),
+        ),
+    ]
+}
+
+/// Host, SentDM and action-declared types, sorted by name, one entry per name (an
+/// action's own declaration wins over the host's).
+pub fn catalogue(action_declared: Vec<EventType>) -> Vec<EventType> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for t in host_event_types()
+        .into_iter()
+        .chain(sentdm_event_types())
+        .chain(action_declared)
+    {
+        by_name.insert(t.name.clone(), t);
+    }
+    by_name.into_values().collect()
 }
 
 /// Puts events in the outbox. Cheap to clone.
@@ -56,7 +141,26 @@ pub struct EventPublisher {
 }
 
 /// An outbox row ready to be written inside the caller's transaction, e.g. with
-/// `INSERT INTO outbox_event $outbox;` where `$outbox` is an array of [`OutboxEvent::row`].
+/// [`INSERT_OUTBOX`] (`INSERT INTO outbox_event $outbox;`) where `$outbox` is one
+/// [`OutboxEvent::row`] or an array of them. Commit, then call [`EventPublisher::notify`].
+///
+/// ```no_run
+/// # async fn demo(ctx: graphagent::ActionContext) -> Result<(), graphagent::GraphError> {
+/// use serde_json::json;
+/// let event = ctx.events.event(
+///     "sentdm.message.delivered", &ctx.agent_id, &ctx.action_id,
+///     json!({"sentdm_message_id": "msg_8f2a", "status": "delivered"}),
+/// );
+/// ctx.graph.transaction(
+///     "BEGIN;
+///      UPDATE type::record('sentdm_message', $id) SET status = 'delivered';
+///      INSERT INTO outbox_event $outbox;
+///      COMMIT;",
+///     json!({"id": "rec_1", "outbox": [event.row()]}),
+/// ).await?;
+/// ctx.events.notify();
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {
     /// The event id (`evt_…`); also the `webhook-id` header of every delivery of it.
@@ -89,14 +193,18 @@ impl EventPublisher {
         data: Value,
     ) -> OutboxEvent {
         let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+        let created_ms = crate::webhooks::now_ms();
         let row = json!({
             "id": id,
+            "key": id,
             "type": event_type,
             "agent_id": agent_id,
             "action_id": action_id,
             "data": data,
             "fanned_out": false,
-            "created_at": now_rfc3339(),
+            "payload_expired": false,
+            "created_ms": created_ms,
+            "created_at": crate::webhooks::ms_to_rfc3339(created_ms),
         });
         OutboxEvent { id, row }
     }
@@ -110,10 +218,4 @@ impl EventPublisher {
     pub async fn notified(&self) {
         self.wake.notified().await;
     }
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -29,6 +29,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody, rejection};
 use crate::graph::Graph;
 use crate::plugin::Action;
 use crate::runtime::{ActionDirectory, ActionInfo, AgentInfo, LoadError, ReloadReport, Runtime};
+use crate::webhooks::{Webhooks, api as wh};
 
 /// State shared by every handler. Cheap to clone.
 #[derive(Clone)]
@@ -39,13 +40,23 @@ pub struct HostState {
 struct Shared {
     runtime: Arc<Runtime>,
     auth: Arc<Auth>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl HostState {
-    pub(crate) fn new(runtime: Arc<Runtime>, auth: Arc<Auth>) -> Self {
+    pub(crate) fn new(runtime: Arc<Runtime>, auth: Arc<Auth>, webhooks: Arc<Webhooks>) -> Self {
         Self {
-            inner: Arc::new(Shared { runtime, auth }),
+            inner: Arc::new(Shared {
+                runtime,
+                auth,
+                webhooks,
+            }),
         }
+    }
+
+    /// Outbound webhooks (subscriptions, deliveries).
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
     }
 
     /// The shared graph.
@@ -310,6 +321,7 @@ async fn get_action(
         (name = "Health", description = "Liveness and readiness"),
         (name = "Auth", description = "Login and API keys"),
         (name = "Agents", description = "Loaded agents and actions"),
+        (name = "Webhooks", description = "Outbound webhooks: event types, subscriptions, deliveries"),
     )
 )]
 struct HostDoc;
@@ -350,7 +362,8 @@ pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, 
         .routes(routes!(get_agent))
         .routes(routes!(agent_actions))
         .routes(routes!(reload_agent))
-        .routes(routes!(get_action));
+        .routes(routes!(get_action))
+        .merge(wh::router());
 
     let mut private = OpenApiRouter::new();
     for ty in state.runtime().types().all() {

@@ -25,6 +25,7 @@ pub mod graph;
 pub mod http;
 pub mod plugin;
 pub mod runtime;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,12 +38,14 @@ pub use graph::{Graph, GraphError, GraphOptions};
 pub use http::{ActionRef, HostState};
 pub use plugin::{Action, ActionContext, ActionError, FieldError};
 pub use runtime::{ActionDirectory, AgentHandle, ReloadReport};
+pub use webhooks::WebhookSettings;
 
 use crate::auth::Auth;
 use crate::config::{AgentFile, ConfigErrors};
 use crate::events::EventPublisher;
 use crate::plugin::{ActionTypes, HostInfo, ScopedKeys};
 use crate::runtime::{LoadError, Runtime};
+use crate::webhooks::Webhooks;
 
 /// Default listen address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
@@ -66,6 +69,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Largest request body accepted (`GRAPHAGENT_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Outbound webhooks (`GRAPHAGENT_WEBHOOK_*`).
+    pub webhooks: WebhookSettings,
+    /// Environment values that could not be parsed, reported by [`HostBuilder::build`].
+    pub invalid_env: Vec<String>,
 }
 
 impl Default for Settings {
@@ -78,6 +85,8 @@ impl Default for Settings {
             public_base_url: None,
             auth: AuthSettings::default(),
             max_body_bytes: http::DEFAULT_MAX_BODY_BYTES,
+            webhooks: WebhookSettings::default(),
+            invalid_env: Vec::new(),
         }
     }
 }
@@ -87,7 +96,10 @@ impl Settings {
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let defaults = Self::default();
+        let (webhooks, invalid_env) = WebhookSettings::from_env();
         Self {
+            webhooks,
+            invalid_env,
             config_path: var("GRAPHAGENT_CONFIG").map(PathBuf::from),
             bind: var("GRAPHAGENT_BIND")
                 .and_then(|v| v.parse().ok())
@@ -197,6 +209,11 @@ impl HostBuilder {
             }
             None => Vec::new(),
         };
+        let mut problems = settings.invalid_env.clone();
+        problems.extend(settings.webhooks.validate());
+        if !problems.is_empty() {
+            return Err(HostError::Settings(problems.join("; ")));
+        }
         let public_base_url = match &settings.public_base_url {
             Some(url) => Some(normalize_base_url(url)?),
             None => None,
@@ -204,13 +221,23 @@ impl HostBuilder {
         let graph = Graph::connect(&settings.graph_url, &settings.graph).await?;
         let auth = Arc::new(Auth::new(graph.clone(), &settings.auth).await?);
         let keys: Arc<dyn ScopedKeys> = auth.clone();
+        let publisher = EventPublisher::default();
+        let webhooks = Arc::new(
+            Webhooks::new(
+                graph.clone(),
+                settings.webhooks.clone(),
+                publisher.clone(),
+                events::catalogue(self.types.event_types()),
+            )
+            .await?,
+        );
         let runtime = Arc::new(
             Runtime::new(
                 self.types,
                 graph,
                 HostInfo { public_base_url },
                 keys,
-                EventPublisher::default(),
+                publisher,
                 settings.config_path.clone(),
             )
             .await?,
@@ -222,13 +249,14 @@ impl HostBuilder {
             graph = %runtime.graph().url(),
             "agents loaded"
         );
-        let state = http::HostState::new(runtime.clone(), auth);
+        let state = http::HostState::new(runtime.clone(), auth, webhooks.clone());
         let (router, openapi) = http::build_router(state.clone(), settings.max_body_bytes);
         Ok(Host {
             runtime,
             router,
             openapi,
             bind: settings.bind,
+            webhooks,
         })
     }
 }
@@ -254,6 +282,7 @@ pub struct Host {
     router: axum::Router,
     openapi: utoipa::openapi::OpenApi,
     bind: SocketAddr,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Host {
@@ -283,13 +312,20 @@ impl Host {
     }
 
     /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight
-    /// requests finish, and close the graph.
+    /// requests finish, stop the webhook worker (in-flight attempts finish and are
+    /// recorded; anything not started stays queued in the graph), and close the graph.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HostError> {
         let reload = self.spawn_sighup_reload();
+        let stop_worker = tokio_util::sync::CancellationToken::new();
+        let worker = self
+            .webhooks
+            .settings()
+            .worker
+            .then(|| tokio::spawn(self.webhooks.clone().run(stop_worker.clone())));
         let service = self
             .router
             .clone()
@@ -299,6 +335,12 @@ impl Host {
             .await;
         if let Some(task) = reload {
             task.abort();
+        }
+        stop_worker.cancel();
+        if let Some(worker) = worker
+            && let Err(e) = worker.await
+        {
+            tracing::error!(error = %e, "the webhook worker ended abnormally");
         }
         tracing::info!("server stopped; closing the graph");
         drop(self);

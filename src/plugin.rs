@@ -158,6 +158,12 @@ pub trait Action: Send + Sync + Sized + 'static {
         OpenApiRouter::new()
     }
 
+    /// Outbound event types this action type emits (added to the catalogue served by
+    /// `GET /api/webhooks/event-types`; subscriptions may only name catalogued types).
+    fn event_types() -> Vec<crate::events::EventType> {
+        Vec::new()
+    }
+
     /// Type-specific status shown by `GET /api/actions/{id}`.
     async fn status(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -216,6 +222,7 @@ pub(crate) trait ActionType: Send + Sync {
     fn create(&self, ctx: ActionContext, config: &ErasedConfig) -> Result<Created, ActionError>;
     fn routes(&self) -> OpenApiRouter<HostState>;
     fn public_routes(&self) -> OpenApiRouter<HostState>;
+    fn event_types(&self) -> Vec<crate::events::EventType>;
 }
 
 struct TypeEntry<A>(std::marker::PhantomData<fn() -> A>);
@@ -259,6 +266,9 @@ impl<A: Action> ActionType for TypeEntry<A> {
     }
     fn public_routes(&self) -> OpenApiRouter<HostState> {
         A::public_routes()
+    }
+    fn event_types(&self) -> Vec<crate::events::EventType> {
+        A::event_types()
     }
 }
 
@@ -310,6 +320,11 @@ impl ActionTypes {
 
     pub(crate) fn all(&self) -> &[Arc<dyn ActionType>] {
         &self.types
+    }
+
+    /// Event types declared by the registered action types.
+    pub fn event_types(&self) -> Vec<crate::events::EventType> {
+        self.types.iter().flat_map(|t| t.event_types()).collect()
     }
 
     /// Check every declaration's type and config; all problems, not just the first.

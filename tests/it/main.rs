@@ -6,3 +6,4 @@ mod auth;
 mod lifecycle;
 mod openapi;
 mod util;
+mod webhooks;

@@ -45,6 +45,16 @@ async fn document_is_complete_and_consistent() {
         "/api/actions/{action_id}/echo",
         "/api/actions/{action_id}/echo/ping",
         "/api/actions/{action_id}/recorder/tag",
+        "/api/webhooks/event-types",
+        "/api/webhooks/subscriptions",
+        "/api/webhooks/subscriptions/{subscription_id}",
+        "/api/webhooks/subscriptions/{subscription_id}/rotate-secret",
+        "/api/webhooks/subscriptions/{subscription_id}/test",
+        "/api/webhooks/subscriptions/{subscription_id}/recover",
+        "/api/webhooks/deliveries",
+        "/api/webhooks/deliveries/{delivery_id}",
+        "/api/webhooks/deliveries/{delivery_id}/redeliver",
+        "/api/webhooks/stats",
     ];
     let have: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
     assert_eq!(have, expected.into_iter().collect(), "paths");
