@@ -50,85 +50,11 @@ pub fn host_event_types() -> Vec<EventType> {
     ]
 }
 
-/// The SentDM broadcast action's event types. Declared here until the action crate
-/// declares them itself through [`crate::Action::event_types`] (names declared by an
-/// action type take precedence over these).
-pub fn sentdm_event_types() -> Vec<EventType> {
-    let message = |status: &str| {
-        json!({
-            "action_id": "act_5c0ffee0123456789abc",
-            "agent_id": "agt_0123456789abcdef0123",
-            "record_id": "rec_01J9Z6",
-            "sentdm_message_id": "msg_8f2a",
-            "to": "+14155550123",
-            "channel": "sms",
-            "status": status,
-            "occurred_at": "2026-01-31T12:00:00Z"
-        })
-    };
-    let mut failed = message("failed");
-    failed["error"] = json!({"code": "undeliverable", "message": "carrier rejected the message"});
-    let mut received = message("received");
-    received["text"] = json!("STOP");
-    vec![
-        EventType::new(
-            "sentdm.broadcast.accepted",
-            "SentDM accepted a broadcast (one `send_broadcast` call); its messages follow.",
-            json!({"action_id": "act_5c0ffee0123456789abc", "broadcast_id": "bc_01J9Z6",
-                   "recipients": 2, "channels": ["sms"], "template_id": "tpl_welcome"}),
-        ),
-        EventType::new(
-            "sentdm.message.queued",
-            "A message was queued by SentDM.",
-            message("queued"),
-        ),
-        EventType::new(
-            "sentdm.message.sent",
-            "A message was handed to the carrier or channel.",
-            message("sent"),
-        ),
-        EventType::new(
-            "sentdm.message.delivered",
-            "A message reached the recipient's device.",
-            message("delivered"),
-        ),
-        EventType::new(
-            "sentdm.message.read",
-            "The recipient read the message (channels that report it).",
-            message("read"),
-        ),
-        EventType::new(
-            "sentdm.message.failed",
-            "A message failed for good; `error` says why.",
-            failed,
-        ),
-        EventType::new(
-            "sentdm.message.received",
-            "An inbound message arrived from a recipient.",
-            received,
-        ),
-        EventType::new(
-            "sentdm.webhook.reconciled",
-            "The action's SentDM webhook registration was checked and fixed if needed.",
-            json!({"action_id": "act_5c0ffee0123456789abc", "webhook_id": "wh_123", "changed": true}),
-        ),
-        EventType::new(
-            "sentdm.webhook.reconcile_failed",
-            "Reconciling the action's SentDM webhook registration failed.",
-            json!({"action_id": "act_5c0ffee0123456789abc", "error": "SentDM answered 503"}),
-        ),
-    ]
-}
-
 /// Host, SentDM and action-declared types, sorted by name, one entry per name (an
 /// action's own declaration wins over the host's).
 pub fn catalogue(action_declared: Vec<EventType>) -> Vec<EventType> {
     let mut by_name = std::collections::BTreeMap::new();
-    for t in host_event_types()
-        .into_iter()
-        .chain(sentdm_event_types())
-        .chain(action_declared)
-    {
+    for t in host_event_types().into_iter().chain(action_declared) {
         by_name.insert(t.name.clone(), t);
     }
     by_name.into_values().collect()

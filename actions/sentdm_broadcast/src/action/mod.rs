@@ -5,6 +5,7 @@
 //! [`routes`] are thin wrappers over the same methods.
 
 pub mod config;
+pub mod events;
 pub mod inbound;
 pub mod routes;
 pub mod store;
@@ -305,13 +306,7 @@ fn valid_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Drop `null` members so SurrealQL sees them as absent (NONE), not NULL.
-fn without_nulls(mut v: Value) -> Value {
-    if let Some(map) = v.as_object_mut() {
-        map.retain(|_, v| !v.is_null());
-    }
-    v
-}
+use store::without_nulls;
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -555,6 +550,16 @@ impl SentDmBroadcast {
                 error: None,
             },
         };
+        if !self.config.persist_records && !sandbox {
+            // Nothing is stored, but subscribers still hear that SentDM accepted the send.
+            let accepted = self.broadcast_event(&result, &channels, &template_ref);
+            match self.store.emit(&accepted).await {
+                Ok(()) => self.ctx.events.notify(),
+                Err(e) => {
+                    tracing::error!(action.id = %self.ctx.action_id, error = %e, "could not queue sentdm.broadcast.accepted")
+                }
+            }
+        }
         result.persisted = if !self.config.persist_records {
             Persisted {
                 ok: false,
@@ -574,6 +579,30 @@ impl SentDmBroadcast {
                 .await
         };
         Ok(result)
+    }
+
+    /// The `sentdm.broadcast.accepted` outbox row of a send.
+    fn broadcast_event(
+        &self,
+        result: &BroadcastResult,
+        channels: &[String],
+        template: &TemplateRef,
+    ) -> Value {
+        let recipients: std::collections::BTreeSet<&str> =
+            result.messages.iter().map(|m| m.to.as_str()).collect();
+        self.ctx
+            .events
+            .event(
+                "sentdm.broadcast.accepted",
+                &self.ctx.agent_id,
+                &self.ctx.action_id,
+                json!({
+                    "action_id": self.ctx.action_id, "broadcast_id": result.broadcast_id,
+                    "messages": result.messages.len(), "recipients": recipients, "channels": channels,
+                    "template_id": template.id, "template_name": template.name, "status": result.status,
+                }),
+            )
+            .into_row()
     }
 
     async fn persist(
@@ -620,8 +649,14 @@ impl SentDmBroadcast {
                 })
             })
             .collect();
-        match self.store.persist_send(&broadcast, &records).await {
+        let accepted = self.broadcast_event(result, channels, template);
+        match self
+            .store
+            .persist_send(&broadcast, &records, Some(&accepted))
+            .await
+        {
             Ok(()) => {
+                self.ctx.events.notify();
                 for m in &mut result.messages {
                     m.record_id = Some(store::record_key(&self.ctx.action_id, &m.message_id));
                 }
@@ -823,9 +858,28 @@ impl SentDmBroadcast {
             "source": source, "sub_type": e.sub_type, "status": e.raw_status, "occurred_at": e.occurred_at,
             "received_at": now_rfc3339(), "event_id": event_id, "reason_code": e.reason_code, "reason": e.reason,
         }));
+        let rid = store::record_key(&self.ctx.action_id, &e.message_id);
+        // Written by the fold only if this event changes the status (same transaction).
+        let outbox = e.status.as_deref().and_then(events::message_event_type).map(|event_type| {
+            self.ctx
+                .events
+                .event(
+                    event_type,
+                    &self.ctx.agent_id,
+                    &self.ctx.action_id,
+                    without_nulls(json!({
+                        "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id, "record_id": rid,
+                        "sentdm_message_id": e.message_id, "to": e.to, "channel": e.channel,
+                        "status": e.status, "occurred_at": e.occurred_at, "source": source,
+                        "error": if events::message_event_type(e.status.as_deref().unwrap_or("")) == Some("sentdm.message.failed") { error.clone() } else { None },
+                    })),
+                )
+                .into_row()
+        });
         without_nulls(json!({
             "key": key,
-            "rid": store::record_key(&self.ctx.action_id, &e.message_id),
+            "rid": rid,
+            "outbox": outbox,
             "action_id": self.ctx.action_id,
             "agent_id": self.ctx.agent_id,
             "message_id": e.message_id,
@@ -915,7 +969,7 @@ impl Action for SentDmBroadcast {
             None => None,
         };
         let store = Store::new(ctx.graph.clone(), ctx.action_id.clone());
-        let writer = FoldWriter::spawn(ctx.graph.clone());
+        let writer = FoldWriter::spawn(ctx.graph.clone(), ctx.events.clone());
         Ok(Self {
             ctx,
             config,
@@ -955,6 +1009,10 @@ impl Action for SentDmBroadcast {
 
     fn routes() -> OpenApiRouter<HostState> {
         routes::private()
+    }
+
+    fn event_types() -> Vec<graphagent::events::EventType> {
+        events::event_types()
     }
 
     fn public_routes() -> OpenApiRouter<HostState> {

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use graphagent::events::EventPublisher;
 use graphagent::graph::{Graph, GraphError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -51,10 +52,11 @@ pub struct FoldWriter {
 }
 
 impl FoldWriter {
-    /// Start the writer task on `graph`.
-    pub fn spawn(graph: Graph) -> Self {
+    /// Start the writer task on `graph`; `publisher` is woken after a batch that wrote
+    /// outbound events.
+    pub fn spawn(graph: Graph, publisher: EventPublisher) -> Self {
         let (tx, rx) = mpsc::channel::<(Value, Reply)>(MAX_BATCH * 8);
-        tokio::spawn(run_writer(graph, rx));
+        tokio::spawn(run_writer(graph, publisher, rx));
         Self { tx }
     }
 
@@ -76,12 +78,19 @@ fn writer_gone() -> GraphError {
     }
 }
 
-async fn run_writer(graph: Graph, mut rx: mpsc::Receiver<(Value, Reply)>) {
+async fn run_writer(
+    graph: Graph,
+    publisher: EventPublisher,
+    mut rx: mpsc::Receiver<(Value, Reply)>,
+) {
     let mut batch: Vec<(Value, Reply)> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let events: Vec<Value> = batch.iter().map(|(e, _)| e.clone()).collect();
         match apply_batch(&graph, &events).await {
             Ok(outcomes) if outcomes.len() == batch.len() => {
+                if outcomes.iter().any(|o| o.changed) {
+                    publisher.notify();
+                }
                 for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -92,6 +101,9 @@ async fn run_writer(graph: Graph, mut rx: mpsc::Receiver<(Value, Reply)>) {
                     let result = apply_batch(&graph, std::slice::from_ref(&event))
                         .await
                         .and_then(|mut o| o.pop().ok_or_else(decode_error));
+                    if result.as_ref().is_ok_and(|o| o.changed) {
+                        publisher.notify();
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -127,6 +139,14 @@ pub async fn apply_batch(graph: &Graph, events: &[Value]) -> Result<Vec<FoldOutc
         )
         .await?;
     graphagent::graph::rows_from(out.into_iter().next().unwrap_or(Value::Null))
+}
+
+/// Drop `null` members so SurrealQL sees them as absent (NONE), not NULL.
+pub fn without_nulls(mut v: Value) -> Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    v
 }
 
 /// Hex SHA-256 of the parts, length-prefixed so boundaries cannot shift.
@@ -251,14 +271,18 @@ impl Store {
         &self,
         broadcast: &Value,
         records: &[Value],
+        outbox: Option<&Value>,
     ) -> Result<(), GraphError> {
         self.graph
             .transaction(
                 "BEGIN;
+                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {
+                    INSERT INTO outbox_event $outbox;
+                 };
                  UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
                  INSERT RELATION INTO sent { id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) } ON DUPLICATE KEY UPDATE at = time::now();
                  COMMIT;",
-                json!({ "b": broadcast }),
+                without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
             .await?;
         for chunk in records.chunks(PERSIST_BATCH) {
@@ -379,6 +403,7 @@ impl Store {
         key: &str,
         reply: &Value,
         answers: Option<&str>,
+        outbox: &Value,
     ) -> Result<bool, GraphError> {
         let out = self
             .graph
@@ -392,10 +417,11 @@ impl Store {
                     IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {
                         RELATE $node->replies_to->(type::record('sentdm_message', $answers));
                     };
+                    INSERT INTO outbox_event $outbox;
                  };
                  RETURN $fresh;
                  COMMIT;",
-                json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers}),
+                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers, "outbox": outbox})),
             )
             .await?;
         Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
@@ -415,6 +441,17 @@ impl Store {
                 0,
             )
             .await
+    }
+
+    /// Put one outbound event in the outbox on its own (for facts with no other write).
+    pub async fn emit(&self, outbox: &Value) -> Result<(), GraphError> {
+        self.graph
+            .query(
+                graphagent::events::INSERT_OUTBOX,
+                json!({"outbox": [outbox]}),
+            )
+            .await
+            .map(|_| ())
     }
 
     pub async fn webhook_state(&self) -> Result<Option<WebhookState>, GraphError> {

@@ -199,7 +199,37 @@ impl SentDmBroadcast {
             }
         }
         self.record_reconcile(&report);
+        self.publish_reconcile(&report).await;
         report
+    }
+
+    /// `sentdm.webhook.reconciled` / `reconcile_failed` for subscribers (not for skips:
+    /// nothing was attempted).
+    async fn publish_reconcile(&self, report: &ReconcileReport) {
+        let event_type = match report.outcome.as_str() {
+            "skipped" => return,
+            "failed" => "sentdm.webhook.reconcile_failed",
+            _ => "sentdm.webhook.reconciled",
+        };
+        let row = self
+            .ctx
+            .events
+            .event(
+                event_type,
+                &self.ctx.agent_id,
+                &self.ctx.action_id,
+                super::without_nulls(json!({
+                    "action_id": self.ctx.action_id, "outcome": report.outcome, "reason": report.reason,
+                    "webhook_id": report.webhook_id, "changes": report.changes, "deleted": report.deleted,
+                })),
+            )
+            .into_row();
+        match self.store.emit(&row).await {
+            Ok(()) => self.ctx.events.notify(),
+            Err(e) => {
+                tracing::warn!(action.id = %self.ctx.action_id, error = %e, "could not queue the reconcile event")
+            }
+        }
     }
 
     async fn reconcile_inner(&self) -> ReconcileReport {
@@ -498,12 +528,23 @@ impl SentDmBroadcast {
             "channel": reply.channel, "text": reply.text, "received_at": reply.received_at,
             "in_reply_to": reply.in_reply_to, "answers_record": answers, "created_at": now_rfc3339(),
         }));
+        let outbox = self
+            .ctx
+            .events
+            .event(
+                "sentdm.message.received",
+                &self.ctx.agent_id,
+                &self.ctx.action_id,
+                node.clone(),
+            )
+            .into_row();
         let fresh = self
             .store
-            .store_reply(&key, &node, answers.as_deref())
+            .store_reply(&key, &node, answers.as_deref(), &outbox)
             .await
             .map_err(WebhookRejection::Storage)?;
         if fresh {
+            self.ctx.events.notify();
             self.counters
                 .replies
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -88,6 +88,10 @@ impl App {
         settings.auth.jwt_secret = Some(JWT_SECRET.into());
         settings.auth.admin_email = Some(ADMIN.0.into());
         settings.auth.admin_password = Some(ADMIN.1.into());
+        // Outbound webhooks to receivers on loopback, retried within milliseconds.
+        settings.webhooks.allow_http_loopback = true;
+        settings.webhooks.retry_schedule = vec![Duration::from_millis(50); 3];
+        settings.webhooks.poll_interval = Duration::from_millis(50);
         let host = HostBuilder::new()
             .action::<SentDmBroadcast>()
             .settings(settings)
