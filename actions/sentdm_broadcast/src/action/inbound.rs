@@ -22,6 +22,21 @@ pub const KNOWN_STATUSES: &[&str] = &[
     "cancelled",
 ];
 
+/// Rank of a status in the fold (CONTRACT §3.3): the positive ladder 1–6, -1 for the
+/// negative terminals, 0 for absent or unknown (no status change).
+pub fn status_rank(status: Option<&str>) -> i64 {
+    match status {
+        Some("accepted" | "queued" | "scheduled") => 1,
+        Some("processed") => 2,
+        Some("routed") => 3,
+        Some("sent") => 4,
+        Some("delivered") => 5,
+        Some("read") => 6,
+        Some("failed" | "blocked" | "filtered" | "cancelled") => -1,
+        _ => 0,
+    }
+}
+
 /// What a verified body turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
@@ -366,6 +381,25 @@ mod tests {
             parse(br#"{"field":"templates","payload":{"template_id":"t","status":"APPROVED"}}"#),
             Parsed::Other("templates".into())
         );
+    }
+
+    #[test]
+    fn ranks_follow_the_contract() {
+        let ladder = ["queued", "processed", "routed", "sent", "delivered", "read"];
+        for pair in ladder.windows(2) {
+            assert!(
+                status_rank(Some(pair[0])) < status_rank(Some(pair[1])),
+                "{pair:?}"
+            );
+        }
+        assert_eq!(status_rank(Some("accepted")), status_rank(Some("queued")));
+        for s in ["failed", "blocked", "filtered", "cancelled"] {
+            assert_eq!(status_rank(Some(s)), -1);
+        }
+        assert_eq!(status_rank(None), 0);
+        assert_eq!(status_rank(Some("received")), 0);
+        // Every known status has a rank.
+        assert!(KNOWN_STATUSES.iter().all(|s| status_rank(Some(s)) != 0));
     }
 
     #[test]

@@ -643,7 +643,7 @@ impl SentDmBroadcast {
                         "to": m.to, "channel": m.channel, "template_id": template.id, "template_name": template.name,
                         "parameters": template.parameters, "idempotency_key": req.idempotency_key,
                         "profile_id": req.profile_id.clone().or_else(|| self.config.profile_id.clone()),
-                        "sandbox": result.sandbox, "status": "accepted", "events": [send_event], "event_count": 1,
+                        "sandbox": result.sandbox, "status": "accepted", "status_rank": 1, "events": [send_event], "event_count": 1,
                         "error": null, "created_at": now, "updated_at": now,
                     })),
                 })
@@ -840,7 +840,7 @@ impl SentDmBroadcast {
         self.get_record(record_id).await
     }
 
-    /// The object `fn::sentdm_apply` takes.
+    /// One element of the fold's `$events` (see `store::FOLD`).
     fn fold_event(
         &self,
         e: &inbound::StatusEvent,
@@ -885,7 +885,7 @@ impl SentDmBroadcast {
             "message_id": e.message_id,
             "create_if_missing": create,
             "to": e.to, "channel": e.channel, "template_id": e.template_id, "template_name": e.template_name,
-            "status": e.status, "t_ms": e.occurred_ms, "occurred_at": e.occurred_at,
+            "status": e.status, "rank": inbound::status_rank(e.status.as_deref()), "t_ms": e.occurred_ms, "occurred_at": e.occurred_at,
             "entry": entry, "limit": self.config.record_event_history_limit,
             "error": error, "field": "message", "payload": e.payload,
             "source": source, "event_id": event_id,

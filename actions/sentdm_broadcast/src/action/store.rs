@@ -4,7 +4,7 @@
 //! **Performance Invariant.** One transaction per event tops out near 7,000/s on this
 //! hardware, so the webhook path never writes alone: a single writer task takes every
 //! event queued while the previous batch committed and applies them all in one
-//! statement (`fn::sentdm_apply` over the batch, atomic), then answers each caller.
+//! statement ([`FOLD`], atomic), then answers each caller.
 
 use std::time::Duration;
 
@@ -48,27 +48,53 @@ type Reply = oneshot::Sender<Result<FoldOutcome, GraphError>>;
 /// went into. Cheap to clone; the task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct FoldWriter {
-    tx: mpsc::Sender<(Value, Reply)>,
+    /// One queue per shard; a record always maps to the same shard, so its events stay
+    /// in one writer's order while other records' batches commit in parallel.
+    shards: Vec<mpsc::Sender<(Value, Reply)>>,
 }
 
 impl FoldWriter {
     /// Start the writer task on `graph`; `publisher` is woken after a batch that wrote
     /// outbound events.
     pub fn spawn(graph: Graph, publisher: EventPublisher) -> Self {
-        let (tx, rx) = mpsc::channel::<(Value, Reply)>(MAX_BATCH * 8);
-        tokio::spawn(run_writer(graph, publisher, rx));
-        Self { tx }
+        let shards = (0..writer_shards())
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<(Value, Reply)>(MAX_BATCH * 8);
+                tokio::spawn(run_writer(graph.clone(), publisher.clone(), rx));
+                tx
+            })
+            .collect();
+        Self { shards }
     }
 
-    /// Apply one event (the object `fn::sentdm_apply` takes); resolves after commit.
+    /// Apply one event (an element of [`FOLD`]'s `$events`); resolves after commit.
     pub async fn apply(&self, event: Value) -> Result<FoldOutcome, GraphError> {
         let (reply, wait) = oneshot::channel();
-        self.tx
+        let rid = event["rid"].as_str().unwrap_or_default();
+        let shard = (fxhash(rid.as_bytes()) % self.shards.len() as u64) as usize;
+        self.shards[shard]
             .send((event, reply))
             .await
             .map_err(|_| writer_gone())?;
         wait.await.map_err(|_| writer_gone())?
     }
+}
+
+/// Writers per action: one per core (at least 1), so batches of different records
+/// commit in parallel; `GRAPHAGENT_SENTDM_FOLD_WRITERS` overrides.
+fn writer_shards() -> usize {
+    std::env::var("GRAPHAGENT_SENTDM_FOLD_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 64)
+}
+
+/// FNV-1a: cheap and stable, for picking a shard.
+fn fxhash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn writer_gone() -> GraphError {
@@ -128,17 +154,125 @@ fn decode_error() -> GraphError {
     }
 }
 
-/// Apply events in order, atomically, retrying on transaction conflicts.
+/// The fold (CONTRACT §3.3) over a batch, as one statement: one transaction, events in
+/// order, each de-duplicated on its receipt. Inline rather than a `DEFINE FUNCTION`:
+/// function calls cost more than the fold itself (measured: fold_bench, BENCHMARKS.md).
+/// Then the batch's receipts, from which each caller's outcome is read.
+///
+/// Ranks (`$e.rank`, `status_rank`): 1 accepted/queued/scheduled, 2 processed,
+/// 3 routed, 4 sent, 5 delivered, 6 read, -1 failed/blocked/filtered/cancelled,
+/// 0 unknown.
+const FOLD: &str = "
+FOR $e IN $events {
+    LET $receipt = type::record('sentdm_receipt', $e.key);
+    IF !record::exists($receipt) {
+        LET $rec = type::record('sentdm_message', $e.rid);
+        LET $cur = (SELECT status, status_rank, status_at_ms FROM $rec)[0];
+        LET $sibling = IF $cur = NONE AND $e.create_if_missing {
+            (SELECT VALUE action_id FROM sentdm_message WHERE sentdm_message_id = $e.message_id AND action_id != $e.action_id LIMIT 1)[0]
+        } ELSE { NONE };
+        IF $cur = NONE AND (!$e.create_if_missing OR $sibling != NONE) {
+            CREATE $receipt CONTENT { action_id: $e.action_id, message_id: $e.message_id, batch: $batch,
+                outcome: 'ignored', reason: IF $sibling != NONE { 'sibling_action' } ELSE { 'unknown_message' }, at: time::now() };
+        } ELSE {
+            IF $cur = NONE {
+                CREATE $rec CONTENT {
+                    action_id: $e.action_id, agent_id: $e.agent_id, sentdm_message_id: $e.message_id,
+                    to: $e.to, channel: $e.channel, template_id: $e.template_id, template_name: $e.template_name,
+                    events: [], minimal: true, created_at: time::now(), updated_at: time::now()
+                };
+                RELATE (type::record('action', $e.action_id))->tracks->$rec;
+            };
+            LET $cs = $cur.status;
+            LET $rc = $cur.status_rank ?? 0;
+            LET $later = $e.t_ms != NONE AND $cur.status_at_ms != NONE AND $e.t_ms > $cur.status_at_ms;
+            LET $adv = IF $e.rank = 0 { false }
+                ELSE IF $rc = 0 { true }
+                ELSE IF $cs IN ['read', 'filtered', 'cancelled'] { false }
+                ELSE IF $cs = 'accepted' AND $e.status IN ['queued', 'scheduled'] { true }
+                ELSE IF $e.rank > 0 AND $rc > 0 { $e.rank > $rc }
+                ELSE IF $e.rank > 0 { $cs IN ['blocked', 'failed'] AND $later }
+                ELSE IF $e.status = $cs { false }
+                ELSE IF $rc > 0 AND $rc <= 4 { true }
+                ELSE { $cs = 'delivered' AND $e.status = 'failed' AND $later };
+            UPDATE $rec SET
+                events = array::slice(array::append(events ?? [], $e.entry), -$e.limit),
+                event_count = (event_count ?? 0) + 1,
+                status = IF $adv { $e.status } ELSE { status },
+                status_rank = IF $adv { $e.rank } ELSE { status_rank },
+                status_at_ms = IF $adv { $e.t_ms } ELSE { status_at_ms },
+                last_status_at = IF $adv { $e.occurred_at } ELSE { last_status_at },
+                error = IF $adv AND $e.rank < 0 { $e.error } ELSE IF $adv { NONE } ELSE { error },
+                to = IF to = NONE OR to = 'unknown' { $e.to } ELSE { to },
+                channel = IF channel = NONE OR channel = 'unknown' { $e.channel } ELSE { channel },
+                last_event_field = $e.field,
+                last_event_payload = $e.payload,
+                updated_at = time::now()
+                RETURN NONE;
+            -- The outbound event commits with the change it reports, or not at all.
+            IF $adv AND $e.outbox != NONE {
+                INSERT INTO outbox_event $e.outbox;
+            };
+            CREATE $receipt CONTENT { action_id: $e.action_id, message_id: $e.message_id, record: $e.rid,
+                source: $e.source, event_id: $e.event_id, batch: $batch, outcome: 'received',
+                status: IF $adv { $e.status } ELSE { $cs }, changed: $adv, at: time::now() };
+        };
+    };
+};
+SELECT record::id(id) AS key, batch, outcome, record, status, changed, reason
+    FROM $events.map(|$e| type::record('sentdm_receipt', $e.key));
+";
+
+#[derive(Deserialize)]
+struct ReceiptRow {
+    key: String,
+    batch: Option<String>,
+    outcome: String,
+    record: Option<String>,
+    status: Option<String>,
+    changed: Option<bool>,
+    reason: Option<String>,
+}
+
+/// Apply events in order, atomically, retrying on transaction conflicts. Each event is
+/// the object built by the action (`key`, `rid`, `status`, `rank`, `entry`, …).
 pub async fn apply_batch(graph: &Graph, events: &[Value]) -> Result<Vec<FoldOutcome>, GraphError> {
-    // One statement is one transaction; the closure runs the events in order so later
-    // ones see earlier ones (duplicates inside a batch are caught).
+    let batch = uuid::Uuid::now_v7().simple().to_string();
     let out = graph
-        .transaction(
-            "RETURN $events.map(|$e| fn::sentdm_apply($e));",
-            json!({ "events": events }),
-        )
+        .transaction(FOLD, json!({ "events": events, "batch": batch }))
         .await?;
-    graphagent::graph::rows_from(out.into_iter().next().unwrap_or(Value::Null))
+    let rows: Vec<ReceiptRow> =
+        graphagent::graph::rows_from(out.into_iter().nth(1).unwrap_or(Value::Null))?;
+    let by_key: std::collections::HashMap<&str, &ReceiptRow> =
+        rows.iter().map(|r| (r.key.as_str(), r)).collect();
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .map(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let row = by_key.get(key).ok_or_else(decode_error)?;
+            // This batch wrote the receipt for the first event with this key; any other
+            // event with the key (earlier batch, or later in this one) is a duplicate.
+            let first_here = row.batch.as_deref() == Some(batch.as_str()) && seen.insert(key);
+            Ok(if first_here {
+                FoldOutcome {
+                    outcome: row.outcome.clone(),
+                    record: row.record.clone(),
+                    status: row.status.clone(),
+                    changed: row.changed.unwrap_or(false),
+                    reason: row.reason.clone(),
+                }
+            } else {
+                FoldOutcome {
+                    outcome: "duplicate".into(),
+                    record: row.record.clone(),
+                    status: row.status.clone(),
+                    changed: false,
+                    reason: None,
+                }
+            })
+        })
+        .collect()
 }
 
 /// Drop `null` members so SurrealQL sees them as absent (NONE), not NULL.
@@ -297,7 +431,7 @@ impl Store {
                                 sandbox = $r.fields.sandbox, to = $r.fields.to ?? to, channel = $r.fields.channel ?? channel,
                                 events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
-                                status = status ?? 'accepted', updated_at = time::now();
+                                status = status ?? 'accepted', status_rank = status_rank ?? 1, updated_at = time::now();
                         } ELSE {
                             CREATE $rec CONTENT $r.fields;
                             RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
