@@ -1117,3 +1117,27 @@ async fn the_event_catalogue_lists_the_sentdm_types() {
         assert!(names.contains(&t), "{t} missing: {names:?}");
     }
 }
+
+#[tokio::test]
+async fn a_send_is_never_failed_by_bookkeeping() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    // The bearer token is checked without the graph, so only persistence fails.
+    app.graph.set_outage(true);
+    let (status, result) = app
+        .broadcast(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    app.graph.set_outage(false);
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["status"], "accepted");
+    assert_eq!(result["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(result["persisted"]["ok"], false);
+    assert!(
+        result["persisted"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("graph unavailable")),
+        "{result}"
+    );
+    assert_eq!(sim.message_count(), 1, "SentDM has the message");
+    assert_eq!(app.record_count().await, 0);
+}
