@@ -461,7 +461,7 @@ impl Runtime {
         Ok(report)
     }
 
-    /// Record a hook outcome that happened outside a load (e.g. a forced reconcile).
+    /// Change the loaded state under its lock; every change is one insert or removal.
     fn write_state(&self, f: impl FnOnce(&mut State)) {
         let mut state = self
             .directory

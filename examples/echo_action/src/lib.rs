@@ -51,6 +51,26 @@ pub struct EchoReply {
     pub stored: u64,
 }
 
+/// Why an echo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    /// The message is empty or too long; nothing was stored.
+    #[error("message: {0}")]
+    Invalid(String),
+    /// The graph failed.
+    #[error("graph: {0}")]
+    Graph(#[from] graphagent::GraphError),
+}
+
+impl From<EchoError> for ApiError {
+    fn from(e: EchoError) -> Self {
+        match e {
+            EchoError::Invalid(m) => ApiError::invalid_field("message", m),
+            EchoError::Graph(g) => g.into(),
+        }
+    }
+}
+
 /// `POST …/echo` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -79,11 +99,11 @@ DEFINE TABLE IF NOT EXISTS echoed TYPE RELATION IN action OUT echo_message;
 
 impl Echo {
     /// Store `message` as a node linked to this action and answer with the greeting.
-    pub async fn echo(&self, message: &str) -> Result<EchoReply, ActionError> {
+    pub async fn echo(&self, message: &str) -> Result<EchoReply, EchoError> {
         let chars = message.chars().count();
         if chars == 0 || chars > self.config.max_message_chars {
-            return Err(ActionError::new(format!(
-                "message: must be 1 to {} characters",
+            return Err(EchoError::Invalid(format!(
+                "must be 1 to {} characters",
                 self.config.max_message_chars
             )));
         }
@@ -99,8 +119,7 @@ impl Echo {
                  COMMIT;",
                 json!({"id": id, "action_id": self.ctx.action_id, "message": message}),
             )
-            .await
-            .map_err(|e| ActionError::new(format!("graph: {e}")))?;
+            .await?;
         // Index 0 is BEGIN; the count is the fourth statement.
         let stored = out.get(3).and_then(serde_json::Value::as_u64).unwrap_or(0);
         Ok(EchoReply {
@@ -187,15 +206,5 @@ async fn echo_route(
     ActionRef(echo): ActionRef<Echo>,
     Json(request): Json<EchoRequest>,
 ) -> ApiResult<Json<EchoReply>> {
-    let chars = request.message.chars().count();
-    if chars == 0 || chars > echo.config.max_message_chars {
-        return Err(ApiError::invalid_field(
-            "message",
-            format!("must be 1 to {} characters", echo.config.max_message_chars),
-        ));
-    }
-    echo.echo(&request.message).await.map(Json).map_err(|e| {
-        tracing::error!(error = %e, "echo failed");
-        ApiError::unavailable("could not store the message; retry later")
-    })
+    Ok(Json(echo.echo(&request.message).await?))
 }

@@ -674,7 +674,7 @@ impl SentDmBroadcast {
                     ok: false,
                     records: 0,
                     skipped: None,
-                    error: Some(format!("records not stored: {}", e.kind_str())),
+                    error: Some(format!("records not stored: {}", graph_failure(&e))),
                 }
             }
         }
@@ -919,19 +919,14 @@ impl SentDmBroadcast {
     }
 }
 
-trait KindStr {
-    fn kind_str(&self) -> &'static str;
-}
-
-impl KindStr for graphagent::GraphError {
-    fn kind_str(&self) -> &'static str {
-        if self.is_unavailable() {
-            "graph unavailable"
-        } else if self.is_conflict() {
-            "graph conflict"
-        } else {
-            "graph error"
-        }
+/// A short, secret-free description of a graph failure for API answers.
+fn graph_failure(e: &graphagent::GraphError) -> &'static str {
+    if e.is_unavailable() {
+        "graph unavailable"
+    } else if e.is_conflict() {
+        "graph conflict"
+    } else {
+        "graph error"
     }
 }
 

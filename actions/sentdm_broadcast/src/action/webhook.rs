@@ -107,10 +107,7 @@ impl SentDmBroadcast {
 
     /// The callback URL with the machine key removed (safe to show).
     pub(super) fn webhook_url_redacted(&self) -> Option<String> {
-        self.webhook_url().ok().map(|u| {
-            u.split_once('?')
-                .map_or(u.clone(), |(p, _)| format!("{p}?api_key=***"))
-        })
+        self.get_webhook_url().ok()
     }
 
     /// The URL SentDM calls (machine key redacted), or why there is none.
@@ -287,17 +284,17 @@ impl SentDmBroadcast {
                     }
                     report.changes += 1;
                 }
-                let secret_on_record = stored.as_ref().is_some_and(|s| {
-                    s.webhook_id == w.id && SigningSecret::parse(&s.signing_secret).is_ok()
-                });
-                if secret_on_record {
-                    let s = stored
-                        .as_ref()
-                        .map(|s| s.signing_secret.clone())
-                        .unwrap_or_default();
-                    if let Err(e) = self.adopt(&w.id, &s, &mut report).await {
-                        return fail(e);
-                    }
+                let on_record = stored
+                    .as_ref()
+                    .filter(|s| s.webhook_id == w.id)
+                    .and_then(|s| SigningSecret::parse(&s.signing_secret).ok());
+                if let Some(secret) = on_record {
+                    // Nothing to store: the state already says exactly this.
+                    self.set_verifier(Some(Verifier {
+                        webhook_id: w.id.clone(),
+                        secret,
+                    }));
+                    report.webhook_id = Some(w.id.clone());
                     Some(w.id.clone())
                 } else {
                     // We cannot verify its deliveries: get a secret we know (CONTRACT §7.7).

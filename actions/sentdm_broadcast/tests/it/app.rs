@@ -21,6 +21,8 @@ pub struct App {
     pub graph: Graph,
     pub token: String,
     pub host_agent: graphagent::AgentHandle,
+    /// Derives machine keys with the host's JWT secret (built once, not per delivery).
+    keys: graphagent::auth::Auth,
     /// Webhook id and secret by action name, read once (deliveries during an injected
     /// graph outage still need them).
     states: std::sync::Mutex<std::collections::HashMap<String, (String, SigningSecret)>>,
@@ -120,6 +122,15 @@ impl App {
             graph,
             token: token["access_token"].as_str().expect("token").to_owned(),
             host_agent,
+            keys: graphagent::auth::Auth::new(
+                Graph::memory().await.expect("graph"),
+                &graphagent::AuthSettings {
+                    jwt_secret: Some(JWT_SECRET.into()),
+                    ..graphagent::AuthSettings::default()
+                },
+            )
+            .await
+            .expect("auth"),
             states: Default::default(),
             shutdown: Some(tx),
             task: Some(task),
@@ -227,7 +238,7 @@ impl App {
         };
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut d = Delivery {
-            key: Some(self.scoped_key(name).await),
+            key: Some(self.scoped_key(name)),
             webhook_id: webhook_id.clone(),
             timestamp: ts,
             signature: secret.sign(&webhook_id, ts, body.as_bytes()),
@@ -254,17 +265,10 @@ impl App {
     }
 
     /// The machine key in the webhook URL, derived the way the host derives it.
-    pub async fn scoped_key(&self, name: &str) -> String {
-        let settings = graphagent::AuthSettings {
-            jwt_secret: Some(JWT_SECRET.into()),
-            ..graphagent::AuthSettings::default()
-        };
-        let g = Graph::memory().await.expect("graph");
-        let auth = graphagent::auth::Auth::new(g, &settings)
-            .await
-            .expect("auth");
+    pub fn scoped_key(&self, name: &str) -> String {
         use graphagent::plugin::ScopedKeys;
-        auth.derive(&format!("webhook:sentdm:{}", Self::action_id(name)))
+        self.keys
+            .derive(&format!("webhook:sentdm:{}", Self::action_id(name)))
             .expect("key")
     }
 
