@@ -218,49 +218,42 @@ impl Graph {
     /// Run SurrealQL with bound variables (a JSON object) and return each statement's
     /// result as JSON. The first failing statement's error is returned.
     pub async fn query(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
+        self.check_outage()?;
+        let mut query = self.inner.db.query(sql);
+        if !vars.is_null() {
+            query = query.bind(vars);
+        }
+        collect(query.await.map_err(GraphError::from_db)?)
+    }
+
+    /// Start an interactive transaction: statements run one call at a time, so the
+    /// caller can decide in Rust between a read and the writes it implies. The database
+    /// keeps it atomic and isolated; a concurrent write to the same data makes
+    /// [`GraphTxn::commit`] fail with a [`GraphErrorKind::Conflict`], and the caller
+    /// retries the whole transaction.
+    pub async fn begin(&self) -> GraphResult<GraphTxn> {
+        self.check_outage()?;
+        let txn = self
+            .inner
+            .db
+            .clone()
+            .begin()
+            .await
+            .map_err(GraphError::from_db)?;
+        Ok(GraphTxn {
+            txn: Some(txn),
+            graph: self.clone(),
+        })
+    }
+
+    fn check_outage(&self) -> GraphResult<()> {
         if self.inner.outage.load(Ordering::Relaxed) {
             return Err(GraphError::new(
                 GraphErrorKind::Unavailable,
                 "graph store unavailable (injected outage)",
             ));
         }
-        let mut query = self.inner.db.query(sql);
-        if !vars.is_null() {
-            query = query.bind(vars);
-        }
-        let mut response = query.await.map_err(GraphError::from_db)?;
-        let errors = response.take_errors();
-        if !errors.is_empty() {
-            // A conflict anywhere makes the whole transaction retryable; report that
-            // over the "not executed due to a failed transaction" echoes of it.
-            let mut errors: Vec<_> = errors.into_iter().collect();
-            errors.sort_by_key(|(idx, _)| *idx);
-            let classified: Vec<GraphError> = errors
-                .into_iter()
-                .map(|(_, e)| GraphError::from_db(e))
-                .collect();
-            let pick = classified
-                .iter()
-                .find(|e| e.is_conflict())
-                .or_else(|| {
-                    classified.iter().find(|e| {
-                        !e.message
-                            .contains("not executed due to a failed transaction")
-                    })
-                })
-                .or(classified.first())
-                .cloned();
-            return Err(
-                pick.unwrap_or_else(|| GraphError::new(GraphErrorKind::Query, "query failed"))
-            );
-        }
-        let n = response.num_statements();
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let value: surrealdb::types::Value = response.take(i).map_err(GraphError::from_db)?;
-            out.push(value.into_json_value());
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Run a query and deserialize statement `index`'s rows.
@@ -296,12 +289,7 @@ impl Graph {
         let mut attempt = 0;
         loop {
             match self.query(sql, vars.clone()).await {
-                Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    let base = 1u64 << attempt.min(6);
-                    let jitter = rand::random::<u64>() % base.max(1);
-                    tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
-                }
+                Err(e) if e.is_conflict() && retry_after_conflict(&mut attempt).await => {}
                 other => return other,
             }
         }
@@ -319,6 +307,104 @@ impl Graph {
             .await
             .map(|_| ())
             .map_err(|e| GraphError::new(e.kind, format!("schema `{name}`: {}", e.message)))
+    }
+}
+
+/// After a transaction conflict: wait a short jittered time and return true, or return
+/// false once the retries are spent. `attempt` starts at 0 and is counted here. For
+/// callers running their own [`Graph::begin`] loop; [`Graph::transaction`] uses it too.
+pub async fn retry_after_conflict(attempt: &mut u32) -> bool {
+    if *attempt >= CONFLICT_RETRIES {
+        return false;
+    }
+    *attempt += 1;
+    let base = 1u64 << (*attempt).min(6);
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+    true
+}
+
+/// Each statement's result as JSON, or the error that best explains the failure.
+fn collect(mut response: surrealdb::IndexedResults) -> GraphResult<Vec<Value>> {
+    let errors = response.take_errors();
+    if !errors.is_empty() {
+        // A conflict anywhere makes the whole transaction retryable; report that
+        // over the "not executed due to a failed transaction" echoes of it.
+        let mut errors: Vec<_> = errors.into_iter().collect();
+        errors.sort_by_key(|(idx, _)| *idx);
+        let classified: Vec<GraphError> = errors
+            .into_iter()
+            .map(|(_, e)| GraphError::from_db(e))
+            .collect();
+        let pick = classified
+            .iter()
+            .find(|e| e.is_conflict())
+            .or_else(|| {
+                classified.iter().find(|e| {
+                    !e.message
+                        .contains("not executed due to a failed transaction")
+                })
+            })
+            .or(classified.first())
+            .cloned();
+        return Err(pick.unwrap_or_else(|| GraphError::new(GraphErrorKind::Query, "query failed")));
+    }
+    let n = response.num_statements();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let value: surrealdb::types::Value = response.take(i).map_err(GraphError::from_db)?;
+        out.push(value.into_json_value());
+    }
+    Ok(out)
+}
+
+/// An open interactive transaction (see [`Graph::begin`]). Dropping it without
+/// [`commit`](Self::commit) cancels it.
+pub struct GraphTxn {
+    txn: Option<surrealdb::method::Transaction<Any>>,
+    graph: Graph,
+}
+
+impl GraphTxn {
+    /// Run statements inside the transaction; same shape as [`Graph::query`].
+    pub async fn query(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
+        self.graph.check_outage()?;
+        let Some(txn) = &self.txn else {
+            return Err(GraphError::new(
+                GraphErrorKind::Query,
+                "transaction already ended",
+            ));
+        };
+        let mut query = txn.query(sql);
+        if !vars.is_null() {
+            query = query.bind(vars);
+        }
+        collect(query.await.map_err(GraphError::from_db)?)
+    }
+
+    /// Commit; a [`GraphErrorKind::Conflict`] means another writer got there first and
+    /// the whole transaction (reads included) should be run again.
+    pub async fn commit(mut self) -> GraphResult<()> {
+        self.graph.check_outage()?;
+        match self.txn.take() {
+            Some(txn) => txn.commit().await.map(|_| ()).map_err(GraphError::from_db),
+            None => Err(GraphError::new(
+                GraphErrorKind::Query,
+                "transaction already ended",
+            )),
+        }
+    }
+}
+
+impl Drop for GraphTxn {
+    fn drop(&mut self) {
+        if let Some(txn) = self.txn.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = txn.cancel().await;
+            });
+        }
     }
 }
 
@@ -412,6 +498,69 @@ mod tests {
         // BEGIN and COMMIT count as statements: results are indexed from BEGIN = 0.
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!(out[2], json!(1));
+    }
+
+    /// Two interactive transactions read the same record and both write it: the second
+    /// to commit must fail as a conflict (so a fold decided in Rust cannot lose an update).
+    #[tokio::test]
+    async fn interactive_transactions_conflict_on_a_shared_write() {
+        for url in ["mem://", "surrealkv"] {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = if url == "surrealkv" {
+                format!("surrealkv://{}", dir.path().join("g").display())
+            } else {
+                url.to_owned()
+            };
+            let g = Graph::connect(&url, &GraphOptions::default())
+                .await
+                .expect("graph");
+            g.query("CREATE t:r SET n = 0;", Value::Null)
+                .await
+                .expect("seed");
+            let (a, b) = (g.begin().await.expect("a"), g.begin().await.expect("b"));
+            for txn in [&a, &b] {
+                let n = txn
+                    .query("SELECT VALUE n FROM t:r;", Value::Null)
+                    .await
+                    .expect("read");
+                assert_eq!(n[0], json!([0]));
+            }
+            a.query("UPDATE t:r SET n = 1;", Value::Null)
+                .await
+                .expect("write a");
+            let wrote_b = b.query("UPDATE t:r SET n = 2;", Value::Null).await;
+            a.commit().await.expect("first commit wins");
+            let second = match wrote_b {
+                Ok(_) => b.commit().await,
+                Err(e) => Err(e),
+            };
+            let err = second.expect_err("second writer must not commit");
+            assert!(err.is_conflict(), "{url}: {err:?}");
+            let n = g
+                .query("SELECT VALUE n FROM t:r;", Value::Null)
+                .await
+                .expect("n");
+            assert_eq!(n[0], json!([1]), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_transaction_writes_nothing() {
+        let g = Graph::memory().await.expect("mem graph");
+        g.query("DEFINE TABLE t SCHEMALESS;", Value::Null)
+            .await
+            .expect("schema");
+        {
+            let txn = g.begin().await.expect("begin");
+            txn.query("CREATE t:x SET n = 1;", Value::Null)
+                .await
+                .expect("write");
+        }
+        let n = g
+            .query("SELECT VALUE n FROM t:x;", Value::Null)
+            .await
+            .expect("n");
+        assert_eq!(n[0], json!([]));
     }
 
     #[tokio::test]

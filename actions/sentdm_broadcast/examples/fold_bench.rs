@@ -1,34 +1,52 @@
-//! Micro-benchmark of the fold statement alone (no HTTP): how many events per second the
-//! graph applies with `fn::sentdm_apply` in batches of a given size, on SurrealKV or in
-//! memory. Complements `webhook_load` when looking for where the time goes.
+//! Micro-benchmark of the fold alone (no HTTP): how many events per second
+//! `store::apply_batch` applies in batches of a given size, with W writers in parallel
+//! (each owning its own records, as the action's sharded writers do), on SurrealKV or
+//! in memory. Complements `webhook_load` when looking for where the time goes.
 //!
-//! `cargo run --release -p graphagent-sentdm --example fold_bench -- surrealkv 64 20000`
+//! `cargo run --release -p graphagent-sentdm --example fold_bench -- surrealkv 64 20000 2`
 
 use std::time::Instant;
 
 use graphagent::{Graph, GraphOptions};
-use graphagent_sentdm::action::store::{SCHEMA, apply_batch};
-use serde_json::{Value, json};
+use graphagent_sentdm::action::store::{FoldEvent, FoldScope, SCHEMA, apply_batch};
+use serde_json::json;
 
-fn event(i: usize, messages: usize) -> Value {
+/// Event `i` of `messages` messages: five statuses per message, interleaved.
+fn event(i: usize, messages: usize) -> FoldEvent {
     let m = i % messages;
-    let status = ["queued", "sent", "delivered", "read", "routed"][i % 5];
-    json!({
-        "key": format!("k{i}"), "rid": format!("a_m{m}"), "action_id": "a", "agent_id": "g",
-        "message_id": format!("m{m}"), "create_if_missing": true, "to": "+14155550100", "channel": "sms",
-        "status": status, "t_ms": i as i64, "occurred_at": "2026-05-14T18:49:20Z",
-        "entry": {"source": "webhook", "status": status.to_uppercase(), "occurred_at": "2026-05-14T18:49:20Z"},
-        "limit": 25, "field": "message", "payload": {"message_id": format!("m{m}"), "message_status": status},
-        "source": "webhook",
-    })
+    let status = ["queued", "routed", "sent", "delivered", "read"][(i / messages) % 5];
+    FoldEvent {
+        key: format!("k{i}"),
+        rid: format!("a_m{m}"),
+        message_id: format!("m{m}"),
+        create_if_missing: true,
+        status: Some(status.into()),
+        t_ms: Some(i as i64),
+        occurred_at: Some("2026-05-14T18:49:20Z".into()),
+        error: None,
+        entry: json!({"source": "webhook", "status": status.to_uppercase(), "occurred_at": "2026-05-14T18:49:20Z"}),
+        payload: json!({"message_id": format!("m{m}"), "message_status": status}),
+        to: Some("+14155550100".into()),
+        channel: Some("sms".into()),
+        template_id: None,
+        template_name: None,
+        outbox: Some(
+            json!({"event_type": "sentdm.message.sent", "data": {"message_id": format!("m{m}")}}),
+        ),
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let engine = args.next().unwrap_or_else(|| "mem".into());
-    let batch: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let batch: usize = args
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+        .max(1);
     let total: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let writers: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = if engine == "surrealkv" {
         format!("surrealkv://{}", dir.path().join("g").display())
@@ -38,12 +56,7 @@ async fn main() {
     let graph = Graph::connect(&url, &GraphOptions::default())
         .await
         .expect("graph");
-    // FOLD_SCHEMA=path tries another schema without rebuilding.
-    let schema = std::env::var("FOLD_SCHEMA")
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_else(|| SCHEMA.to_owned());
-    graph.apply_schema("sentdm", &schema).await.expect("schema");
+    graph.apply_schema("sentdm", SCHEMA).await.expect("schema");
     graph
         .apply_schema(
             "outbox",
@@ -51,29 +64,44 @@ async fn main() {
         )
         .await
         .expect("schema");
-    let messages = total / 5;
-    let events: Vec<Value> = (0..total).map(|i| event(i, messages)).collect();
+    let scope = FoldScope {
+        action_id: "a".into(),
+        agent_id: "g".into(),
+        limit: 25,
+    };
+    let messages = (total / 5).max(1);
+    // Writer w owns the messages m with m % writers == w, like the action's shards.
+    let mut shards: Vec<Vec<FoldEvent>> = vec![Vec::new(); writers];
+    for i in 0..total {
+        shards[(i % messages) % writers].push(event(i, messages));
+    }
     let t0 = Instant::now();
-    // FOLD_QUERY=… runs another batch statement (binding $events) instead of the action's.
-    let custom = std::env::var("FOLD_QUERY").ok();
-    for chunk in events.chunks(batch) {
-        match &custom {
-            Some(q) => {
-                graph
-                    .transaction(q, json!({"events": chunk}))
-                    .await
-                    .expect("custom batch");
-            }
-            None => {
-                apply_batch(&graph, chunk).await.expect("batch");
-            }
-        }
+    let tasks: Vec<_> = shards
+        .into_iter()
+        .map(|events| {
+            let (graph, scope) = (graph.clone(), scope.clone());
+            tokio::spawn(async move {
+                for chunk in events.chunks(batch) {
+                    apply_batch(&graph, &scope, chunk).await.expect("batch");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
     }
     let took = t0.elapsed();
+    let applied: Vec<serde_json::Value> = graph
+        .query(
+            "RETURN math::sum(SELECT VALUE event_count FROM sentdm_message);",
+            serde_json::Value::Null,
+        )
+        .await
+        .expect("count");
     println!(
-        "{engine}: {total} events in batches of {batch}: {:.2} s = {:.0} events/s ({:.3} ms per batch)",
+        "{engine}: {total} events, {writers} writer(s), batches of {batch}: {:.2} s = {:.0} events/s; applied {}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
-        took.as_secs_f64() * 1000.0 / (total / batch).max(1) as f64
+        applied[0]
     );
 }

@@ -37,6 +37,49 @@ pub fn status_rank(status: Option<&str>) -> i64 {
     }
 }
 
+/// The fold rule (CONTRACT §3.3): does event status `new`, which happened at `t_new`
+/// (unix ms), replace the current status `cur`, which happened at `cur_at`? Both
+/// statuses lowercase; `None` or an unknown word ranks 0. A later time is only "later"
+/// when both times are known.
+pub fn advances(
+    cur: Option<&str>,
+    cur_at: Option<i64>,
+    new: Option<&str>,
+    t_new: Option<i64>,
+) -> bool {
+    let (rn, rc) = (status_rank(new), status_rank(cur));
+    let later = matches!((t_new, cur_at), (Some(t), Some(c)) if t > c);
+    if rn == 0 {
+        // 2. unknown or absent: no status change.
+        false
+    } else if rc == 0 {
+        // Nothing known yet (a record created from a webhook): take it.
+        true
+    } else if matches!(cur, Some("read" | "filtered" | "cancelled")) {
+        // 3. final.
+        false
+    } else if cur == Some("accepted") && matches!(new, Some("queued" | "scheduled")) {
+        // Same rank, but SentDM's own word for the step after our `accepted`.
+        true
+    } else if rn > 0 {
+        // 4. positive: higher on the ladder, or a resend after a failure.
+        if rc > 0 {
+            rn > rc
+        } else {
+            matches!(cur, Some("blocked" | "failed")) && later
+        }
+    } else if new == cur {
+        // 6. equal.
+        false
+    } else if rc <= 4 {
+        // 5. negative over a positive status not yet delivered.
+        rc > 0
+    } else {
+        // 5. a failure after delivery, when it happened later.
+        cur == Some("delivered") && new == Some("failed") && later
+    }
+}
+
 /// What a verified body turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
@@ -296,6 +339,64 @@ mod tests {
             Parsed::Status(s) => s,
             other => panic!("not a status: {other:?}"),
         }
+    }
+
+    #[test]
+    fn fold_rule_follows_contract_3_3() {
+        let a = |cur, new| advances(cur, Some(100), new, Some(200));
+        // Up the ladder only.
+        assert!(a(Some("accepted"), Some("queued")));
+        assert!(a(Some("queued"), Some("sent")));
+        assert!(a(Some("sent"), Some("delivered")));
+        assert!(a(Some("delivered"), Some("read")));
+        assert!(!a(Some("delivered"), Some("sent")), "never backwards");
+        assert!(!a(Some("sent"), Some("queued")));
+        assert!(
+            !a(Some("sent"), Some("sent")),
+            "equal status changes nothing"
+        );
+        // Unknown or absent never changes the status; anything replaces nothing.
+        assert!(!a(Some("sent"), None));
+        assert!(!a(Some("sent"), Some("exploded")));
+        assert!(a(None, Some("delivered")));
+        assert!(a(None, Some("failed")));
+        // Final statuses.
+        for fin in ["read", "filtered", "cancelled"] {
+            assert!(!a(Some(fin), Some("failed")), "{fin} is final");
+            assert!(!a(Some(fin), Some("read")), "{fin} is final");
+        }
+        // Negative over positive: up to and including sent.
+        assert!(a(Some("queued"), Some("failed")));
+        assert!(a(Some("sent"), Some("blocked")));
+        assert!(a(Some("routed"), Some("filtered")));
+        // After delivery only a later `failed`.
+        assert!(a(Some("delivered"), Some("failed")));
+        assert!(!advances(
+            Some("delivered"),
+            Some(300),
+            Some("failed"),
+            Some(200)
+        ));
+        assert!(!advances(
+            Some("delivered"),
+            None,
+            Some("failed"),
+            Some(200)
+        ));
+        assert!(!a(Some("delivered"), Some("blocked")));
+        // A resend after a failure: any positive status, if later.
+        assert!(a(Some("failed"), Some("queued")));
+        assert!(a(Some("blocked"), Some("delivered")));
+        assert!(!advances(
+            Some("failed"),
+            Some(300),
+            Some("sent"),
+            Some(200)
+        ));
+        assert!(!advances(Some("failed"), Some(100), Some("sent"), None));
+        // Negative over negative: only a different one... which rule 5 does not allow.
+        assert!(!a(Some("failed"), Some("failed")));
+        assert!(!a(Some("failed"), Some("blocked")));
     }
 
     #[test]

@@ -643,7 +643,7 @@ impl SentDmBroadcast {
                         "to": m.to, "channel": m.channel, "template_id": template.id, "template_name": template.name,
                         "parameters": template.parameters, "idempotency_key": req.idempotency_key,
                         "profile_id": req.profile_id.clone().or_else(|| self.config.profile_id.clone()),
-                        "sandbox": result.sandbox, "status": "accepted", "status_rank": 1, "events": [send_event], "event_count": 1,
+                        "sandbox": result.sandbox, "status": "accepted", "events": [send_event], "event_count": 1,
                         "error": null, "created_at": now, "updated_at": now,
                     })),
                 })
@@ -840,7 +840,7 @@ impl SentDmBroadcast {
         self.get_record(record_id).await
     }
 
-    /// One element of the fold's `$events` (see `store::FOLD`).
+    /// The fold's view of a status event (see [`store::apply_batch`]).
     fn fold_event(
         &self,
         e: &inbound::StatusEvent,
@@ -848,7 +848,7 @@ impl SentDmBroadcast {
         source: &str,
         event_id: Option<&str>,
         create: bool,
-    ) -> Value {
+    ) -> store::FoldEvent {
         let error = e
             .reason_code
             .as_ref()
@@ -871,25 +871,28 @@ impl SentDmBroadcast {
                         "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id, "record_id": rid,
                         "sentdm_message_id": e.message_id, "to": e.to, "channel": e.channel,
                         "status": e.status, "occurred_at": e.occurred_at, "source": source,
-                        "error": if events::message_event_type(e.status.as_deref().unwrap_or("")) == Some("sentdm.message.failed") { error.clone() } else { None },
+                        "error": if event_type == "sentdm.message.failed" { error.clone() } else { None },
                     })),
                 )
                 .into_row()
         });
-        without_nulls(json!({
-            "key": key,
-            "rid": rid,
-            "outbox": outbox,
-            "action_id": self.ctx.action_id,
-            "agent_id": self.ctx.agent_id,
-            "message_id": e.message_id,
-            "create_if_missing": create,
-            "to": e.to, "channel": e.channel, "template_id": e.template_id, "template_name": e.template_name,
-            "status": e.status, "rank": inbound::status_rank(e.status.as_deref()), "t_ms": e.occurred_ms, "occurred_at": e.occurred_at,
-            "entry": entry, "limit": self.config.record_event_history_limit,
-            "error": error, "field": "message", "payload": e.payload,
-            "source": source, "event_id": event_id,
-        }))
+        store::FoldEvent {
+            key,
+            rid,
+            message_id: e.message_id.clone(),
+            create_if_missing: create,
+            status: e.status.clone(),
+            t_ms: e.occurred_ms,
+            occurred_at: e.occurred_at.clone(),
+            error,
+            entry,
+            payload: e.payload.clone(),
+            to: e.to.clone(),
+            channel: e.channel.clone(),
+            template_id: e.template_id.clone(),
+            template_name: e.template_name.clone(),
+            outbox,
+        }
     }
 
     /// Refresh records stuck in a non-final status (missed webhooks). Returns how many
@@ -964,7 +967,15 @@ impl Action for SentDmBroadcast {
             None => None,
         };
         let store = Store::new(ctx.graph.clone(), ctx.action_id.clone());
-        let writer = FoldWriter::spawn(ctx.graph.clone(), ctx.events.clone());
+        let writer = FoldWriter::spawn(
+            ctx.graph.clone(),
+            ctx.events.clone(),
+            store::FoldScope {
+                action_id: ctx.action_id.clone(),
+                agent_id: ctx.agent_id.clone(),
+                limit: config.record_event_history_limit as usize,
+            },
+        );
         Ok(Self {
             ctx,
             config,

@@ -1,10 +1,10 @@
-//! The action's graph: records of sent messages, broadcasts, receipts, inbound replies
-//! and webhook state, and the batching writer that folds events.
+//! The action's graph: records of sent messages, broadcasts, inbound replies and webhook
+//! state, and the batching writer that folds events.
 //!
 //! **Performance Invariant.** One transaction per event tops out near 7,000/s on this
-//! hardware, so the webhook path never writes alone: a single writer task takes every
-//! event queued while the previous batch committed and applies them all in one
-//! statement ([`FOLD`], atomic), then answers each caller.
+//! hardware, so the webhook path never writes alone: a writer task per shard takes every
+//! event queued while its previous batch committed and folds them all in one
+//! transaction ([`apply_batch`]), then answers each caller.
 
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
+
+use super::inbound;
 
 /// Schema of the action's tables and the status fold.
 pub const SCHEMA: &str = include_str!("schema.surql");
@@ -44,34 +46,79 @@ pub struct FoldOutcome {
 
 type Reply = oneshot::Sender<Result<FoldOutcome, GraphError>>;
 
+/// One status event ready to fold: built by the action from a verified delivery (or a
+/// refresh), applied by [`FoldWriter`].
+#[derive(Debug, Clone)]
+pub struct FoldEvent {
+    /// De-duplication key (derived from the event itself, CONTRACT §5.7).
+    pub key: String,
+    /// Key of the `sentdm_message` record it folds into.
+    pub rid: String,
+    /// SentDM message id.
+    pub message_id: String,
+    /// Create a minimal record when there is none (webhooks; not refreshes).
+    pub create_if_missing: bool,
+    /// Known lowercase status, or `None` (logged, no status change).
+    pub status: Option<String>,
+    /// When it happened, unix ms (for the rule's "later").
+    pub t_ms: Option<i64>,
+    /// When it happened, as SentDM wrote it.
+    pub occurred_at: Option<String>,
+    /// `{code, reason}` kept when a failure becomes the status.
+    pub error: Option<Value>,
+    /// The audit log entry.
+    pub entry: Value,
+    /// Kept as `last_event_payload`.
+    pub payload: Value,
+    pub to: Option<String>,
+    pub channel: Option<String>,
+    pub template_id: Option<String>,
+    pub template_name: Option<String>,
+    /// Outbound event row, written only if this event changes the status.
+    pub outbox: Option<Value>,
+}
+
+/// What every event of one writer shares: the owning action and its log bound.
+#[derive(Debug, Clone)]
+pub struct FoldScope {
+    pub action_id: String,
+    pub agent_id: String,
+    /// `record_event_history_limit`.
+    pub limit: usize,
+}
+
 /// Queue in front of the fold: callers wait for the commit of the batch their event
 /// went into. Cheap to clone; the task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct FoldWriter {
     /// One queue per shard; a record always maps to the same shard, so its events stay
     /// in one writer's order while other records' batches commit in parallel.
-    shards: Vec<mpsc::Sender<(Value, Reply)>>,
+    shards: Vec<mpsc::Sender<(FoldEvent, Reply)>>,
 }
 
 impl FoldWriter {
-    /// Start the writer task on `graph`; `publisher` is woken after a batch that wrote
+    /// Start the writer tasks on `graph`; `publisher` is woken after a batch that wrote
     /// outbound events.
-    pub fn spawn(graph: Graph, publisher: EventPublisher) -> Self {
+    pub fn spawn(graph: Graph, publisher: EventPublisher, scope: FoldScope) -> Self {
         let shards = (0..writer_shards())
             .map(|_| {
-                let (tx, rx) = mpsc::channel::<(Value, Reply)>(MAX_BATCH * 8);
-                tokio::spawn(run_writer(graph.clone(), publisher.clone(), rx));
+                let (tx, rx) = mpsc::channel::<(FoldEvent, Reply)>(MAX_BATCH * 8);
+                tokio::spawn(run_writer(
+                    graph.clone(),
+                    publisher.clone(),
+                    scope.clone(),
+                    rx,
+                ));
                 tx
             })
             .collect();
         Self { shards }
     }
 
-    /// Apply one event (an element of [`FOLD`]'s `$events`); resolves after commit.
-    pub async fn apply(&self, event: Value) -> Result<FoldOutcome, GraphError> {
+    /// Apply one event; resolves after the commit of the batch it went into.
+    pub async fn apply(&self, event: FoldEvent) -> Result<FoldOutcome, GraphError> {
         let (reply, wait) = oneshot::channel();
-        let rid = event["rid"].as_str().unwrap_or_default();
-        let shard = (fxhash(rid.as_bytes()) % self.shards.len() as u64) as usize;
+        let shard = (fxhash(event.rid.as_bytes()) % self.shards.len() as u64) as usize;
         self.shards[shard]
             .send((event, reply))
             .await
@@ -107,24 +154,32 @@ fn writer_gone() -> GraphError {
 async fn run_writer(
     graph: Graph,
     publisher: EventPublisher,
-    mut rx: mpsc::Receiver<(Value, Reply)>,
+    scope: FoldScope,
+    mut rx: mpsc::Receiver<(FoldEvent, Reply)>,
 ) {
-    let mut batch: Vec<(Value, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(FoldEvent, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut events: Vec<FoldEvent> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let events: Vec<Value> = batch.iter().map(|(e, _)| e.clone()).collect();
-        match apply_batch(&graph, &events).await {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
+        let replies: Vec<Reply> = batch
+            .drain(..)
+            .map(|(event, reply)| {
+                events.push(event);
+                reply
+            })
+            .collect();
+        match apply_batch(&graph, &scope, &events).await {
+            Ok(outcomes) => {
                 if outcomes.iter().any(|o| o.changed) {
                     publisher.notify();
                 }
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
-            Ok(_) | Err(_) if batch.len() > 1 => {
+            Err(e) if events.len() > 1 && !e.is_unavailable() => {
                 // One bad event must not fail its neighbours: apply them one by one.
-                for (event, reply) in batch.drain(..) {
-                    let result = apply_batch(&graph, std::slice::from_ref(&event))
+                for (event, reply) in events.iter().zip(replies) {
+                    let result = apply_batch(&graph, &scope, std::slice::from_ref(event))
                         .await
                         .and_then(|mut o| o.pop().ok_or_else(decode_error));
                     if result.as_ref().is_ok_and(|o| o.changed) {
@@ -133,17 +188,13 @@ async fn run_writer(
                     let _ = reply.send(result);
                 }
             }
-            Ok(_) => {
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(decode_error()));
-                }
-            }
             Err(e) => {
-                for (_, reply) in batch.drain(..) {
+                for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
         }
+        events.clear();
     }
 }
 
@@ -154,125 +205,325 @@ fn decode_error() -> GraphError {
     }
 }
 
-/// The fold (CONTRACT §3.3) over a batch, as one statement: one transaction, events in
-/// order, each de-duplicated on its receipt. Inline rather than a `DEFINE FUNCTION`:
-/// function calls cost more than the fold itself (measured: fold_bench, BENCHMARKS.md).
-/// Then the batch's receipts, from which each caller's outcome is read.
-///
-/// Ranks (`$e.rank`, `status_rank`): 1 accepted/queued/scheduled, 2 processed,
-/// 3 routed, 4 sent, 5 delivered, 6 read, -1 failed/blocked/filtered/cancelled,
-/// 0 unknown.
-const FOLD: &str = "
-FOR $e IN $events {
-    LET $receipt = type::record('sentdm_receipt', $e.key);
-    IF !record::exists($receipt) {
-        LET $rec = type::record('sentdm_message', $e.rid);
-        LET $cur = (SELECT status, status_rank, status_at_ms FROM $rec)[0];
-        LET $sibling = IF $cur = NONE AND $e.create_if_missing {
-            (SELECT VALUE action_id FROM sentdm_message WHERE sentdm_message_id = $e.message_id AND action_id != $e.action_id LIMIT 1)[0]
-        } ELSE { NONE };
-        IF $cur = NONE AND (!$e.create_if_missing OR $sibling != NONE) {
-            CREATE $receipt CONTENT { action_id: $e.action_id, message_id: $e.message_id, batch: $batch,
-                outcome: 'ignored', reason: IF $sibling != NONE { 'sibling_action' } ELSE { 'unknown_message' }, at: time::now() };
-        } ELSE {
-            IF $cur = NONE {
-                CREATE $rec CONTENT {
-                    action_id: $e.action_id, agent_id: $e.agent_id, sentdm_message_id: $e.message_id,
-                    to: $e.to, channel: $e.channel, template_id: $e.template_id, template_name: $e.template_name,
-                    events: [], minimal: true, created_at: time::now(), updated_at: time::now()
-                };
-                RELATE (type::record('action', $e.action_id))->tracks->$rec;
-            };
-            LET $cs = $cur.status;
-            LET $rc = $cur.status_rank ?? 0;
-            LET $later = $e.t_ms != NONE AND $cur.status_at_ms != NONE AND $e.t_ms > $cur.status_at_ms;
-            LET $adv = IF $e.rank = 0 { false }
-                ELSE IF $rc = 0 { true }
-                ELSE IF $cs IN ['read', 'filtered', 'cancelled'] { false }
-                ELSE IF $cs = 'accepted' AND $e.status IN ['queued', 'scheduled'] { true }
-                ELSE IF $e.rank > 0 AND $rc > 0 { $e.rank > $rc }
-                ELSE IF $e.rank > 0 { $cs IN ['blocked', 'failed'] AND $later }
-                ELSE IF $e.status = $cs { false }
-                ELSE IF $rc > 0 AND $rc <= 4 { true }
-                ELSE { $cs = 'delivered' AND $e.status = 'failed' AND $later };
-            UPDATE $rec SET
-                events = array::slice(array::append(events ?? [], $e.entry), -$e.limit),
-                event_count = (event_count ?? 0) + 1,
-                status = IF $adv { $e.status } ELSE { status },
-                status_rank = IF $adv { $e.rank } ELSE { status_rank },
-                status_at_ms = IF $adv { $e.t_ms } ELSE { status_at_ms },
-                last_status_at = IF $adv { $e.occurred_at } ELSE { last_status_at },
-                error = IF $adv AND $e.rank < 0 { $e.error } ELSE IF $adv { NONE } ELSE { error },
-                to = IF to = NONE OR to = 'unknown' { $e.to } ELSE { to },
-                channel = IF channel = NONE OR channel = 'unknown' { $e.channel } ELSE { channel },
-                last_event_field = $e.field,
-                last_event_payload = $e.payload,
-                updated_at = time::now()
-                RETURN NONE;
-            -- The outbound event commits with the change it reports, or not at all.
-            IF $adv AND $e.outbox != NONE {
-                INSERT INTO outbox_event $e.outbox;
-            };
-            CREATE $receipt CONTENT { action_id: $e.action_id, message_id: $e.message_id, record: $e.rid,
-                source: $e.source, event_id: $e.event_id, batch: $batch, outcome: 'received',
-                status: IF $adv { $e.status } ELSE { $cs }, changed: $adv, at: time::now() };
-        };
-    };
-};
-SELECT record::id(id) AS key, batch, outcome, record, status, changed, reason
-    FROM $events.map(|$e| type::record('sentdm_receipt', $e.key));
-";
+/// Reads what the rule needs about the batch's records, in the fold's transaction.
+const FOLD_READ: &str =
+    "SELECT record::id(id) AS rid, status, status_at_ms, event_keys, to, channel
+    FROM $rids.map(|$r| type::record('sentdm_message', $r));";
+
+/// Which of the batch's unknown messages a sibling action already tracks.
+const FOLD_SIBLINGS: &str = "SELECT VALUE sentdm_message_id FROM sentdm_message
+    WHERE sentdm_message_id IN $mids AND action_id != $action;";
+
+/// Records created by this batch (events for messages we have no record of yet).
+const FOLD_CREATE: &str = "
+    INSERT INTO sentdm_message $created.map(|$r| object::extend($r, { created_at: time::now(), updated_at: time::now() })) RETURN NONE;
+    INSERT RELATION INTO tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
+
+/// Existing records whose status changes. The log, keys and count are appended by the
+/// database, the status is the rule's. Plain `SET`s of precomputed values: every
+/// expression here costs per event (BENCHMARKS.md).
+const FOLD_ADVANCE: &str = "
+    FOR $r IN $advanced {
+        UPDATE type::record('sentdm_message', $r.id) SET
+            events = array::slice(array::concat(events ?? [], $r.entries), -$limit),
+            event_keys += $r.keys, event_count += $r.n,
+            status = $r.status, status_at_ms = $r.status_at_ms, last_status_at = $r.last_status_at,
+            error = $r.error, last_event_field = 'message', last_event_payload = $r.payload,
+            updated_at = time::now()
+        RETURN NONE;
+    };";
+
+/// Existing records whose status stays: only the log, keys and count move.
+const FOLD_APPEND: &str = "
+    FOR $r IN $appended {
+        UPDATE type::record('sentdm_message', $r.id) SET
+            events = array::slice(array::concat(events ?? [], $r.entries), -$limit),
+            event_keys += $r.keys, event_count += $r.n,
+            last_event_field = 'message', last_event_payload = $r.payload, updated_at = time::now()
+        RETURN NONE;
+    };";
+
+/// Records whose recipient or channel was unknown and the batch knows it (rare).
+const FOLD_FILL: &str = "
+    FOR $r IN $filled {
+        UPDATE type::record('sentdm_message', $r.id) SET to = $r.to ?? to, channel = $r.channel ?? channel RETURN NONE;
+    };";
 
 #[derive(Deserialize)]
-struct ReceiptRow {
-    key: String,
-    batch: Option<String>,
-    outcome: String,
-    record: Option<String>,
+struct Current {
+    rid: String,
     status: Option<String>,
-    changed: Option<bool>,
-    reason: Option<String>,
+    status_at_ms: Option<i64>,
+    /// Absent on records written before this field (and on send records).
+    event_keys: Option<Vec<String>>,
+    to: Option<String>,
+    channel: Option<String>,
 }
 
-/// Apply events in order, atomically, retrying on transaction conflicts. Each event is
-/// the object built by the action (`key`, `rid`, `status`, `rank`, `entry`, …).
-pub async fn apply_batch(graph: &Graph, events: &[Value]) -> Result<Vec<FoldOutcome>, GraphError> {
-    let batch = uuid::Uuid::now_v7().simple().to_string();
-    let out = graph
-        .transaction(FOLD, json!({ "events": events, "batch": batch }))
-        .await?;
-    let rows: Vec<ReceiptRow> =
-        graphagent::graph::rows_from(out.into_iter().nth(1).unwrap_or(Value::Null))?;
-    let by_key: std::collections::HashMap<&str, &ReceiptRow> =
-        rows.iter().map(|r| (r.key.as_str(), r)).collect();
-    let mut seen = std::collections::HashSet::new();
-    events
-        .iter()
-        .map(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let row = by_key.get(key).ok_or_else(decode_error)?;
-            // This batch wrote the receipt for the first event with this key; any other
-            // event with the key (earlier batch, or later in this one) is a duplicate.
-            let first_here = row.batch.as_deref() == Some(batch.as_str()) && seen.insert(key);
-            Ok(if first_here {
-                FoldOutcome {
-                    outcome: row.outcome.clone(),
-                    record: row.record.clone(),
-                    status: row.status.clone(),
-                    changed: row.changed.unwrap_or(false),
-                    reason: row.reason.clone(),
-                }
+/// A record as the batch leaves it.
+struct Folded<'a> {
+    /// Not in the graph before this batch.
+    created: bool,
+    status: Option<String>,
+    status_at_ms: Option<i64>,
+    /// The status moved (so the status fields are written).
+    advanced: bool,
+    last_status_at: Option<&'a str>,
+    error: Option<&'a Value>,
+    /// Recipient and channel: known on the record, or learnt from this batch's events.
+    to: Option<&'a str>,
+    channel: Option<&'a str>,
+    /// `to` / `channel` were unknown on the record and this batch knows them.
+    fill: bool,
+    known_keys: std::collections::HashSet<String>,
+    keys: Vec<&'a str>,
+    entries: Vec<&'a Value>,
+    first: &'a FoldEvent,
+    last: &'a FoldEvent,
+}
+
+impl<'a> Folded<'a> {
+    fn new(first: &'a FoldEvent, current: Option<&'a Current>) -> Self {
+        let known = |v: Option<&'a String>| v.map(String::as_str).filter(|v| *v != "unknown");
+        Self {
+            created: current.is_none(),
+            status: current.and_then(|c| c.status.clone()),
+            status_at_ms: current.and_then(|c| c.status_at_ms),
+            advanced: false,
+            last_status_at: None,
+            error: None,
+            to: known(current.and_then(|c| c.to.as_ref())),
+            channel: known(current.and_then(|c| c.channel.as_ref())),
+            fill: false,
+            known_keys: current
+                .and_then(|c| c.event_keys.clone())
+                .into_iter()
+                .flatten()
+                .collect(),
+            keys: Vec::new(),
+            entries: Vec::new(),
+            first,
+            last: first,
+        }
+    }
+
+    /// Fold one event that is not a duplicate; true when the status changed.
+    fn apply(&mut self, e: &'a FoldEvent) -> bool {
+        self.known_keys.insert(e.key.clone());
+        self.keys.push(&e.key);
+        self.entries.push(&e.entry);
+        self.last = e;
+        if self.to.is_none() && e.to.is_some() {
+            self.to = e.to.as_deref();
+            self.fill = true;
+        }
+        if self.channel.is_none() && e.channel.is_some() {
+            self.channel = e.channel.as_deref();
+            self.fill = true;
+        }
+        let changed = inbound::advances(
+            self.status.as_deref(),
+            self.status_at_ms,
+            e.status.as_deref(),
+            e.t_ms,
+        );
+        if changed {
+            self.status = e.status.clone();
+            self.status_at_ms = e.t_ms;
+            self.last_status_at = e.occurred_at.as_deref();
+            self.error = if inbound::status_rank(e.status.as_deref()) < 0 {
+                e.error.as_ref()
             } else {
-                FoldOutcome {
-                    outcome: "duplicate".into(),
-                    record: row.record.clone(),
-                    status: row.status.clone(),
-                    changed: false,
-                    reason: None,
+                None
+            };
+            self.advanced = true;
+        }
+        changed
+    }
+
+    /// A whole new record.
+    fn created_row(&self, scope: &FoldScope) -> Value {
+        let e = self.last;
+        let skip = self.entries.len().saturating_sub(scope.limit);
+        without_nulls(json!({
+            "id": e.rid, "action_id": scope.action_id, "agent_id": scope.agent_id,
+            "sentdm_message_id": e.message_id, "to": self.to, "channel": self.channel,
+            "template_id": self.first.template_id, "template_name": self.first.template_name,
+            "events": &self.entries[skip..], "event_keys": self.keys, "event_count": self.entries.len(),
+            "status": self.status, "status_at_ms": self.status_at_ms,
+            "last_status_at": self.last_status_at, "error": self.error,
+            "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
+        }))
+    }
+
+    /// What to append to an existing record (and its new status, if it moved).
+    fn update_row(&self) -> Value {
+        let e = self.last;
+        let mut row = json!({
+            "id": e.rid, "entries": self.entries, "keys": self.keys, "n": self.entries.len(),
+            "payload": e.payload,
+        });
+        if self.advanced {
+            row["status"] = json!(self.status);
+            row["status_at_ms"] = json!(self.status_at_ms);
+            row["last_status_at"] = json!(self.last_status_at);
+            row["error"] = json!(self.error);
+        }
+        without_nulls(row)
+    }
+}
+
+/// Apply events in order, atomically: one interactive transaction reads the batch's
+/// records, the rule (CONTRACT §3.3, [`inbound::advances`]) runs here, and the writes go
+/// back in a few bulk statements. Every event folded writes its record, so two
+/// transactions folding into one record always collide at commit; the loser is run
+/// again from its read (invariant 3: no lost updates). Duplicates are found by their
+/// key on the record itself (`event_keys`), checked and written in the same
+/// transaction (invariant 2).
+pub async fn apply_batch(
+    graph: &Graph,
+    scope: &FoldScope,
+    events: &[FoldEvent],
+) -> Result<Vec<FoldOutcome>, GraphError> {
+    let mut attempt = 0;
+    loop {
+        let txn = graph.begin().await?;
+        let result = match fold_in(&txn, scope, events).await {
+            Ok(outcomes) => txn.commit().await.map(|()| outcomes),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e)
+                if e.is_conflict()
+                    && graphagent::graph::retry_after_conflict(&mut attempt).await => {}
+            other => return other,
+        }
+    }
+}
+
+async fn fold_in(
+    txn: &graphagent::graph::GraphTxn,
+    scope: &FoldScope,
+    events: &[FoldEvent],
+) -> Result<Vec<FoldOutcome>, GraphError> {
+    use std::collections::hash_map::Entry;
+    use std::collections::{HashMap, HashSet};
+
+    let mut rids: Vec<&str> = Vec::new();
+    let mut seen_rids = HashSet::new();
+    for e in events {
+        if seen_rids.insert(e.rid.as_str()) {
+            rids.push(&e.rid);
+        }
+    }
+    let current: Vec<Current> = first_rows(txn.query(FOLD_READ, json!({ "rids": rids })).await?)?;
+    let by_rid: HashMap<&str, &Current> = current.iter().map(|c| (c.rid.as_str(), c)).collect();
+
+    // Messages with no record here: a sibling action's, or new.
+    let missing: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.create_if_missing && !by_rid.contains_key(e.rid.as_str()))
+        .map(|e| e.message_id.as_str())
+        .collect();
+    let siblings: HashSet<String> = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        let vars = json!({ "mids": missing, "action": scope.action_id });
+        first_rows::<String>(txn.query(FOLD_SIBLINGS, vars).await?)?
+            .into_iter()
+            .collect()
+    };
+
+    let mut records: HashMap<&str, Folded<'_>> = HashMap::with_capacity(rids.len());
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut outbox: Vec<&Value> = Vec::new();
+    for e in events {
+        let record = match records.entry(e.rid.as_str()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => match by_rid.get(e.rid.as_str()) {
+                Some(cur) => v.insert(Folded::new(e, Some(cur))),
+                None if e.create_if_missing && !siblings.contains(&e.message_id) => {
+                    v.insert(Folded::new(e, None))
                 }
-            })
-        })
-        .collect()
+                None => {
+                    let reason = if e.create_if_missing {
+                        "sibling_action"
+                    } else {
+                        "unknown_message"
+                    };
+                    outcomes.push(FoldOutcome {
+                        outcome: "ignored".into(),
+                        record: None,
+                        status: None,
+                        changed: false,
+                        reason: Some(reason.into()),
+                    });
+                    continue;
+                }
+            },
+        };
+        let duplicate = record.known_keys.contains(&e.key);
+        let changed = !duplicate && record.apply(e);
+        if changed {
+            outbox.extend(e.outbox.as_ref());
+        }
+        outcomes.push(FoldOutcome {
+            outcome: if duplicate { "duplicate" } else { "received" }.into(),
+            record: Some(e.rid.clone()),
+            status: record.status.clone(),
+            changed,
+            reason: None,
+        });
+    }
+
+    let (mut created, mut advanced, mut appended, mut filled) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for record in rids.iter().filter_map(|rid| records.get(rid)) {
+        if record.entries.is_empty() {
+            continue; // only duplicates: nothing to write
+        }
+        if record.created {
+            created.push(record.created_row(scope));
+            continue;
+        }
+        if record.fill {
+            filled.push(without_nulls(
+                json!({ "id": record.last.rid, "to": record.to, "channel": record.channel }),
+            ));
+        }
+        if record.advanced {
+            advanced.push(record.update_row());
+        } else {
+            appended.push(record.update_row());
+        }
+    }
+    let mut sql = String::new();
+    for (rows, statement) in [
+        (&created, FOLD_CREATE),
+        (&advanced, FOLD_ADVANCE),
+        (&appended, FOLD_APPEND),
+        (&filled, FOLD_FILL),
+    ] {
+        if !rows.is_empty() {
+            sql.push_str(statement);
+        }
+    }
+    if !outbox.is_empty() {
+        sql.push_str(graphagent::events::INSERT_OUTBOX);
+    }
+    if !sql.is_empty() {
+        let vars = json!({
+            "created": created, "advanced": advanced, "appended": appended, "filled": filled,
+            "outbox": outbox, "limit": scope.limit, "action": scope.action_id,
+        });
+        txn.query(&sql, vars).await?;
+    }
+    Ok(outcomes)
+}
+
+/// The rows of a query's first statement.
+fn first_rows<T: serde::de::DeserializeOwned>(out: Vec<Value>) -> Result<Vec<T>, GraphError> {
+    graphagent::graph::rows_from(out.into_iter().next().unwrap_or(Value::Null))
 }
 
 /// Drop `null` members so SurrealQL sees them as absent (NONE), not NULL.
@@ -431,7 +682,7 @@ impl Store {
                                 sandbox = $r.fields.sandbox, to = $r.fields.to ?? to, channel = $r.fields.channel ?? channel,
                                 events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
-                                status = status ?? 'accepted', status_rank = status_rank ?? 1, updated_at = time::now();
+                                status = status ?? 'accepted', updated_at = time::now();
                         } ELSE {
                             CREATE $rec CONTENT $r.fields;
                             RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
@@ -632,5 +883,269 @@ impl std::fmt::Debug for WebhookState {
             .field("webhook_id", &self.webhook_id)
             .field("signing_secret", &"whsec_***")
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fold against the real embedded engine: order, de-duplication, creation,
+    //! siblings, the bounded log, and concurrent transactions on one record.
+    use super::*;
+
+    async fn graph() -> Graph {
+        let g = Graph::memory().await.expect("graph");
+        g.apply_schema("sentdm", SCHEMA).await.expect("schema");
+        g.query(
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; CREATE action:a; CREATE action:b;",
+            Value::Null,
+        )
+        .await
+        .expect("setup");
+        g
+    }
+
+    fn scope(limit: usize) -> FoldScope {
+        FoldScope {
+            action_id: "a".into(),
+            agent_id: "g".into(),
+            limit,
+        }
+    }
+
+    /// Event `key` for message `m` with `status` at time `t`.
+    fn ev(key: &str, m: &str, status: Option<&str>, t: i64) -> FoldEvent {
+        FoldEvent {
+            key: key.into(),
+            rid: record_key("a", m),
+            message_id: m.into(),
+            create_if_missing: true,
+            status: status.map(str::to_owned),
+            t_ms: Some(t),
+            occurred_at: Some(format!("t{t}")),
+            error: status
+                .filter(|s| *s == "failed")
+                .map(|_| json!({"code": "DELIVERY_007", "reason": "unreachable"})),
+            entry: json!({ "key": key, "status": status }),
+            payload: json!({ "status": status }),
+            to: Some("+14155550100".into()),
+            channel: Some("sms".into()),
+            template_id: None,
+            template_name: None,
+            outbox: Some(json!({ "id": format!("ob_{key}"), "event_type": "x" })),
+        }
+    }
+
+    async fn record(g: &Graph, m: &str) -> Value {
+        let rows = g
+            .query(
+                "SELECT * FROM type::record('sentdm_message', $rid);",
+                json!({ "rid": record_key("a", m) }),
+            )
+            .await
+            .expect("record");
+        rows[0][0].clone()
+    }
+
+    fn outcome(o: &FoldOutcome) -> (&str, Option<&str>, bool) {
+        (o.outcome.as_str(), o.status.as_deref(), o.changed)
+    }
+
+    #[tokio::test]
+    async fn a_batch_folds_in_order_with_duplicates_and_unknown_messages() {
+        let g = graph().await;
+        let mut unknown = ev("k4", "m2", Some("sent"), 4);
+        unknown.create_if_missing = false;
+        let events = [
+            ev("k1", "m1", Some("queued"), 1),
+            ev("k2", "m1", Some("delivered"), 2),
+            ev("k1", "m1", Some("queued"), 1),
+            ev("k3", "m1", Some("sent"), 3),
+            unknown,
+        ];
+        let out = apply_batch(&g, &scope(25), &events).await.expect("fold");
+        let got: Vec<_> = out.iter().map(outcome).collect();
+        assert_eq!(
+            got,
+            [
+                ("received", Some("queued"), true),
+                ("received", Some("delivered"), true),
+                ("duplicate", Some("delivered"), false),
+                ("received", Some("delivered"), false),
+                ("ignored", None, false),
+            ]
+        );
+        assert_eq!(out[4].reason.as_deref(), Some("unknown_message"));
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "delivered");
+        assert_eq!(r["event_count"], 3);
+        assert_eq!(r["event_keys"], json!(["k1", "k2", "k3"]));
+        assert_eq!(r["events"].as_array().map(Vec::len), Some(3));
+        assert_eq!(r["minimal"], true);
+        assert_eq!(r["to"], "+14155550100");
+        // Linked to its action; one outbound event per status change, none for the rest.
+        let more = g
+            .query(
+                "RETURN count(SELECT id FROM tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
+                Value::Null,
+            )
+            .await
+            .expect("counts");
+        assert_eq!(more, vec![json!(1), json!(2), json!(1)]);
+        // A later batch with the same events is all duplicates and writes nothing.
+        let again = apply_batch(&g, &scope(25), &events[..4])
+            .await
+            .expect("again");
+        assert!(again.iter().all(|o| o.outcome == "duplicate"), "{again:?}");
+        assert_eq!(record(&g, "m1").await["event_count"], 3);
+    }
+
+    #[tokio::test]
+    async fn status_never_regresses_and_a_failure_keeps_its_error() {
+        let g = graph().await;
+        let s = scope(25);
+        for (key, status, t) in [
+            ("k1", "delivered", 10),
+            ("k2", "sent", 5),
+            ("k3", "queued", 20),
+        ] {
+            apply_batch(&g, &s, &[ev(key, "m1", Some(status), t)])
+                .await
+                .expect("fold");
+        }
+        assert_eq!(record(&g, "m1").await["status"], "delivered");
+        // A failure after delivery only counts when it happened later.
+        let out = apply_batch(&g, &s, &[ev("k4", "m1", Some("failed"), 9)])
+            .await
+            .expect("fold");
+        assert!(!out[0].changed);
+        let out = apply_batch(&g, &s, &[ev("k5", "m1", Some("failed"), 30)])
+            .await
+            .expect("fold");
+        assert!(out[0].changed);
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "failed");
+        assert_eq!(r["error"]["code"], "DELIVERY_007");
+        assert_eq!(r["status_at_ms"], 30);
+        assert_eq!(r["event_count"], 5, "every distinct event is logged");
+        // A resend that later reaches the handset clears the error.
+        apply_batch(&g, &s, &[ev("k6", "m1", Some("delivered"), 40)])
+            .await
+            .expect("fold");
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "delivered");
+        assert!(r.get("error").is_none(), "{r}");
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_the_newest_entries_within_the_limit() {
+        let g = graph().await;
+        let s = scope(3);
+        let first: Vec<_> = (0..4)
+            .map(|i| ev(&format!("k{i}"), "m1", None, i))
+            .collect();
+        apply_batch(&g, &s, &first)
+            .await
+            .expect("created over the limit");
+        for i in 4..6 {
+            apply_batch(&g, &s, &[ev(&format!("k{i}"), "m1", None, i)])
+                .await
+                .expect("fold");
+        }
+        let r = record(&g, "m1").await;
+        let keys: Vec<_> = r["events"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .map(|e| e["key"].clone())
+            .collect();
+        assert_eq!(keys, vec![json!("k3"), json!("k4"), json!("k5")]);
+        assert_eq!(r["event_count"], 6);
+        assert!(
+            r.get("status").is_none(),
+            "events without a status set none: {r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sibling_actions_message_is_not_taken_over() {
+        let g = graph().await;
+        g.query(
+            "CREATE sentdm_message:b_m1 SET action_id = 'b', sentdm_message_id = 'm1', status = 'sent';",
+            Value::Null,
+        )
+        .await
+        .expect("sibling record");
+        let out = apply_batch(&g, &scope(25), &[ev("k1", "m1", Some("delivered"), 1)])
+            .await
+            .expect("fold");
+        assert_eq!(
+            (out[0].outcome.as_str(), out[0].reason.as_deref()),
+            ("ignored", Some("sibling_action"))
+        );
+        assert!(record(&g, "m1").await.is_null());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_recipient_is_filled_in_and_a_known_one_kept() {
+        let g = graph().await;
+        let s = scope(25);
+        let mut first = ev("k1", "m1", Some("queued"), 1);
+        (first.to, first.channel) = (None, None);
+        apply_batch(&g, &s, &[first]).await.expect("fold");
+        assert!(record(&g, "m1").await.get("to").is_none());
+        apply_batch(&g, &s, &[ev("k2", "m1", None, 2)])
+            .await
+            .expect("fold");
+        let mut other = ev("k3", "m1", Some("sent"), 3);
+        other.to = Some("+15550000000".into());
+        apply_batch(&g, &s, &[other]).await.expect("fold");
+        let r = record(&g, "m1").await;
+        assert_eq!(
+            (r["to"].clone(), r["channel"].clone()),
+            (json!("+14155550100"), json!("sms"))
+        );
+    }
+
+    /// Invariant 3 without the writer's sharding: concurrent transactions folding into
+    /// one record conflict at commit and are run again, so every event lands once.
+    #[tokio::test]
+    async fn concurrent_batches_on_one_record_lose_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let g = Graph::connect(
+            &format!("surrealkv://{}", dir.path().join("g").display()),
+            &graphagent::GraphOptions::default(),
+        )
+        .await
+        .expect("graph");
+        g.apply_schema("sentdm", SCHEMA).await.expect("schema");
+        g.query(
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; CREATE action:a;",
+            Value::Null,
+        )
+        .await
+        .expect("setup");
+        apply_batch(&g, &scope(1000), &[ev("k0", "m1", Some("queued"), 0)])
+            .await
+            .expect("seed");
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    for b in 0..5 {
+                        let events: Vec<_> = (0..4)
+                            .map(|i| ev(&format!("w{w}b{b}i{i}"), "m1", None, 1))
+                            .collect();
+                        apply_batch(&g, &scope(1000), &events).await.expect("fold");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let r = record(&g, "m1").await;
+        assert_eq!(r["event_count"], 161);
+        assert_eq!(r["events"].as_array().map(Vec::len), Some(161));
+        assert_eq!(r["event_keys"].as_array().map(Vec::len), Some(161));
     }
 }

@@ -410,12 +410,15 @@ async fn deliveries_that_fail_verification_are_401_and_write_nothing() {
         .await;
     assert_eq!(record["status"], "accepted");
     assert_eq!(record["event_count"], 1, "nothing was written: {record}");
-    let receipts = app
+    let keys = app
         .graph
-        .query("RETURN count(SELECT id FROM sentdm_receipt);", Value::Null)
+        .query(
+            "SELECT VALUE event_keys FROM type::record('sentdm_message', $rid);",
+            json!({ "rid": rid }),
+        )
         .await
         .expect("q");
-    assert_eq!(receipts[0], json!(0));
+    assert_eq!(keys[0], json!([null]), "no de-duplication key was recorded");
     // And the genuine one is accepted.
     let (status, ack) = app.deliver("sentdm", &body, |_| {}).await;
     assert_eq!(
