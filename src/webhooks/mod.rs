@@ -327,24 +327,28 @@ impl Webhooks {
             )
             .await?;
         let now = now_ms();
-        for event in &events {
-            let rows: Vec<Value> = subs
-                .iter()
-                .filter(|s| s.matches(event))
-                .map(|s| delivery_row(event, &s.key, now, 0, ""))
-                .collect();
-            let sql = if rows.is_empty() {
-                "BEGIN; UPDATE type::record('outbox_event', $id) SET fanned_out = true; COMMIT;"
-            } else {
-                // Deterministic ids: repeating a fan-out (after a crash, or on another
-                // replica) inserts nothing twice.
-                "BEGIN; INSERT IGNORE INTO webhook_delivery $rows; \
-                 UPDATE type::record('outbox_event', $id) SET fanned_out = true; COMMIT;"
-            };
-            self.graph
-                .transaction(sql, json!({"id": event.key, "rows": rows}))
-                .await?;
-        }
+        let rows: Vec<Value> = events
+            .iter()
+            .flat_map(|event| {
+                subs.iter()
+                    .filter(|s| s.matches(event))
+                    .map(move |s| delivery_row(event, &s.key, now, 0, ""))
+            })
+            .collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        // The whole batch in one transaction (one commit, not one per event: under load
+        // a commit per event competed with the writes that produce the events).
+        // Deterministic ids: repeating a fan-out (after a crash, or on another replica)
+        // inserts nothing twice.
+        let sql = if rows.is_empty() {
+            "BEGIN; UPDATE $ids.map(|$i| type::record('outbox_event', $i)) SET fanned_out = true; COMMIT;"
+        } else {
+            "BEGIN; INSERT IGNORE INTO webhook_delivery $rows; \
+             UPDATE $ids.map(|$i| type::record('outbox_event', $i)) SET fanned_out = true; COMMIT;"
+        };
+        self.graph
+            .transaction(sql, json!({"ids": ids, "rows": rows}))
+            .await?;
         Ok(events.len())
     }
 

@@ -207,7 +207,8 @@ fn decode_error() -> GraphError {
 
 /// Reads what the rule needs about the batch's records, in the fold's transaction.
 const FOLD_READ: &str =
-    "SELECT record::id(id) AS rid, status, status_at_ms, event_keys, to, channel
+    "SELECT record::id(id) AS rid, status, status_at_ms, event_keys, to, channel,
+        array::len(events ?? []) AS logged
     FROM $rids.map(|$r| type::record('sentdm_message', $r));";
 
 /// Which of the batch's unknown messages a sibling action already tracks.
@@ -221,15 +222,15 @@ const FOLD_CREATE: &str = "
 
 /// Existing records whose status changes. The log, keys and count are appended by the
 /// database, the status is the rule's. Plain `SET`s of precomputed values: every
-/// expression here costs per event (BENCHMARKS.md).
+/// expression here costs per event (BENCHMARKS.md), so the log is trimmed to its bound
+/// by [`FOLD_TRIM`], only for the records that go over it.
 const FOLD_ADVANCE: &str = "
     FOR $r IN $advanced {
         UPDATE type::record('sentdm_message', $r.id) SET
-            events = array::slice(array::concat(events ?? [], $r.entries), -$limit),
-            event_keys += $r.keys, event_count += $r.n,
+            events += $r.entries, event_keys += $r.keys, event_count += $r.n,
             status = $r.status, status_at_ms = $r.status_at_ms, last_status_at = $r.last_status_at,
             error = $r.error, last_event_field = 'message', last_event_payload = $r.payload,
-            updated_at = time::now()
+            updated_at = $now
         RETURN NONE;
     };";
 
@@ -237,10 +238,15 @@ const FOLD_ADVANCE: &str = "
 const FOLD_APPEND: &str = "
     FOR $r IN $appended {
         UPDATE type::record('sentdm_message', $r.id) SET
-            events = array::slice(array::concat(events ?? [], $r.entries), -$limit),
-            event_keys += $r.keys, event_count += $r.n,
-            last_event_field = 'message', last_event_payload = $r.payload, updated_at = time::now()
+            events += $r.entries, event_keys += $r.keys, event_count += $r.n,
+            last_event_field = 'message', last_event_payload = $r.payload, updated_at = $now
         RETURN NONE;
+    };";
+
+/// Records whose log went over `record_event_history_limit`: drop the oldest entries.
+const FOLD_TRIM: &str = "
+    FOR $id IN $trimmed {
+        UPDATE type::record('sentdm_message', $id) SET events = array::slice(events, -$limit) RETURN NONE;
     };";
 
 /// Records whose recipient or channel was unknown and the batch knows it (rare).
@@ -258,6 +264,9 @@ struct Current {
     event_keys: Option<Vec<String>>,
     to: Option<String>,
     channel: Option<String>,
+    /// Entries in the log now.
+    #[serde(default)]
+    logged: usize,
 }
 
 /// A record as the batch leaves it.
@@ -275,6 +284,8 @@ struct Folded<'a> {
     channel: Option<&'a str>,
     /// `to` / `channel` were unknown on the record and this batch knows them.
     fill: bool,
+    /// Entries in the log before this batch.
+    logged: usize,
     known_keys: std::collections::HashSet<String>,
     keys: Vec<&'a str>,
     entries: Vec<&'a Value>,
@@ -295,6 +306,7 @@ impl<'a> Folded<'a> {
             to: known(current.and_then(|c| c.to.as_ref())),
             channel: known(current.and_then(|c| c.channel.as_ref())),
             fill: false,
+            logged: current.map_or(0, |c| c.logged),
             known_keys: current
                 .and_then(|c| c.event_keys.clone())
                 .into_iter()
@@ -476,8 +488,8 @@ async fn fold_in(
         });
     }
 
-    let (mut created, mut advanced, mut appended, mut filled) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut created, mut advanced, mut appended, mut filled, mut trimmed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for record in rids.iter().filter_map(|rid| records.get(rid)) {
         if record.entries.is_empty() {
             continue; // only duplicates: nothing to write
@@ -485,6 +497,9 @@ async fn fold_in(
         if record.created {
             created.push(record.created_row(scope));
             continue;
+        }
+        if record.logged + record.entries.len() > scope.limit {
+            trimmed.push(record.last.rid.as_str());
         }
         if record.fill {
             filled.push(without_nulls(
@@ -508,15 +523,19 @@ async fn fold_in(
             sql.push_str(statement);
         }
     }
+    if !trimmed.is_empty() {
+        sql.push_str(FOLD_TRIM);
+    }
     if !outbox.is_empty() {
         sql.push_str(graphagent::events::INSERT_OUTBOX);
     }
     if !sql.is_empty() {
         let vars = json!({
             "created": created, "advanced": advanced, "appended": appended, "filled": filled,
-            "outbox": outbox, "limit": scope.limit, "action": scope.action_id,
+            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit, "action": scope.action_id,
         });
-        txn.query(&sql, vars).await?;
+        txn.query(&format!("LET $now = time::now();{sql}"), vars)
+            .await?;
     }
     Ok(outcomes)
 }
