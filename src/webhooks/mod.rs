@@ -1017,6 +1017,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_outbox_is_written_only_while_a_subscription_is_enabled() {
+        let graph = Graph::memory().await.expect("graph");
+        let _w = service(&graph).await;
+        let emit = async |n: usize| {
+            let rows: Vec<Value> = (0..n)
+                .map(|_| {
+                    EventPublisher::default()
+                        .event("webhook.test", "agt", "act", json!({}))
+                        .into_row()
+                })
+                .collect();
+            graph
+                .query(crate::events::INSERT_OUTBOX, json!({"outbox": rows}))
+                .await
+                .expect("emit");
+            count(&graph, "RETURN count(SELECT id FROM outbox_event);").await
+        };
+        assert_eq!(emit(1).await, 0, "no subscription: nothing to publish");
+        let sub = |id: &str, enabled: bool| {
+            json!({"id": id, "key": id, "url": "https://example.com/h", "event_types": [],
+                "enabled": enabled, "secret": new_secret(), "created_ms": 0, "updated_ms": 0})
+        };
+        graph
+            .query(
+                "INSERT INTO webhook_subscription $s;",
+                json!({"s": sub("sub_off", false)}),
+            )
+            .await
+            .expect("disabled sub");
+        assert_eq!(emit(1).await, 0, "a disabled subscription receives nothing");
+        graph
+            .query(
+                "INSERT INTO webhook_subscription $s;",
+                json!({"s": sub("sub_on", true)}),
+            )
+            .await
+            .expect("enabled sub");
+        assert_eq!(emit(2).await, 2);
+    }
+
+    #[tokio::test]
     async fn fan_out_is_exactly_once_even_when_repeated() {
         let graph = Graph::memory().await.expect("graph");
         let w = service(&graph).await;

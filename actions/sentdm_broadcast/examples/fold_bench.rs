@@ -3,7 +3,7 @@
 //! (each owning its own records, as the action's sharded writers do), on SurrealKV or
 //! in memory. Complements `webhook_load` when looking for where the time goes.
 //!
-//! `cargo run --release -p graphagent-sentdm --example fold_bench -- surrealkv 64 20000 2`
+//! `cargo run --release -p graphagent-sentdm --example fold_bench -- surrealkv 64 20000 2 [nosub]`
 
 use std::time::Instant;
 
@@ -57,10 +57,15 @@ async fn main() {
         .await
         .expect("graph");
     graph.apply_schema("sentdm", SCHEMA).await.expect("schema");
+    // With an enabled subscription (the default) every status change also writes its
+    // outbound event; `nosub` measures the fold without them.
+    let subscribed = args.next().as_deref() != Some("nosub");
     graph
-        .apply_schema(
-            "outbox",
-            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS;",
+        .query(
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS;
+             DEFINE TABLE IF NOT EXISTS webhook_subscription SCHEMALESS;
+             IF $subscribed { CREATE webhook_subscription:bench SET enabled = true };",
+            json!({ "subscribed": subscribed }),
         )
         .await
         .expect("schema");

@@ -112,17 +112,38 @@ impl Report {
 }
 
 async fn run(target: Arc<Target>, bodies: Arc<Vec<(usize, String)>>, concurrency: usize) -> Report {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("http client");
+    let url: reqwest::Url = target.url.parse().expect("target url");
+    let addr = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port_or_known_default().expect("port")
+    );
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, next, bodies, target) =
-                (http.clone(), next.clone(), bodies.clone(), target.clone());
+            let (next, bodies, target, addr, path) = (
+                next.clone(),
+                bodies.clone(),
+                target.clone(),
+                addr.clone(),
+                path.clone(),
+            );
             tokio::spawn(async move {
+                // One keep-alive connection per worker, driven by a bare HTTP/1.1 client.
+                let stream = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(conn);
                 let mut lat = Vec::new();
                 let (mut ok, mut errors) = (0, 0);
                 loop {
@@ -133,19 +154,18 @@ async fn run(target: Arc<Target>, bodies: Arc<Vec<(usize, String)>>, concurrency
                     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
                     let sig = target.secret.sign(&target.webhook_id, ts, body.as_bytes());
                     let t0 = Instant::now();
-                    let res = http
-                        .post(&target.url)
+                    let request = hyper::Request::post(&path)
+                        .header("host", &addr)
                         .header("content-type", "application/json")
                         .header("x-webhook-id", &target.webhook_id)
                         .header("x-webhook-timestamp", ts.to_string())
                         .header("x-webhook-signature", sig)
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    let ok_now = match res {
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                        .expect("request");
+                    let ok_now = match sender.send_request(request).await {
                         Ok(r) => {
                             let good = r.status().is_success();
-                            let _ = r.bytes().await;
+                            let _ = http_body_util::BodyExt::collect(r.into_body()).await;
                             good
                         }
                         Err(_) => false,

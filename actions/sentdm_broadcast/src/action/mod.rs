@@ -835,7 +835,7 @@ impl SentDmBroadcast {
             payload: serde_json::to_value(&message).unwrap_or(Value::Null),
         };
         self.writer
-            .apply(self.fold_event(&event, key, "refresh", None, false))
+            .apply(self.fold_event(event, key, "refresh", None, false))
             .await?;
         self.get_record(record_id).await
     }
@@ -843,7 +843,7 @@ impl SentDmBroadcast {
     /// The fold's view of a status event (see [`store::apply_batch`]).
     fn fold_event(
         &self,
-        e: &inbound::StatusEvent,
+        e: inbound::StatusEvent,
         key: String,
         source: &str,
         event_id: Option<&str>,
@@ -879,18 +879,18 @@ impl SentDmBroadcast {
         store::FoldEvent {
             key,
             rid,
-            message_id: e.message_id.clone(),
+            message_id: e.message_id,
             create_if_missing: create,
-            status: e.status.clone(),
+            status: e.status,
             t_ms: e.occurred_ms,
-            occurred_at: e.occurred_at.clone(),
+            occurred_at: e.occurred_at,
             error,
             entry,
-            payload: e.payload.clone(),
-            to: e.to.clone(),
-            channel: e.channel.clone(),
-            template_id: e.template_id.clone(),
-            template_name: e.template_name.clone(),
+            payload: e.payload,
+            to: e.to,
+            channel: e.channel,
+            template_id: e.template_id,
+            template_name: e.template_name,
             outbox,
         }
     }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use graphagent::events::EventPublisher;
+use graphagent::events::{EventPublisher, INSERT_OUTBOX};
 use graphagent::graph::{Graph, GraphError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -527,7 +527,7 @@ async fn fold_in(
         sql.push_str(FOLD_TRIM);
     }
     if !outbox.is_empty() {
-        sql.push_str(graphagent::events::INSERT_OUTBOX);
+        sql.push_str(INSERT_OUTBOX);
     }
     if !sql.is_empty() {
         let vars = json!({
@@ -679,13 +679,13 @@ impl Store {
     ) -> Result<(), GraphError> {
         self.graph
             .transaction(
-                "BEGIN;
-                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {
-                    INSERT INTO outbox_event $outbox;
-                 };
+                &format!("BEGIN;
+                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {{
+                    {INSERT_OUTBOX}
+                 }};
                  UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
-                 INSERT RELATION INTO sent { id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) } ON DUPLICATE KEY UPDATE at = time::now();
-                 COMMIT;",
+                 INSERT RELATION INTO sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
+                 COMMIT;"),
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
             .await?;
@@ -812,19 +812,19 @@ impl Store {
         let out = self
             .graph
             .transaction(
-                "BEGIN;
+                &format!("BEGIN;
                  LET $node = type::record('sentdm_inbound', $key);
                  LET $fresh = !record::exists($node);
-                 IF $fresh {
+                 IF $fresh {{
                     CREATE $node CONTENT $reply;
                     RELATE (type::record('action', $action))->received->$node;
-                    IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {
+                    IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
                         RELATE $node->replies_to->(type::record('sentdm_message', $answers));
-                    };
-                    INSERT INTO outbox_event $outbox;
-                 };
+                    }};
+                    {INSERT_OUTBOX}
+                 }};
                  RETURN $fresh;
-                 COMMIT;",
+                 COMMIT;"),
                 without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers, "outbox": outbox})),
             )
             .await?;
@@ -850,10 +850,7 @@ impl Store {
     /// Put one outbound event in the outbox on its own (for facts with no other write).
     pub async fn emit(&self, outbox: &Value) -> Result<(), GraphError> {
         self.graph
-            .query(
-                graphagent::events::INSERT_OUTBOX,
-                json!({"outbox": [outbox]}),
-            )
+            .query(INSERT_OUTBOX, json!({"outbox": [outbox]}))
             .await
             .map(|_| ())
     }
@@ -915,7 +912,8 @@ mod tests {
         let g = Graph::memory().await.expect("graph");
         g.apply_schema("sentdm", SCHEMA).await.expect("schema");
         g.query(
-            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; CREATE action:a; CREATE action:b;",
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; DEFINE TABLE IF NOT EXISTS webhook_subscription SCHEMALESS;
+             CREATE webhook_subscription:s SET enabled = true; CREATE action:a; CREATE action:b;",
             Value::Null,
         )
         .await
@@ -1138,7 +1136,7 @@ mod tests {
         .expect("graph");
         g.apply_schema("sentdm", SCHEMA).await.expect("schema");
         g.query(
-            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; CREATE action:a;",
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; DEFINE TABLE IF NOT EXISTS webhook_subscription SCHEMALESS; CREATE action:a;",
             Value::Null,
         )
         .await

@@ -485,7 +485,7 @@ impl SentDmBroadcast {
             Parsed::Reply(reply) => self.store_reply(reply, body).await,
             Parsed::Status(event) => {
                 let key = store::digest(&[self.ctx.action_id.as_bytes(), body]);
-                let fold = self.fold_event(&event, key, "webhook", event_id.as_deref(), true);
+                let fold = self.fold_event(event, key, "webhook", event_id.as_deref(), true);
                 let outcome = self.writer.apply(fold).await.map_err(|e| {
                     self.counters.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(action.id = %self.ctx.action_id, error = %e, "could not fold a SentDM event; answering 503 so SentDM retries");
