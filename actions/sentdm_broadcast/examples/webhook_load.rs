@@ -49,6 +49,11 @@ struct Args {
     /// the simulator, records persisted in batches); 0 = skip.
     #[arg(long, default_value_t = 0)]
     broadcast: usize,
+    /// Enable one outbound-webhook subscription first, so that every status change also
+    /// writes its outbound event (the outbox is only written while someone subscribes).
+    /// It listens for `webhook.test` only, so nothing is delivered during the run.
+    #[arg(long)]
+    subscribed: bool,
 }
 
 const STATUSES: [&str; 5] = ["QUEUED", "SENT", "DELIVERED", "READ", "ROUTED"];
@@ -297,6 +302,17 @@ async fn main() {
     let webhook_id = row["webhook_id"].as_str().expect("webhook id").to_owned();
     let secret = SigningSecret::parse(row["signing_secret"].as_str().expect("secret"))
         .expect("secret parses");
+    if args.subscribed {
+        graph
+            .query(
+                "INSERT INTO webhook_subscription { id: 'bench', key: 'bench', url: 'https://example.com/hook',
+                    event_types: ['webhook.test'], enabled: true, secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+                    created_ms: 0, updated_ms: 0 };",
+                Value::Null,
+            )
+            .await
+            .expect("subscription");
+    }
     let hooks = sim_webhook_url(&sim).await;
     let target = Arc::new(Target {
         url: hooks,
