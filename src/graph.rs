@@ -172,14 +172,37 @@ impl Graph {
                 )
             })?;
         }
+        let root = match (&options.username, &options.password) {
+            (Some(username), Some(password)) => Some((username, password)),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) if remote => {
+                return Err(GraphError::new(
+                    GraphErrorKind::Config,
+                    "a graph server needs both a user and a password \
+                     (GRAPHAGENT_GRAPH_USER, GRAPHAGENT_GRAPH_PASSWORD); only one is set",
+                ));
+            }
+            _ => None,
+        };
         let db = connect_engine(url).await?;
-        if remote && let (Some(username), Some(password)) = (&options.username, &options.password) {
+        if remote && let Some((username, password)) = root {
             db.signin(surrealdb::opt::auth::Root {
                 username: username.clone(),
                 password: password.clone(),
             })
             .await
-            .map_err(|e| GraphError::new(GraphErrorKind::Config, e.message().to_owned()))?;
+            .map_err(|e| {
+                // Names the server and user, never the password.
+                GraphError::new(
+                    GraphErrorKind::Config,
+                    format!(
+                        "cannot sign in to the graph server {} as root user `{username}`: {} \
+                         (check GRAPHAGENT_GRAPH_USER and GRAPHAGENT_GRAPH_PASSWORD)",
+                        redact_url(url),
+                        e.message()
+                    ),
+                )
+            })?;
         }
         let ns = options
             .namespace
@@ -590,6 +613,20 @@ mod tests {
             .await
             .expect_err("dup");
         assert!(err.is_duplicate(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_user_without_a_password_is_refused_before_connecting() {
+        // Port 1 on loopback: nothing listens, so only the check can answer.
+        let options = GraphOptions {
+            username: Some("root".into()),
+            ..GraphOptions::default()
+        };
+        let err = Graph::connect("ws://127.0.0.1:1", &options)
+            .await
+            .expect_err("half the credentials");
+        assert_eq!(err.kind, GraphErrorKind::Config, "{err}");
+        assert!(err.message.contains("both a user and a password"), "{err}");
     }
 
     #[test]

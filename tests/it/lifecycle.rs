@@ -1,11 +1,17 @@
 //! Start, reload (added / changed / removed), hook failures, stable ids, in-flight
 //! requests across a reload, graceful shutdown.
+//!
+//! The start/reload and restart checks are functions taking the graph to run on, so
+//! `remote.rs` runs the same ones against a SurrealDB server.
 
 use std::time::Duration;
 
+use graphagent::GraphOptions;
 use serde_json::{Value, json};
 
-use crate::util::{ConfigDir, TestServer, builder, clear_hooks, hooks, settings};
+use crate::util::{
+    ConfigDir, TestServer, builder, clear_hooks, hooks, settings, settings_with_graph,
+};
 
 const THREE: &str = "\
 agent: acme/notifier
@@ -22,9 +28,21 @@ actions:
 
 #[tokio::test]
 async fn hooks_run_in_order_on_start_and_reload() {
+    start_and_reload(|_| "mem://".to_owned(), &GraphOptions::default()).await;
+}
+
+/// Start with [`THREE`], then reload a file where one action changed, one was removed and
+/// one added: hooks run in order, and the reload report and the graph's agent and action
+/// nodes and their edges say the same. `graph_url` gets the test's config dir.
+pub async fn start_and_reload(graph_url: impl Fn(&ConfigDir) -> String, graph: &GraphOptions) {
     clear_hooks();
     let dir = ConfigDir::new(THREE);
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestServer::start(settings_with_graph(
+        Some(dir.path()),
+        &graph_url(&dir),
+        graph,
+    ))
+    .await;
     assert_eq!(hooks(), ["on_register a a1", "on_register b b1"]);
 
     // a changes, b is removed, c is added; echo is untouched.
@@ -47,12 +65,15 @@ async fn hooks_run_in_order_on_start_and_reload() {
     assert_eq!(report["added"], json!([id("c")]));
     assert_eq!(report["unchanged"], json!([id("echo")]));
 
-    // The graph shows the same: b deregistered, a's node carries its new config.
+    // The graph shows the same: b deregistered, a's node carries its new config, every
+    // action hangs off the one agent node.
     let rows = server
         .graph
         .query(
             "SELECT name, status.state AS state, config FROM action ORDER BY name;
-             RETURN array::sort(SELECT VALUE out.name FROM has_action);",
+             RETURN array::sort(SELECT VALUE out.name FROM has_action);
+             SELECT VALUE name FROM agent;
+             RETURN array::distinct(SELECT VALUE in.name FROM has_action);",
             Value::Null,
         )
         .await
@@ -67,6 +88,8 @@ async fn hooks_run_in_order_on_start_and_reload() {
         ])
     );
     assert_eq!(rows[1], json!(["a", "b", "c", "echo"]));
+    assert_eq!(rows[2], json!(["acme/notifier"]));
+    assert_eq!(rows[3], json!(["acme/notifier"]));
 
     // Reloading an unchanged file runs no hook.
     clear_hooks();
@@ -209,13 +232,21 @@ async fn in_flight_requests_keep_the_old_instance() {
 
 #[tokio::test]
 async fn ids_are_stable_across_restarts_on_the_same_data_dir() {
+    restart_keeps_ids(ConfigDir::graph_url, &GraphOptions::default()).await;
+}
+
+/// Start with [`THREE`], stop, start again on the same graph: the same agent and action
+/// ids, and one node and one edge per action, not one per start. `graph_url` gets the
+/// test's config dir.
+pub async fn restart_keeps_ids(graph_url: impl Fn(&ConfigDir) -> String, graph: &GraphOptions) {
     let dir = ConfigDir::new(THREE);
-    let first = TestServer::start(settings(Some(dir.path()), &dir.graph_url())).await;
+    let url = graph_url(&dir);
+    let first = TestServer::start(settings_with_graph(Some(dir.path()), &url, graph)).await;
     let (_, agents) = first.admin_get("/api/agents").await;
     let (_, actions) = first.admin_get("/api/agents/acme%2Fnotifier/actions").await;
     first.stop().await.expect("stop");
 
-    let second = TestServer::start(settings(Some(dir.path()), &dir.graph_url())).await;
+    let second = TestServer::start(settings_with_graph(Some(dir.path()), &url, graph)).await;
     let (_, agents_again) = second.admin_get("/api/agents").await;
     let (_, actions_again) = second
         .admin_get("/api/agents/acme%2Fnotifier/actions")

@@ -1,9 +1,10 @@
 //! End-to-end tests of the host: a real server on a loopback port, a real embedded
-//! SurrealDB, real HTTP clients.
+//! SurrealDB (and a real SurrealDB server in `remote`), real HTTP clients.
 
 mod api;
 mod auth;
 mod lifecycle;
 mod openapi;
+mod remote;
 mod util;
 mod webhooks;

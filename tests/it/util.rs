@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use graphagent::http::{ActionRef, HostState, Json, Query};
-use graphagent::{Action, ActionContext, ActionError, Graph, HostBuilder, Settings};
+use graphagent::{Action, ActionContext, ActionError, Graph, GraphOptions, HostBuilder, Settings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -114,6 +114,18 @@ pub fn settings(config: Option<PathBuf>, graph_url: &str) -> Settings {
     s.auth.jwt_secret = Some(JWT_SECRET.to_owned());
     s.auth.admin_email = Some(ADMIN_EMAIL.to_owned());
     s.auth.admin_password = Some(ADMIN_PASSWORD.to_owned());
+    s
+}
+
+/// [`settings`] with connection options for the graph (a remote server's credentials,
+/// namespace and database).
+pub fn settings_with_graph(
+    config: Option<PathBuf>,
+    graph_url: &str,
+    graph: &GraphOptions,
+) -> Settings {
+    let mut s = settings(config, graph_url);
+    s.graph = graph.clone();
     s
 }
 
