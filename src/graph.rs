@@ -523,50 +523,6 @@ mod tests {
         assert_eq!(out[2], json!(1));
     }
 
-    /// Two interactive transactions read the same record and both write it: the second
-    /// to commit must fail as a conflict (so a fold decided in Rust cannot lose an update).
-    #[tokio::test]
-    async fn interactive_transactions_conflict_on_a_shared_write() {
-        for url in ["mem://", "surrealkv"] {
-            let dir = tempfile::tempdir().expect("dir");
-            let url = if url == "surrealkv" {
-                format!("surrealkv://{}", dir.path().join("g").display())
-            } else {
-                url.to_owned()
-            };
-            let g = Graph::connect(&url, &GraphOptions::default())
-                .await
-                .expect("graph");
-            g.query("CREATE t:r SET n = 0;", Value::Null)
-                .await
-                .expect("seed");
-            let (a, b) = (g.begin().await.expect("a"), g.begin().await.expect("b"));
-            for txn in [&a, &b] {
-                let n = txn
-                    .query("SELECT VALUE n FROM t:r;", Value::Null)
-                    .await
-                    .expect("read");
-                assert_eq!(n[0], json!([0]));
-            }
-            a.query("UPDATE t:r SET n = 1;", Value::Null)
-                .await
-                .expect("write a");
-            let wrote_b = b.query("UPDATE t:r SET n = 2;", Value::Null).await;
-            a.commit().await.expect("first commit wins");
-            let second = match wrote_b {
-                Ok(_) => b.commit().await,
-                Err(e) => Err(e),
-            };
-            let err = second.expect_err("second writer must not commit");
-            assert!(err.is_conflict(), "{url}: {err:?}");
-            let n = g
-                .query("SELECT VALUE n FROM t:r;", Value::Null)
-                .await
-                .expect("n");
-            assert_eq!(n[0], json!([1]), "{url}");
-        }
-    }
-
     #[tokio::test]
     async fn a_dropped_transaction_writes_nothing() {
         let g = Graph::memory().await.expect("mem graph");

@@ -6,5 +6,6 @@ mod auth;
 mod lifecycle;
 mod openapi;
 mod remote;
+mod txn;
 mod util;
 mod webhooks;

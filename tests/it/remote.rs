@@ -1,5 +1,5 @@
 //! The host against a real SurrealDB server over `ws://`: start, reload, restart keeping
-//! ids, wrong credentials. The server is SurrealDB's `surreal` built from
+//! ids, interactive transactions conflicting, wrong credentials. The server is SurrealDB's `surreal` built from
 //! `tools/surreal-server` (in-memory storage), found through `GRAPHAGENT_TEST_SURREAL_BIN`;
 //! `.ci/run` builds it and sets the variable. Each test starts its own server on a free
 //! loopback port and kills it when done.
@@ -163,6 +163,17 @@ async fn restart_on_a_remote_server_keeps_ids() {
         return;
     };
     lifecycle::restart_keeps_ids(|_| server.url.clone(), &server.options("restart")).await;
+}
+
+#[tokio::test]
+async fn interactive_transactions_conflict_on_a_remote_server() {
+    let Some(server) = SurrealServer::start().await else {
+        return;
+    };
+    let g = graphagent::Graph::connect(&server.url, &server.options("txn"))
+        .await
+        .expect("graph");
+    crate::txn::second_writer_of_a_record_conflicts(&g).await;
 }
 
 #[tokio::test]
