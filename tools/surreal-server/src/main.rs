@@ -4,6 +4,10 @@
 //! graphagent's remote-graph tests run it as
 //! `surreal start --bind 127.0.0.1:PORT --user U --pass P memory`.
 
+// As in `surrealdb-server` itself: without it a release build of this crate stops with
+// "queries overflow the depth limit" (computing the layout of SurrealDB's async fns).
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
