@@ -524,7 +524,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_transaction_writes_nothing() {
+    async fn a_dropped_transaction_writes_nothing_and_a_committed_one_does() {
         let g = Graph::memory().await.expect("mem graph");
         g.query("DEFINE TABLE t SCHEMALESS;", Value::Null)
             .await
@@ -535,11 +535,23 @@ mod tests {
                 .await
                 .expect("write");
         }
-        let n = g
-            .query("SELECT VALUE n FROM t:x;", Value::Null)
+        // Let the cancel spawned by the drop run: the write must still be gone after it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = async || {
+            g.query("SELECT VALUE n FROM t:x;", Value::Null)
+                .await
+                .expect("n")
+                .swap_remove(0)
+        };
+        assert_eq!(read().await, json!([]));
+        // The dropped transaction holds nothing: the same record can be created and
+        // committed, and then it is there.
+        let txn = g.begin().await.expect("begin again");
+        txn.query("CREATE t:x SET n = 2;", Value::Null)
             .await
-            .expect("n");
-        assert_eq!(n[0], json!([]));
+            .expect("write again");
+        txn.commit().await.expect("commit");
+        assert_eq!(read().await, json!([2]));
     }
 
     #[tokio::test]

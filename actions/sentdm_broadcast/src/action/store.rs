@@ -6,6 +6,7 @@
 //! event queued while its previous batch committed and folds them all in one
 //! transaction ([`apply_batch`]), then answers each caller.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use graphagent::events::{EventPublisher, INSERT_OUTBOX};
@@ -286,7 +287,7 @@ struct Folded<'a> {
     fill: bool,
     /// Entries in the log before this batch.
     logged: usize,
-    known_keys: std::collections::HashSet<String>,
+    known_keys: HashSet<&'a str>,
     keys: Vec<&'a str>,
     entries: Vec<&'a Value>,
     first: &'a FoldEvent,
@@ -308,9 +309,10 @@ impl<'a> Folded<'a> {
             fill: false,
             logged: current.map_or(0, |c| c.logged),
             known_keys: current
-                .and_then(|c| c.event_keys.clone())
+                .and_then(|c| c.event_keys.as_ref())
                 .into_iter()
                 .flatten()
+                .map(String::as_str)
                 .collect(),
             keys: Vec::new(),
             entries: Vec::new(),
@@ -321,7 +323,7 @@ impl<'a> Folded<'a> {
 
     /// Fold one event that is not a duplicate; true when the status changed.
     fn apply(&mut self, e: &'a FoldEvent) -> bool {
-        self.known_keys.insert(e.key.clone());
+        self.known_keys.insert(&e.key);
         self.keys.push(&e.key);
         self.entries.push(&e.entry);
         self.last = e;
@@ -418,8 +420,8 @@ async fn fold_in(
     scope: &FoldScope,
     events: &[FoldEvent],
 ) -> Result<Vec<FoldOutcome>, GraphError> {
+    use std::collections::HashMap;
     use std::collections::hash_map::Entry;
-    use std::collections::{HashMap, HashSet};
 
     let mut rids: Vec<&str> = Vec::new();
     let mut seen_rids = HashSet::new();
@@ -474,7 +476,7 @@ async fn fold_in(
                 }
             },
         };
-        let duplicate = record.known_keys.contains(&e.key);
+        let duplicate = record.known_keys.contains(e.key.as_str());
         let changed = !duplicate && record.apply(e);
         if changed {
             outbox.extend(e.outbox.as_ref());
