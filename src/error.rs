@@ -80,6 +80,15 @@ impl ApiError {
         err
     }
 
+    /// 400 about one request parameter (query or path): the message is prefixed with
+    /// its name.
+    pub fn invalid_param(field: impl Into<String>, message: impl AsRef<str>) -> Self {
+        let field = field.into();
+        let mut err = Self::bad_request(format!("{field}: {}", message.as_ref()));
+        err.field = Some(field);
+        err
+    }
+
     /// 401: credentials missing, invalid or expired.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

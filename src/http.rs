@@ -119,6 +119,44 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Validated `page` / `page_size` query parameters of a list endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    /// 1-based page.
+    pub page: u32,
+    /// Items per page.
+    pub page_size: u32,
+}
+
+impl Paging {
+    /// `page` (default 1, from 1) and `page_size` (default `default_size`, 1 to
+    /// `max_size`); 400 naming the parameter otherwise.
+    pub fn new(
+        page: Option<u32>,
+        page_size: Option<u32>,
+        default_size: u32,
+        max_size: u32,
+    ) -> ApiResult<Self> {
+        let page = page.unwrap_or(1);
+        let page_size = page_size.unwrap_or(default_size);
+        if page == 0 {
+            return Err(ApiError::invalid_param("page", "starts at 1"));
+        }
+        if !(1..=max_size).contains(&page_size) {
+            return Err(ApiError::invalid_param(
+                "page_size",
+                format!("must be 1 to {max_size}"),
+            ));
+        }
+        Ok(Self { page, page_size })
+    }
+
+    /// Items before this page. In `u64`: `page * page_size` overflows `u32`.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page - 1) * u64::from(self.page_size)
+    }
+}
+
 /// The loaded action of type `A` named by the request's `{action_id}` path parameter.
 /// 404 when no such action is loaded (or it is of another type). The request keeps this
 /// instance until it finishes, even if a reload replaces it meanwhile.

@@ -12,7 +12,7 @@ use super::{AttemptRow, DeliveryRow, ManualError, SubRow, ms_to_rfc3339, new_sec
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events::EventType;
-use crate::http::{HostState, Json, Path, Query};
+use crate::http::{HostState, Json, Paging, Path, Query};
 
 /// A subscription (never its secret).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -699,11 +699,8 @@ pub(crate) async fn list_deliveries(
     _admin: Admin,
     Query(f): Query<DeliveryFilter>,
 ) -> ApiResult<Json<DeliveryPage>> {
-    let page = f.page.unwrap_or(1).max(1);
-    let page_size = f.page_size.unwrap_or(50);
-    if !(1..=200).contains(&page_size) {
-        return Err(bad_field("page_size", "must be between 1 and 200"));
-    }
+    let paging = Paging::new(f.page, f.page_size, 50, 200)?;
+    let (page, page_size) = (paging.page, paging.page_size);
     let mut conds = vec!["true".to_owned()];
     let mut vars = serde_json::Map::new();
     if let Some(s) = f.subscription_id {
@@ -733,10 +730,7 @@ pub(crate) async fn list_deliveries(
         vars.insert("until".into(), json!(parse_time("until", u)?));
     }
     vars.insert("limit".into(), json!(page_size + 1));
-    vars.insert(
-        "start".into(),
-        json!(u64::from(page - 1) * u64::from(page_size)),
-    );
+    vars.insert("start".into(), json!(paging.offset()));
     let sql = format!(
         "SELECT * FROM webhook_delivery WHERE {} ORDER BY created_ms DESC, key DESC LIMIT $limit START $start;",
         conds.join(" AND ")

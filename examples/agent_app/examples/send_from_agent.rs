@@ -110,8 +110,10 @@ async fn main() -> anyhow::Result<()> {
     // Delivery statuses arrive by webhook and are folded into the records.
     let filter = RecordFilter {
         broadcast_id: Some(result.broadcast_id.clone()),
-        page: 1,
-        page_size: 100,
+        paging: graphagent::http::Paging {
+            page: 1,
+            page_size: 100,
+        },
         ..RecordFilter::default()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

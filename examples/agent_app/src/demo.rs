@@ -192,8 +192,10 @@ async fn watch(
 
     let filter = RecordFilter {
         broadcast_id: Some(result.broadcast_id.clone()),
-        page: 1,
-        page_size: 100,
+        paging: graphagent::http::Paging {
+            page: 1,
+            page_size: 100,
+        },
         ..RecordFilter::default()
     };
     let deadline = started + Duration::from_secs(args.timeout);

@@ -1,6 +1,10 @@
 //! Turning a verified SentDM webhook body into what the action stores: every envelope
 //! variant of CONTRACT §5.4–5.5 (`sub_type` or `event`, `message`/`messages`, nested
 //! `message.*` / `data.*`, uppercase statuses, `"unknown"` placeholders). Pure functions.
+//!
+//! **Security Invariant.** A verified body is still untrusted in shape: everything taken
+//! from it is bounded here ([`Bounds`]) before it can reach the graph, so no delivery can
+//! make a record grow without bound or nest deeper than the store can take.
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -118,7 +122,8 @@ pub struct StatusEvent {
     pub reason_code: Option<String>,
     /// `reason`.
     pub reason: Option<String>,
-    /// The payload, kept on the record as `last_event_payload`.
+    /// The payload, bounded by [`bounded_payload`]: kept on the record as
+    /// `last_event_payload`.
     pub payload: Value,
 }
 
@@ -141,16 +146,107 @@ pub struct ReplyEvent {
     pub in_reply_to: Option<String>,
 }
 
+/// What a delivery may put in the graph (docs/decisions.md, "Provider payload bounds").
+pub struct Bounds;
+
+impl Bounds {
+    /// Longest SentDM message id accepted (SentDM's are 36-character UUIDs); it becomes
+    /// part of a record key.
+    pub const MESSAGE_ID_CHARS: usize = 128;
+    /// Longest text field kept (reply text, failure reason); SentDM caps bodies at 3,072.
+    pub const TEXT_CHARS: usize = 4096;
+    /// Longest short field kept (status, channel, numbers, template ids, times).
+    pub const SHORT_CHARS: usize = 256;
+    /// `last_event_payload` is stored as JSON only within these; otherwise a bounded
+    /// summary is stored instead (a real payload is about 1 KB, two levels deep).
+    pub const PAYLOAD_BYTES: usize = 16 * 1024;
+    /// See [`Bounds::PAYLOAD_BYTES`].
+    pub const PAYLOAD_DEPTH: usize = 8;
+    /// See [`Bounds::PAYLOAD_BYTES`]: object members and array items, all levels.
+    pub const PAYLOAD_NODES: usize = 512;
+    /// Characters of a payload kept as a preview when it is too large to store whole.
+    pub const PREVIEW_CHARS: usize = 2048;
+}
+
+/// `s` cut to at most `max` characters (never inside a character).
+pub fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => {
             let t = s.trim();
             (!t.is_empty() && !t.eq_ignore_ascii_case("unknown") && !t.eq_ignore_ascii_case("null"))
-                .then(|| t.to_owned())
+                .then(|| truncate_chars(t, Bounds::TEXT_CHARS).to_owned())
         }
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// [`pick`] for short fields: cut to [`Bounds::SHORT_CHARS`].
+fn pick_short(roots: &[&Value], paths: &[&str]) -> Option<String> {
+    pick(roots, paths).map(|s| truncate_chars(&s, Bounds::SHORT_CHARS).to_owned())
+}
+
+/// A message id we can key a record by: printable ASCII without spaces, bounded.
+pub fn valid_message_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= Bounds::MESSAGE_ID_CHARS
+        && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The payload as it may be stored: itself when small and shallow, otherwise a flat
+/// summary `{truncated, reason, bytes, preview}` (a string preview cannot nest).
+pub fn bounded_payload(payload: &Value) -> Value {
+    let (depth, nodes) = shape(payload);
+    let reason = if depth > Bounds::PAYLOAD_DEPTH {
+        format!(
+            "nested {depth} levels deep (at most {})",
+            Bounds::PAYLOAD_DEPTH
+        )
+    } else if nodes > Bounds::PAYLOAD_NODES {
+        format!("{nodes} members (at most {})", Bounds::PAYLOAD_NODES)
+    } else {
+        match serde_json::to_string(payload) {
+            Ok(text) if text.len() <= Bounds::PAYLOAD_BYTES => return payload.clone(),
+            Ok(text) => format!("{} bytes (at most {})", text.len(), Bounds::PAYLOAD_BYTES),
+            Err(_) => "not serialisable".to_owned(),
+        }
+    };
+    let text = serde_json::to_string(payload).unwrap_or_default();
+    serde_json::json!({
+        "truncated": true,
+        "reason": reason,
+        "bytes": text.len(),
+        "preview": truncate_chars(&text, Bounds::PREVIEW_CHARS),
+    })
+}
+
+/// Depth and member count of a JSON value, without recursion (the value came from a
+/// peer; depth is exactly what is being measured).
+fn shape(v: &Value) -> (usize, usize) {
+    let (mut max_depth, mut nodes) = (0, 0);
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        max_depth = max_depth.max(depth);
+        match v {
+            Value::Object(map) => {
+                nodes += map.len();
+                stack.extend(map.values().map(|c| (c, depth + 1)));
+            }
+            Value::Array(items) => {
+                nodes += items.len();
+                stack.extend(items.iter().map(|c| (c, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    (max_depth, nodes)
 }
 
 /// First present, non-placeholder string among `paths` (dotted) in `roots`.
@@ -198,7 +294,8 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
     // accept a missing offset as UTC.
     let (main, offset) = split_offset(s);
     let main = match main.split_once('.') {
-        Some((head, frac)) => format!("{head}.{}", &frac[..frac.len().min(9)]),
+        // By characters: a peer's "fraction" may hold anything, multibyte included.
+        Some((head, frac)) => format!("{head}.{}", truncate_chars(frac, 9)),
         None => main.to_owned(),
     };
     let offset = if offset.is_empty() { "Z" } else { offset };
@@ -249,7 +346,7 @@ pub fn parse(body: &[u8]) -> Parsed {
         .and_then(Value::as_str)
         .map(|f| f.to_ascii_lowercase());
     // `sub_type` wins over the SDK's `event` (CONTRACT §5.4).
-    let sub_type = pick(&[env], &["sub_type", "event", "type"]);
+    let sub_type = pick_short(&[env], &["sub_type", "event", "type"]);
     let family = match (&field, &sub_type) {
         (Some(f), _) => f.clone(),
         (None, Some(st)) => st
@@ -263,7 +360,7 @@ pub fn parse(body: &[u8]) -> Parsed {
         return if family.is_empty() {
             Parsed::Unusable("envelope names no event family")
         } else {
-            Parsed::Other(family)
+            Parsed::Other(truncate_chars(&family, 64).to_owned())
         };
     }
     let payload = env.get("payload").unwrap_or(env);
@@ -275,7 +372,12 @@ pub fn parse(body: &[u8]) -> Parsed {
     let Some(message_id) = pick(&roots, &["message_id", "id", "messageId"]) else {
         return Parsed::Unusable("no message id in the payload");
     };
-    let raw_status = pick(&roots, &["message_status", "status"]);
+    if !valid_message_id(&message_id) {
+        return Parsed::Unusable(
+            "the message id is not a SentDM id (printable, at most 128 characters)",
+        );
+    }
+    let raw_status = pick_short(&roots, &["message_status", "status"]);
     let status = raw_status
         .as_deref()
         .and_then(normalize_status)
@@ -291,19 +393,21 @@ pub fn parse(body: &[u8]) -> Parsed {
         return Parsed::Reply(ReplyEvent {
             message_id,
             // SDK: inbound_number = the contact; DOCS: from/to.
-            from: pick(&roots, &["inbound_number", "from"]),
-            to: pick(&roots, &["outbound_number", "to"]),
-            channel: pick(&roots, &["channel"]),
+            from: pick_short(&roots, &["inbound_number", "from"]),
+            to: pick_short(&roots, &["outbound_number", "to"]),
+            channel: pick_short(&roots, &["channel"]),
             text: pick(&roots, &["text", "body", "content"]),
-            received_at: pick(&roots, &["received_at", "updated_at"])
-                .or_else(|| pick(&[env], &["timestamp"])),
+            received_at: pick_short(&roots, &["received_at", "updated_at"])
+                .or_else(|| pick_short(&[env], &["timestamp"])),
             in_reply_to: pick(
                 &roots,
                 &["in_reply_to", "reply_to_message_id", "context.message_id"],
-            ),
+            )
+            .filter(|id| valid_message_id(id)),
         });
     }
-    let occurred_at = pick(&roots, &["updated_at"]).or_else(|| pick(&[env], &["timestamp"]));
+    let occurred_at =
+        pick_short(&roots, &["updated_at"]).or_else(|| pick_short(&[env], &["timestamp"]));
     Parsed::Status(StatusEvent {
         occurred_ms: occurred_at.as_deref().and_then(parse_time_ms),
         occurred_at,
@@ -311,13 +415,13 @@ pub fn parse(body: &[u8]) -> Parsed {
         status,
         raw_status,
         sub_type,
-        to: pick(&roots, &["outbound_number", "to", "phone"]),
-        channel: pick(&roots, &["channel"]),
-        template_id: pick(&roots, &["template_id"]),
-        template_name: pick(&roots, &["template_name"]),
-        reason_code: pick(&roots, &["reason_code", "error.code", "error_code"]),
+        to: pick_short(&roots, &["outbound_number", "to", "phone"]),
+        channel: pick_short(&roots, &["channel"]),
+        template_id: pick_short(&roots, &["template_id"]),
+        template_name: pick_short(&roots, &["template_name"]),
+        reason_code: pick_short(&roots, &["reason_code", "error.code", "error_code"]),
         reason: pick(&roots, &["reason", "error.message", "error_message"]),
-        payload: payload.clone(),
+        payload: bounded_payload(payload),
     })
 }
 
@@ -526,5 +630,253 @@ mod tests {
             Some(1_767_225_600_000)
         );
         assert_eq!(parse_time_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn a_multibyte_fraction_is_no_panic() {
+        // Sliced by bytes, the 9-byte cut would land inside `é`.
+        assert_eq!(parse_time_ms("2026-01-01T00:00:00.12345678é9Z"), None);
+        assert_eq!(parse_time_ms("2026-01-01T00:00:00.ééééééééééZ"), None);
+        assert_eq!(parse_time_ms("2026-01-01T00:00:00.€"), None);
+    }
+
+    #[test]
+    fn truncation_is_by_characters() {
+        assert_eq!(truncate_chars("héllo", 2), "hé");
+        assert_eq!(truncate_chars("héllo", 10), "héllo");
+        assert_eq!(truncate_chars("", 3), "");
+        assert_eq!(truncate_chars("€€€", 0), "");
+    }
+
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!("leaf"), |inner, _| json!({ "n": inner }))
+    }
+
+    #[test]
+    fn payloads_are_stored_whole_only_within_bounds() {
+        let small = json!({"message_id": "m1", "message_status": "SENT", "body": "hi"});
+        assert_eq!(bounded_payload(&small), small);
+        let at_limit = nested(Bounds::PAYLOAD_DEPTH - 1);
+        assert_eq!(bounded_payload(&at_limit), at_limit);
+        for (what, payload) in [
+            ("deep", nested(60)),
+            (
+                "deep arrays",
+                (0..100).fold(json!(1), |inner, _| json!([inner])),
+            ),
+            ("large", json!({"body": "x".repeat(900_000)})),
+            ("wide", json!((0..2000).collect::<Vec<_>>())),
+        ] {
+            let stored = bounded_payload(&payload);
+            assert_eq!(stored["truncated"], true, "{what}");
+            assert!(shape(&stored).0 <= 2, "{what}: the summary is flat");
+            let text = serde_json::to_string(&stored).expect("json");
+            assert!(
+                text.len() < 4 * Bounds::PREVIEW_CHARS + 200,
+                "{what}: {}",
+                text.len()
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_but_signed_bodies_are_unusable_or_bounded() {
+        let long_id = "m".repeat(20_000);
+        let body = json!({"field": "message", "payload": {"message_id": long_id, "message_status": "SENT"}});
+        assert!(matches!(
+            parse(body.to_string().as_bytes()),
+            Parsed::Unusable(_)
+        ));
+        let body = json!({"field": "message", "payload": {"message_id": "has space", "message_status": "SENT"}});
+        assert!(matches!(
+            parse(body.to_string().as_bytes()),
+            Parsed::Unusable(_)
+        ));
+        let body = json!({"field": "message", "sub_type": "message.failed", "payload": {
+            "message_id": "m1", "message_status": "FAILED", "reason": "r".repeat(100_000),
+            "channel": "c".repeat(10_000), "deep": nested(60)}});
+        let s = status(body);
+        assert_eq!(
+            s.reason.map(|r| r.chars().count()),
+            Some(Bounds::TEXT_CHARS)
+        );
+        assert_eq!(
+            s.channel.map(|c| c.chars().count()),
+            Some(Bounds::SHORT_CHARS)
+        );
+        assert_eq!(s.payload["truncated"], true);
+        let family = "f".repeat(10_000);
+        match parse(
+            json!({ "field": family, "payload": {} })
+                .to_string()
+                .as_bytes(),
+        ) {
+            Parsed::Other(f) => assert_eq!(f.len(), 64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    mod properties {
+        //! Whatever a peer sends, parsing neither panics nor lets anything unbounded
+        //! through; the fold rule keeps its promises for every pair of statuses.
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                ".{0,40}".prop_map(Value::String),
+                prop::sample::select(vec![
+                    "SENT",
+                    "delivered",
+                    "message.read",
+                    "unknown",
+                    "message",
+                    "templates",
+                    "2026-01-01T00:00:00.123+02:00",
+                    "+14155551234",
+                ])
+                .prop_map(|s| json!(s)),
+            ];
+            leaf.prop_recursive(12, 256, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop::sample::select(vec![
+                            "field",
+                            "sub_type",
+                            "event",
+                            "type",
+                            "payload",
+                            "message",
+                            "data",
+                            "eventData",
+                            "message_id",
+                            "id",
+                            "message_status",
+                            "status",
+                            "updated_at",
+                            "timestamp",
+                            "channel",
+                            "to",
+                            "reason",
+                            "text",
+                            "error",
+                            "code",
+                            "context",
+                        ])
+                        .prop_map(str::to_owned),
+                        inner,
+                        0..8,
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn statuses() -> impl Strategy<Value = Option<&'static str>> {
+            prop::option::of(prop::sample::select(KNOWN_STATUSES.to_vec()))
+        }
+
+        fn check_bounded(parsed: &Parsed) {
+            if let Parsed::Status(s) = parsed {
+                assert!(valid_message_id(&s.message_id));
+                for short in [
+                    &s.raw_status,
+                    &s.sub_type,
+                    &s.to,
+                    &s.channel,
+                    &s.occurred_at,
+                ] {
+                    assert!(
+                        short
+                            .as_ref()
+                            .is_none_or(|v| v.chars().count() <= Bounds::SHORT_CHARS)
+                    );
+                }
+                assert!(
+                    s.reason
+                        .as_ref()
+                        .is_none_or(|v| v.chars().count() <= Bounds::TEXT_CHARS)
+                );
+                let text = serde_json::to_string(&s.payload).unwrap_or_default();
+                assert!(text.len() <= Bounds::PAYLOAD_BYTES.max(4 * Bounds::PREVIEW_CHARS + 200));
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn parse_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                check_bounded(&parse(&body));
+            }
+
+            #[test]
+            fn parse_never_panics_on_json(v in json_value()) {
+                check_bounded(&parse(v.to_string().as_bytes()));
+                // The same value as a full envelope, so the message paths are reached.
+                let env = json!({"field": "message", "payload": v});
+                check_bounded(&parse(env.to_string().as_bytes()));
+            }
+
+            #[test]
+            fn time_parsing_never_panics(s in ".{0,64}") {
+                let _ = parse_time_ms(&s);
+            }
+
+            #[test]
+            fn time_parsing_never_panics_near_the_format(
+                frac in "[0-9é€a-z]{0,16}",
+                off in prop::sample::select(vec!["", "Z", "z", "+00:00", "-05:30", "+1", "€"]),
+            ) {
+                let _ = parse_time_ms(&format!("2026-01-01T00:00:00.{frac}{off}"));
+            }
+
+            #[test]
+            fn times_round_trip(secs in 0i64..4_102_444_800, millis in 0u32..1000, extra in "[0-9]{0,7}") {
+                let t = time::OffsetDateTime::from_unix_timestamp(secs).expect("in range");
+                let text = format!("{}.{millis:03}{extra}Z", t.format(&time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second]")).expect("format"));
+                prop_assert_eq!(parse_time_ms(&text), Some(secs * 1000 + i64::from(millis)));
+            }
+
+            #[test]
+            fn the_rule_never_moves_backwards_on_the_ladder(
+                cur in statuses(), new in statuses(),
+                t_cur in prop::option::of(0i64..100), t_new in prop::option::of(0i64..100),
+            ) {
+                let (rc, rn) = (status_rank(cur), status_rank(new));
+                if advances(cur, t_cur, new, t_new) {
+                    prop_assert!(rn != 0, "an unknown status never replaces one");
+                    prop_assert!(!matches!(cur, Some("read" | "filtered" | "cancelled")), "final");
+                    if rc > 0 && rn > 0 {
+                        prop_assert!(rn > rc || (cur == Some("accepted") && rn == rc));
+                    }
+                    prop_assert!(cur != new, "an equal status changes nothing");
+                }
+                // Known beats nothing.
+                if cur.is_none() && rn != 0 {
+                    prop_assert!(advances(cur, t_cur, new, t_new));
+                }
+            }
+
+            #[test]
+            fn a_folded_sequence_only_climbs_the_ladder(
+                events in prop::collection::vec((statuses(), prop::option::of(0i64..50)), 0..24),
+            ) {
+                let (mut cur, mut at) = (None, None);
+                for (new, t) in events {
+                    if advances(cur, at, new, t) {
+                        let (rc, rn) = (status_rank(cur), status_rank(new));
+                        prop_assert!(!(rc > 0 && rn > 0 && rn < rc), "{cur:?} -> {new:?}");
+                        prop_assert!(!matches!(cur, Some("read" | "filtered" | "cancelled")));
+                        (cur, at) = (new, t);
+                    }
+                }
+            }
+        }
     }
 }

@@ -624,8 +624,9 @@ impl SentDmBroadcast {
                 "idempotency_key": req.idempotency_key, "sandbox": result.sandbox,
                 "message_count": result.messages.len(), "status": result.status,
                 "request_ids": result.requests.iter().filter_map(|r| r.request_id.clone()).collect::<Vec<_>>(),
-                "created_at": now,
             })),
+            // Set once: a retry with the same idempotency key keeps the first time.
+            "created_at": now,
         });
         let records: Vec<Value> = result
             .messages
@@ -832,7 +833,9 @@ impl SentDmBroadcast {
             template_name: message.template_name.clone(),
             reason_code: message.reason_code.clone(),
             reason: message.reason.clone(),
-            payload: serde_json::to_value(&message).unwrap_or(Value::Null),
+            payload: inbound::bounded_payload(
+                &serde_json::to_value(&message).unwrap_or(Value::Null),
+            ),
         };
         self.writer
             .apply(self.fold_event(event, key, "refresh", None, false))

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use graphagent::error::ErrorBody;
-use graphagent::http::{ActionRef, HostState, Json, Path, Query};
+use graphagent::http::{ActionRef, HostState, Json, Paging, Path, Query};
 use graphagent::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -162,16 +162,8 @@ pub struct TemplateParams {
     search: Option<String>,
 }
 
-fn paging(page: Option<u32>, page_size: Option<u32>) -> ApiResult<(u32, u32)> {
-    let page = page.unwrap_or(1);
-    let size = page_size.unwrap_or(20);
-    if page == 0 {
-        return Err(ApiError::invalid_field("page", "starts at 1"));
-    }
-    if !(1..=100).contains(&size) {
-        return Err(ApiError::invalid_field("page_size", "must be 1 to 100"));
-    }
-    Ok((page, size))
+fn paging(page: Option<u32>, page_size: Option<u32>) -> ApiResult<Paging> {
+    Paging::new(page, page_size, 20, 100)
 }
 
 /// Templates at SentDM.
@@ -181,8 +173,10 @@ async fn list_templates(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Query(q): Query<TemplateParams>,
 ) -> ApiResult<Json<Page<Template>>> {
-    let (page, size) = paging(q.page, q.page_size)?;
-    Ok(Json(action.list_templates(page, size, q.search).await?))
+    let p = paging(q.page, q.page_size)?;
+    Ok(Json(
+        action.list_templates(p.page, p.page_size, q.search).await?,
+    ))
 }
 
 /// Health: configured, SentDM reachable, account channels, webhook registered.
@@ -275,11 +269,11 @@ async fn list_records(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Query(q): Query<RecordParams>,
 ) -> ApiResult<Json<RecordPage>> {
-    let (page, page_size) = paging(q.page, q.page_size)?;
+    let paging = paging(q.page, q.page_size)?;
     if let Some(s) = &q.status
         && !super::inbound::KNOWN_STATUSES.contains(&s.as_str())
     {
-        return Err(ApiError::invalid_field(
+        return Err(ApiError::invalid_param(
             "status",
             format!("unknown status `{s}`"),
         ));
@@ -289,14 +283,13 @@ async fn list_records(
         to: q.to,
         sentdm_message_id: q.sentdm_message_id,
         broadcast_id: q.broadcast_id,
-        page,
-        page_size,
+        paging,
     };
     let (items, total) = action.list_records(&filter).await?;
     Ok(Json(RecordPage {
         items,
-        page,
-        page_size,
+        page: paging.page,
+        page_size: paging.page_size,
         total,
     }))
 }

@@ -88,6 +88,21 @@ pub struct FoldScope {
     pub limit: usize,
 }
 
+/// Fewest de-duplication keys a record keeps (the newest); see [`FoldScope::keys_kept`].
+pub const MIN_KEYS_KEPT: usize = 256;
+
+impl FoldScope {
+    /// How many de-duplication keys a record keeps: the newest, at least
+    /// [`MIN_KEYS_KEPT`] and never fewer than the log holds. A message sees a handful of
+    /// distinct events, so an older key would only matter for a replay of an event
+    /// hundreds of events back, which is then folded as if new (the rule's guarantees
+    /// still hold; the log gains an entry). Unbounded, the list would grow with every
+    /// distinct signed event (docs/decisions.md, "Provider payload bounds").
+    pub fn keys_kept(&self) -> usize {
+        self.limit.max(MIN_KEYS_KEPT)
+    }
+}
+
 /// Queue in front of the fold: callers wait for the commit of the batch their event
 /// went into. Cheap to clone; the task ends when the last clone is dropped.
 #[derive(Clone)]
@@ -209,7 +224,7 @@ fn decode_error() -> GraphError {
 /// Reads what the rule needs about the batch's records, in the fold's transaction.
 const FOLD_READ: &str =
     "SELECT record::id(id) AS rid, status, status_at_ms, event_keys, to, channel,
-        array::len(events ?? []) AS logged
+        array::len(events ?? []) AS logged, array::len(event_keys ?? []) AS keyed
     FROM $rids.map(|$r| type::record('sentdm_message', $r));";
 
 /// Which of the batch's unknown messages a sibling action already tracks.
@@ -244,10 +259,12 @@ const FOLD_APPEND: &str = "
         RETURN NONE;
     };";
 
-/// Records whose log went over `record_event_history_limit`: drop the oldest entries.
+/// Records whose log went over `record_event_history_limit`, or whose key list over
+/// [`FoldScope::keys_kept`]: drop the oldest entries.
 const FOLD_TRIM: &str = "
     FOR $id IN $trimmed {
-        UPDATE type::record('sentdm_message', $id) SET events = array::slice(events, -$limit) RETURN NONE;
+        UPDATE type::record('sentdm_message', $id) SET events = array::slice(events, -$limit),
+            event_keys = array::slice(event_keys, -$keys_kept) RETURN NONE;
     };";
 
 /// Records whose recipient or channel was unknown and the batch knows it (rare).
@@ -268,6 +285,9 @@ struct Current {
     /// Entries in the log now.
     #[serde(default)]
     logged: usize,
+    /// De-duplication keys on the record now.
+    #[serde(default)]
+    keyed: usize,
 }
 
 /// A record as the batch leaves it.
@@ -287,6 +307,8 @@ struct Folded<'a> {
     fill: bool,
     /// Entries in the log before this batch.
     logged: usize,
+    /// De-duplication keys on the record before this batch.
+    keyed: usize,
     known_keys: HashSet<&'a str>,
     keys: Vec<&'a str>,
     entries: Vec<&'a Value>,
@@ -308,6 +330,7 @@ impl<'a> Folded<'a> {
             channel: known(current.and_then(|c| c.channel.as_ref())),
             fill: false,
             logged: current.map_or(0, |c| c.logged),
+            keyed: current.map_or(0, |c| c.keyed),
             known_keys: current
                 .and_then(|c| c.event_keys.as_ref())
                 .into_iter()
@@ -359,11 +382,13 @@ impl<'a> Folded<'a> {
     fn created_row(&self, scope: &FoldScope) -> Value {
         let e = self.last;
         let skip = self.entries.len().saturating_sub(scope.limit);
+        let skip_keys = self.keys.len().saturating_sub(scope.keys_kept());
         without_nulls(json!({
             "id": e.rid, "action_id": scope.action_id, "agent_id": scope.agent_id,
             "sentdm_message_id": e.message_id, "to": self.to, "channel": self.channel,
             "template_id": self.first.template_id, "template_name": self.first.template_name,
-            "events": &self.entries[skip..], "event_keys": self.keys, "event_count": self.entries.len(),
+            "events": &self.entries[skip..], "event_keys": &self.keys[skip_keys..],
+            "event_count": self.entries.len(),
             "status": self.status, "status_at_ms": self.status_at_ms,
             "last_status_at": self.last_status_at, "error": self.error,
             "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
@@ -500,7 +525,9 @@ async fn fold_in(
             created.push(record.created_row(scope));
             continue;
         }
-        if record.logged + record.entries.len() > scope.limit {
+        if record.logged + record.entries.len() > scope.limit
+            || record.keyed + record.keys.len() > scope.keys_kept()
+        {
             trimmed.push(record.last.rid.as_str());
         }
         if record.fill {
@@ -534,7 +561,8 @@ async fn fold_in(
     if !sql.is_empty() {
         let vars = json!({
             "created": created, "advanced": advanced, "appended": appended, "filled": filled,
-            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit, "action": scope.action_id,
+            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit,
+            "keys_kept": scope.keys_kept(), "action": scope.action_id,
         });
         txn.query(&format!("LET $now = time::now();{sql}"), vars)
             .await?;
@@ -644,14 +672,29 @@ pub struct Record {
 const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id, agent_id, broadcast_id, to, channel, template_id, template_name, parameters, idempotency_key, profile_id, sandbox, status, last_status_at, error, events, event_count, last_event_field, last_event_payload, minimal, created_at, updated_at";
 
 /// Filters for listing records.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RecordFilter {
     pub status: Option<String>,
     pub to: Option<String>,
     pub sentdm_message_id: Option<String>,
     pub broadcast_id: Option<String>,
-    pub page: u32,
-    pub page_size: u32,
+    pub paging: graphagent::http::Paging,
+}
+
+impl Default for RecordFilter {
+    /// No filter; the first page of 20.
+    fn default() -> Self {
+        Self {
+            status: None,
+            to: None,
+            sentdm_message_id: None,
+            broadcast_id: None,
+            paging: graphagent::http::Paging {
+                page: 1,
+                page_size: 20,
+            },
+        }
+    }
 }
 
 /// The action's store.
@@ -672,7 +715,8 @@ impl Store {
 
     /// Persist a broadcast and its records, in batches. A record the webhook already
     /// created (the event raced our commit) keeps its status and log; the send event is
-    /// put first in its log.
+    /// put first in its log. Idempotent: a record already holding this broadcast's send
+    /// (a client's retry with the same idempotency key) is left exactly as it is.
     pub async fn persist_send(
         &self,
         broadcast: &Value,
@@ -686,6 +730,7 @@ impl Store {
                     {INSERT_OUTBOX}
                  }};
                  UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
+                 UPDATE type::record('broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
                  INSERT RELATION INTO sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
                  COMMIT;"),
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
@@ -696,7 +741,11 @@ impl Store {
                 .transaction(
                     "FOR $r IN $records {
                         LET $rec = type::record('sentdm_message', $r.key);
-                        IF record::exists($rec) {
+                        IF !record::exists($rec) {
+                            CREATE $rec CONTENT $r.fields;
+                            RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
+                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
+                        } ELSE IF $rec.broadcast_id != $r.fields.broadcast_id {
                             UPDATE $rec SET broadcast_id = $r.fields.broadcast_id, template_id = $r.fields.template_id,
                                 template_name = $r.fields.template_name, parameters = $r.fields.parameters,
                                 idempotency_key = $r.fields.idempotency_key, profile_id = $r.fields.profile_id,
@@ -704,11 +753,8 @@ impl Store {
                                 events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
                                 status = status ?? 'accepted', updated_at = time::now();
-                        } ELSE {
-                            CREATE $rec CONTENT $r.fields;
-                            RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
+                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
                         };
-                        RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
                     };",
                     json!({ "records": chunk }),
                 )
@@ -747,7 +793,7 @@ impl Store {
         let vars = json!({
             "action": self.action_id, "status": f.status, "to": f.to,
             "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
-            "limit": f.page_size, "start": (f.page.saturating_sub(1)) * f.page_size,
+            "limit": f.paging.page_size, "start": f.paging.offset(),
         });
         let mut out = self.graph.query(&sql, vars).await?;
         let total = out.get(1).and_then(Value::as_u64).unwrap_or(0);

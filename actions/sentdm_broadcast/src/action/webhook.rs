@@ -456,7 +456,7 @@ impl SentDmBroadcast {
         let event_id = headers
             .get("x-webhook-event-id")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|id| inbound::truncate_chars(id.trim(), inbound::Bounds::SHORT_CHARS).to_owned());
 
         match inbound::parse(body) {
             Parsed::Unusable(reason) => {

@@ -1144,3 +1144,194 @@ async fn a_send_is_never_failed_by_bookkeeping() {
     assert_eq!(sim.message_count(), 1, "SentDM has the message");
     assert_eq!(app.record_count().await, 0);
 }
+
+/// Issue: hostile or odd input. A correctly signed body may still be hostile in shape:
+/// nested deep enough to overflow the graph engine's stack, large, or with an id that
+/// would become a 20,000-character record key. The process survives, answers 200 (so
+/// SentDM does not retry into auto-disable), counts what it ignored, and nothing it
+/// stores grows without bound.
+#[tokio::test]
+async fn hostile_signed_payloads_are_bounded_and_the_server_survives() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, rid) = one_record(&app, &sim).await;
+
+    let nested = (0..100).fold(json!("leaf"), |inner, _| json!({ "n": inner }));
+    let deep = json!({"field": "message", "sub_type": "message.sent", "timestamp": "2026-05-14T18:49:16Z",
+        "payload": {"message_id": mid, "message_status": "SENT", "channel": "sms",
+                    "updated_at": "2026-05-14T18:49:16Z", "extra": nested}});
+    let (status, ack) = app.deliver("sentdm", &deep.to_string(), |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("received")),
+        "{ack}"
+    );
+
+    let large = json!({"field": "message", "sub_type": "message.delivered", "timestamp": "2026-05-14T18:49:20Z",
+        "payload": {"message_id": mid, "message_status": "DELIVERED", "channel": "sms",
+                    "updated_at": "2026-05-14T18:49:20Z", "body": "x".repeat(20_000),
+                    "reason": "r".repeat(8_000)}});
+    let (status, ack) = app.deliver("sentdm", &large.to_string(), |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("received")),
+        "{ack}"
+    );
+
+    let long_id = json!({"field": "message", "sub_type": "message.sent",
+        "payload": {"message_id": "m".repeat(20_000), "message_status": "SENT"}});
+    let (status, ack) = app.deliver("sentdm", &long_id.to_string(), |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("ignored")),
+        "{ack}"
+    );
+
+    // A time whose fraction holds multibyte characters (a byte slice would panic).
+    let odd_time = envelope(&mid, "READ", "2026-05-14T18:49:30.12345678é9Z");
+    let (status, ack) = app.deliver("sentdm", &odd_time, |_| {}).await;
+    assert_eq!(
+        (status, ack["status"].clone()),
+        (200, json!("received")),
+        "{ack}"
+    );
+
+    // Still serving, and what was stored is bounded.
+    let (status, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(record["status"], "read");
+    assert_eq!(record["last_event_payload"]["message_status"], "READ");
+    let stored = serde_json::to_string(&record).expect("json");
+    assert!(stored.len() < 32 * 1024, "record is {} bytes", stored.len());
+    let rows = app
+        .graph
+        .query(
+            "SELECT VALUE last_event_payload FROM sentdm_message WHERE sentdm_message_id = $m;",
+            json!({ "m": mid }),
+        )
+        .await
+        .expect("query");
+    assert!(rows[0][0].is_object());
+    let (_, health) = app.call(Method::GET, "/sentdm/status", None).await;
+    assert_eq!(health["counters"]["ignored"], 1);
+    assert_eq!(health["counters"]["received"], 3);
+    assert_eq!(
+        app.record_count().await,
+        1,
+        "no record keyed by the long id"
+    );
+}
+
+#[tokio::test]
+async fn the_deep_payload_is_stored_as_a_flat_summary() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (mid, rid) = one_record(&app, &sim).await;
+    let nested = (0..100).fold(json!([1]), |inner, _| json!([inner]));
+    let deep = json!({"field": "message", "sub_type": "message.sent", "timestamp": "2026-05-14T18:49:16Z",
+        "payload": {"message_id": mid, "message_status": "SENT", "extra": nested}});
+    let (status, _) = app.deliver("sentdm", &deep.to_string(), |_| {}).await;
+    assert_eq!(status, 200);
+    let (_, record) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    let payload = &record["last_event_payload"];
+    assert_eq!(payload["truncated"], true, "{payload}");
+    assert!(
+        payload["reason"].as_str().unwrap_or("").contains("nested"),
+        "{payload}"
+    );
+    assert!(payload["preview"].is_string());
+}
+
+/// Paging arithmetic in `u64` and parameter errors as 400 naming the parameter.
+#[tokio::test]
+async fn paging_is_validated_and_never_overflows() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    one_record(&app, &sim).await;
+    let (status, page) = app
+        .call(
+            Method::GET,
+            "/sentdm/broadcasts?page=4294967295&page_size=100",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"], json!([]));
+    assert_eq!(page["total"], 1);
+    for (query, field) in [
+        ("page=0", "page"),
+        ("page_size=0", "page_size"),
+        ("page_size=101", "page_size"),
+        ("status=exploded", "status"),
+    ] {
+        let (status, err) = app
+            .call(Method::GET, &format!("/sentdm/broadcasts?{query}"), None)
+            .await;
+        assert_eq!(
+            (status, err["error"]["field"].clone()),
+            (400, json!(field)),
+            "{query}: {err}"
+        );
+    }
+    let (status, err) = app
+        .call(Method::GET, "/sentdm/broadcasts?page=-1", None)
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("page"),
+        "{err}"
+    );
+    let (status, _) = app
+        .call(Method::GET, "/sentdm/templates?page=0", None)
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// A client retrying `send_broadcast` with the same idempotency key (after a crash, a
+/// timeout) changes nothing: no second `send` entry, no bumped count, no extra edges.
+#[tokio::test]
+async fn a_repeated_send_is_idempotent_all_the_way_to_the_records() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let request = json!({"to": ["+14155550100", "+14155550200"], "channels": ["sms", "whatsapp"],
+        "template": {"name": "order_confirmation", "parameters": params()}, "idempotency_key": "retry-me"});
+    let (status, first) = app.broadcast(request.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let broadcast_id = first["broadcast_id"].as_str().expect("id").to_owned();
+    let node = |graph: graphagent::Graph, b: String| async move {
+        graph
+            .query(
+                "SELECT VALUE created_at FROM type::record('broadcast', $b);
+                 RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
+                 RETURN count(SELECT id FROM tracks);",
+                json!({ "b": b }),
+            )
+            .await
+            .expect("query")
+    };
+    let before = node(app.graph.clone(), broadcast_id.clone()).await;
+    for _ in 0..2 {
+        let (status, again) = app.broadcast(request.clone()).await;
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again["broadcast_id"], broadcast_id.as_str());
+        assert_eq!(again["persisted"]["ok"], true, "{again}");
+    }
+    assert_eq!(node(app.graph.clone(), broadcast_id.clone()).await, before);
+    assert_eq!(before[1], json!(4));
+    assert_eq!(app.record_count().await, 4);
+    let (_, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?page_size=100", None)
+        .await;
+    for item in page["items"].as_array().expect("items") {
+        assert_eq!(item["event_count"], 1, "{item}");
+        assert_eq!(item["events"].as_array().map(Vec::len), Some(1), "{item}");
+        assert_eq!(item["events"][0]["source"], "send");
+    }
+}
