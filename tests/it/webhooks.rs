@@ -793,8 +793,8 @@ async fn ipv4_carrying_forms_and_special_ranges_are_refused_naming_url() {
     );
 }
 
-/// A delivery the policy refuses (the URL's address, or every address its name resolves
-/// to) fails at once: one attempt, a reason, no retry schedule, counted against the
+/// A delivery the policy refuses (the URL, its address, or every address its name
+/// resolves to) fails at once: one attempt, a reason, no retry schedule, counted against the
 /// subscription. The subscriptions were made while the policy allowed loopback; the
 /// server that delivers refuses it.
 #[tokio::test]
@@ -814,6 +814,11 @@ async fn a_delivery_refused_by_the_policy_fails_at_once_and_is_not_retried() {
         (
             format!("https://[::ffff:127.0.0.1]:{port}/literal"),
             "destination ::ffff:127.0.0.1 refused: IPv4-mapped form of 127.0.0.1, loopback (127.0.0.0/8, RFC 1122)",
+        ),
+        // Refused by shape: http is for loopback while the switch is on.
+        (
+            format!("http://127.0.0.1:{port}/http"),
+            "URL refused: must be https (http is accepted only for loopback, when enabled)",
         ),
     ];
     let mut subs = Vec::new();
@@ -846,9 +851,9 @@ async fn a_delivery_refused_by_the_policy_fails_at_once_and_is_not_retried() {
     let second = start(&dir, &graph, |w| w.webhooks.allow_http_loopback = false).await;
     let api = Api::new(&second).await;
     api.emit("p1", "done", false).await;
-    let failed = eventually("both deliveries failed", || async {
+    let failed = eventually("every delivery failed", || async {
         let items = api.deliveries("outcome=failure").await;
-        (items.len() == 2).then_some(items)
+        (items.len() == targets.len()).then_some(items)
     })
     .await;
     // Several retry intervals (20 ms each) later, still one attempt each.
@@ -878,9 +883,13 @@ async fn a_delivery_refused_by_the_policy_fails_at_once_and_is_not_retried() {
             "RETURN count(SELECT id FROM webhook_attempt WHERE trigger = 'scheduled');"
         )
         .await,
-        2
+        targets.len() as u64
     );
-    assert!(r.hits_on("/dns").is_empty() && r.hits_on("/literal").is_empty());
+    assert!(
+        ["/dns", "/literal", "/http"]
+            .iter()
+            .all(|p| r.hits_on(p).is_empty())
+    );
 }
 
 #[tokio::test]
