@@ -365,30 +365,25 @@ fn check_event_types(state: &HostState, types: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// The URL's shape and destination: an address literal, or every address its host name
+/// resolves to now (it is judged again at every attempt). 422 naming `url` when refused.
 async fn check_url(state: &HostState, raw: &str) -> ApiResult<String> {
     let policy = &webhooks(state).policy;
-    let url = policy.check_url(raw).map_err(|m| bad_field("url", m))?;
-    // Host names are checked again at every delivery; refuse obvious ones now.
-    if let Some(host) = url.host_str()
-        && host.parse::<std::net::IpAddr>().is_err()
-    {
+    let url = policy
+        .check_url(raw)
+        .map_err(|e| ApiError::invalid_field("url", e.to_string()))?;
+    if let Some(host) = url.domain() {
         let port = url.port_or_known_default().unwrap_or(443);
+        // A name that does not resolve yet is accepted; the delivery decides.
         let lookup = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            tokio::net::lookup_host((host, port)),
+            policy.resolve(host, port),
         )
         .await;
-        if let Ok(Ok(addrs)) = lookup {
-            let addrs: Vec<_> = addrs.collect();
-            if let Some(bad) = addrs.iter().find(|a| !policy.ip_allowed(host, a.ip())) {
-                return Err(bad_field(
-                    "url",
-                    format!(
-                        "`{host}` resolves to {}, a private, loopback or link-local address that is not allow-listed",
-                        bad.ip()
-                    ),
-                ));
-            }
+        if let Ok(Ok(screened)) = lookup
+            && let Some(refused) = screened.refusal(host)
+        {
+            return Err(ApiError::invalid_field("url", refused.to_string()));
         }
     }
     Ok(url.to_string())
@@ -440,8 +435,9 @@ pub(crate) async fn list_event_types(
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 201, description = "Created; `secret` is shown only now", body = SubscriptionWithSecret),
-        (status = 400, description = "Refused URL or unknown event type", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 400, description = "Unknown event type", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "Refused URL (`field`: `url`) or invalid body", body = ErrorBody),
     ))]
 pub(crate) async fn create_subscription(
     State(state): State<HostState>,

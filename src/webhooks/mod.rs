@@ -16,6 +16,7 @@
 //! (or another replica) picks pending deliveries up from the graph.
 
 pub mod api;
+pub(crate) mod destination;
 pub(crate) mod net;
 pub mod settings;
 
@@ -402,8 +403,13 @@ impl Webhooks {
         let body = serde_json::to_vec(&envelope).unwrap_or_default();
         let ts = now_ms() / 1000;
         let signature = signature_header(&sub.signing_secrets(now_ms()), &event.key, ts, &body);
+        // A destination the policy refuses stays refused: the failure is permanent, not
+        // retried for a day (the same URL, or the same DNS answers, would be refused again).
         let result = match self.policy.check_url(&sub.url) {
-            Err(e) => Err(e),
+            Err(net::UrlError::Invalid(e)) => Err((format!("URL refused: {e}"), Class::Permanent)),
+            Err(refused @ net::UrlError::Refused(_)) => {
+                Err((refused.to_string(), Class::Permanent))
+            }
             Ok(url) => self
                 .client
                 .post(url)
@@ -414,16 +420,19 @@ impl Webhooks {
                 .body(body)
                 .send()
                 .await
-                .map_err(describe_reqwest_error),
+                .map_err(|e| match net::refusal_in(&e) {
+                    Some(refused) => (refused.to_string(), Class::Permanent),
+                    None => (describe_reqwest_error(e), Class::Retryable),
+                }),
         };
         let mut outcome = match result {
-            Err(error) => Outcome {
+            Err((error, class)) => Outcome {
                 status_code: None,
                 duration_ms: 0,
                 error: Some(error),
                 body: None,
                 retry_after: None,
-                class: Class::Retryable,
+                class,
             },
             Ok(mut response) => {
                 let status = response.status();

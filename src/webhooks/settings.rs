@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 /// How outbound webhooks are delivered. Defaults follow svix-server where the issue is
 /// silent (see `docs/decisions.md`).
 #[derive(Debug, Clone)]
@@ -27,10 +29,12 @@ pub struct WebhookSettings {
     /// … or when its events have been failing (no success) for this long
     /// (`GRAPHAGENT_WEBHOOK_DISABLE_AFTER_HOURS`, 120 h).
     pub disable_after_failing_for: Duration,
-    /// Accept `http://` URLs and loopback destinations (127.0.0.0/8, ::1, `localhost`).
-    /// For development and tests only (`GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK`, false).
+    /// Accept `http://` URLs and loopback destinations (127.0.0.0/8, ::1, their
+    /// IPv4-mapped form, `localhost` and `*.localhost`). For development and tests only
+    /// (`GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK`, false).
     pub allow_http_loopback: bool,
-    /// Private destinations that are allowed anyway: CIDRs (`10.0.0.0/8`), addresses or
+    /// Destinations that are not public unicast but allowed anyway: CIDRs (`10.0.0.0/8`,
+    /// also covering that IPv4 range's IPv4-mapped, NAT64 and ISATAP forms), addresses or
     /// host names (`GRAPHAGENT_WEBHOOK_ALLOWED_PRIVATE`, comma-separated).
     pub allowed_private: Vec<String>,
     /// How long event payloads are kept (`GRAPHAGENT_WEBHOOK_PAYLOAD_RETENTION_DAYS`, 1–90,
@@ -189,7 +193,7 @@ impl WebhookSettings {
             problems.push("webhook poll and cleaner intervals must be positive".to_owned());
         }
         for entry in &self.allowed_private {
-            if entry.contains('/') && Cidr::parse(entry).is_none() {
+            if entry.contains('/') && parse_net(entry).is_none() {
                 problems.push(format!(
                     "GRAPHAGENT_WEBHOOK_ALLOWED_PRIVATE: `{entry}` is not a CIDR"
                 ));
@@ -204,46 +208,13 @@ impl WebhookSettings {
     }
 }
 
-/// An IP network, `addr/prefix`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (
-                a.trim().parse::<IpAddr>().ok()?,
-                p.trim().parse::<u8>().ok()?,
-            ),
-            None => {
-                let a = text.trim().parse::<IpAddr>().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { net: addr, prefix })
-    }
-
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
+/// An allow-list entry as a network: a CIDR (`10.0.0.0/8`) or one address (`10.1.2.3`,
+/// `fd00::1`). `None` for anything else, which is then a host name.
+pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]
@@ -266,15 +237,19 @@ mod tests {
     }
 
     #[test]
-    fn cidr_matching() {
-        let c = Cidr::parse("10.0.0.0/8").expect("cidr");
-        assert!(c.contains("10.1.2.3".parse().expect("ip")));
-        assert!(!c.contains("11.0.0.1".parse().expect("ip")));
-        let all = Cidr::parse("0.0.0.0/0").expect("cidr");
-        assert!(all.contains("192.168.1.1".parse().expect("ip")));
-        let v6 = Cidr::parse("fd00::/8").expect("cidr");
-        assert!(v6.contains("fd12::1".parse().expect("ip")));
-        assert!(Cidr::parse("10.0.0.0/33").is_none());
+    fn allow_list_entries_parse_as_networks_or_host_names() {
+        let net = |t: &str| parse_net(t).map(|n| n.to_string());
+        assert_eq!(net("10.0.0.0/8").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(net(" 10.1.2.3 ").as_deref(), Some("10.1.2.3/32"));
+        assert_eq!(net("fd00::/8").as_deref(), Some("fd00::/8"));
+        assert_eq!(net("::1").as_deref(), Some("::1/128"));
+        assert_eq!(net("10.0.0.0/33"), None);
+        assert_eq!(net("internal.example"), None);
+        let bad = WebhookSettings {
+            allowed_private: vec!["10.0.0.0/33".to_owned(), "internal.example".to_owned()],
+            ..WebhookSettings::default()
+        };
+        assert_eq!(bad.validate().len(), 1);
     }
 
     #[test]

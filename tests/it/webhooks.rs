@@ -671,7 +671,7 @@ async fn private_destinations_are_refused_unless_allowed() {
         let (st, body) = api
             .post("/api/webhooks/subscriptions", json!({"url": refused}))
             .await;
-        assert_eq!(st, 400, "{refused}: {body}");
+        assert_eq!(st, 422, "{refused}: {body}");
         assert_eq!(body["error"]["field"], "url");
     }
     let (st, body) = api
@@ -702,10 +702,194 @@ async fn private_destinations_are_refused_unless_allowed() {
     assert!(
         attempt["error"]
             .as_str()
-            .is_some_and(|e| e.contains("not allow-listed")),
+            .is_some_and(|e| e.starts_with("destination localhost refused: 127.0.0.1 is loopback")),
         "{attempt}"
     );
     assert!(r.hits().is_empty());
+}
+
+/// Issue 10, class 3: IPv6 forms that carry an IPv4 address, and the other special
+/// ranges, are refused when subscribing (created or changed), even with the loopback
+/// development switch on.
+#[tokio::test]
+async fn ipv4_carrying_forms_and_special_ranges_are_refused_naming_url() {
+    let dir = ConfigDir::new(AGENT);
+    let s = start(&dir, "mem://", |_| {}).await;
+    let api = Api::new(&s).await;
+    let r = Receiver::new(200);
+    let url = r.start().await;
+    let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
+    for (refused, range) in [
+        (
+            "https://[::127.0.0.1]/hook",
+            "(::/96, RFC 4291) carrying 127.0.0.1",
+        ),
+        (
+            "https://[64:ff9b::a9fe:a9fe]/hook",
+            "NAT64 form of 169.254.169.254, link-local",
+        ),
+        (
+            "https://[2002:a9fe:a9fe::]/hook",
+            "6to4 (2002::/16, RFC 3056) carrying 169.254.169.254",
+        ),
+        (
+            "https://[::ffff:0:7f00:1]/hook",
+            "(::ffff:0:0:0/96, RFC 2765) carrying 127.0.0.1",
+        ),
+        (
+            "https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",
+            "Teredo (2001::/32, RFC 4380) carrying server 65.54.227.120, client 10.0.0.1",
+        ),
+        (
+            "https://[64:ff9b:1::a9fe:a9fe]/hook",
+            "local-use NAT64 (64:ff9b:1::/48",
+        ),
+        (
+            "https://[::ffff:169.254.169.254]/hook",
+            "IPv4-mapped form of 169.254.169.254",
+        ),
+        (
+            "https://100.64.0.1/hook",
+            "shared address space (100.64.0.0/10",
+        ),
+        ("https://198.18.0.1/hook", "benchmarking (198.18.0.0/15"),
+        ("https://192.0.0.8/hook", "(192.0.0.8/32"),
+        ("https://240.0.0.1/hook", "reserved (240.0.0.0/4"),
+        (
+            "https://[fec0::1]/hook",
+            "site-local (deprecated) (fec0::/10",
+        ),
+        ("https://[5f00::1]/hook", "(5f00::/16"),
+        ("https://[2001:db8::1]/hook", "documentation (2001:db8::/32"),
+    ] {
+        let (st, body) = api
+            .post("/api/webhooks/subscriptions", json!({"url": refused}))
+            .await;
+        assert_eq!(st, 422, "{refused}: {body}");
+        assert_eq!(body["error"]["field"], "url", "{refused}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("url: destination ") && message.contains(range),
+            "{refused}: {message}"
+        );
+        let (st, body) = api
+            .patch(
+                &format!("/api/webhooks/subscriptions/{sub}"),
+                json!({"url": refused}),
+            )
+            .await;
+        assert_eq!(st, 422, "{refused}: {body}");
+        assert_eq!(body["error"]["field"], "url", "{refused}");
+    }
+    let (_, kept) = api.get(&format!("/api/webhooks/subscriptions/{sub}")).await;
+    assert_eq!(
+        kept["url"],
+        format!("{url}/hook"),
+        "a refused change changes nothing"
+    );
+    assert_eq!(
+        count(&s, "RETURN count(SELECT id FROM webhook_subscription);").await,
+        1
+    );
+}
+
+/// A delivery the policy refuses (the URL, its address, or every address its name
+/// resolves to) fails at once: one attempt, a reason, no retry schedule, counted against the
+/// subscription. The subscriptions were made while the policy allowed loopback; the
+/// server that delivers refuses it.
+#[tokio::test]
+async fn a_delivery_refused_by_the_policy_fails_at_once_and_is_not_retried() {
+    let dir = ConfigDir::new(AGENT);
+    let graph = dir.graph_url();
+    let r = Receiver::new(200);
+    let url = r.start().await;
+    let port = url.rsplit(':').next().expect("port").to_owned();
+    let targets = [
+        // Judged after DNS: `*.localhost` resolves to 127.0.0.1 and ::1.
+        (
+            format!("https://hook.localhost:{port}/dns"),
+            "destination hook.localhost refused: 127.0.0.1 is loopback (127.0.0.0/8, RFC 1122); ::1 is loopback (::1/128, RFC 4291)",
+        ),
+        // Judged as a literal.
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}/literal"),
+            "destination ::ffff:127.0.0.1 refused: IPv4-mapped form of 127.0.0.1, loopback (127.0.0.0/8, RFC 1122)",
+        ),
+        // Refused by shape: http is for loopback while the switch is on.
+        (
+            format!("http://127.0.0.1:{port}/http"),
+            "URL refused: must be https (http is accepted only for loopback, when enabled)",
+        ),
+    ];
+    let mut subs = Vec::new();
+    {
+        let first = start(&dir, &graph, |_| {}).await;
+        let api = Api::new(&first).await;
+        // With loopback allowed, a `*.localhost` name really is delivered to.
+        let (sub, _) = api
+            .subscribe(&format!("http://hook.localhost:{port}/allowed"), &[])
+            .await;
+        let (st, attempt) = api
+            .post(
+                &format!("/api/webhooks/subscriptions/{sub}/test"),
+                json!({}),
+            )
+            .await;
+        assert_eq!((st, &attempt["success"]), (200, &json!(true)), "{attempt}");
+        assert_eq!(r.hits_on("/allowed").len(), 1);
+        api.patch(
+            &format!("/api/webhooks/subscriptions/{sub}"),
+            json!({"enabled": false}),
+        )
+        .await;
+        for (target, _) in &targets {
+            subs.push(api.subscribe(target, &[ITEM_EVENT]).await.0);
+        }
+        first.stop().await.expect("stop");
+    }
+
+    let second = start(&dir, &graph, |w| w.webhooks.allow_http_loopback = false).await;
+    let api = Api::new(&second).await;
+    api.emit("p1", "done", false).await;
+    let failed = eventually("every delivery failed", || async {
+        let items = api.deliveries("outcome=failure").await;
+        (items.len() == targets.len()).then_some(items)
+    })
+    .await;
+    // Several retry intervals (20 ms each) later, still one attempt each.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for (sub, (_, reason)) in subs.iter().zip(&targets) {
+        let delivery = failed
+            .iter()
+            .find(|d| d["subscription_id"] == sub.as_str())
+            .expect("a failed delivery per subscription");
+        let id = delivery["id"].as_str().expect("id");
+        let (_, detail) = api.get(&format!("/api/webhooks/deliveries/{id}")).await;
+        assert_eq!(detail["status"], "failed", "{detail}");
+        assert_eq!(detail["attempts"], 1, "{detail}");
+        assert_eq!(detail["last_error"], *reason, "{detail}");
+        assert!(detail["next_attempt_at"].is_null(), "{detail}");
+        assert_eq!(
+            detail["attempts_log"].as_array().map(Vec::len),
+            Some(1),
+            "{detail}"
+        );
+        let (_, s) = api.get(&format!("/api/webhooks/subscriptions/{sub}")).await;
+        assert_eq!(s["consecutive_failures"], 1, "{s}");
+    }
+    assert_eq!(
+        count(
+            &second,
+            "RETURN count(SELECT id FROM webhook_attempt WHERE trigger = 'scheduled');"
+        )
+        .await,
+        targets.len() as u64
+    );
+    assert!(
+        ["/dns", "/literal", "/http"]
+            .iter()
+            .all(|p| r.hits_on(p).is_empty())
+    );
 }
 
 #[tokio::test]
