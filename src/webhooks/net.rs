@@ -263,6 +263,9 @@ pub(crate) fn client(settings: &WebhookSettings, policy: Arc<Policy>) -> reqwest
         .connect_timeout(settings.timeout)
         .user_agent(concat!("graphagent-webhooks/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(resolver.clone())
+        // Through a proxy, the proxy resolves the name and the policy never sees an
+        // address: `HTTP(S)_PROXY` in the environment would silently switch it off.
+        .no_proxy()
         .build()
         .unwrap_or_else(|e| {
             // Building only fails when the TLS backend cannot initialise; keep a client
@@ -271,6 +274,7 @@ pub(crate) fn client(settings: &WebhookSettings, policy: Arc<Policy>) -> reqwest
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .dns_resolver(resolver)
+                .no_proxy()
                 .build()
                 .unwrap_or_default()
         })

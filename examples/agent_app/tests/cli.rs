@@ -97,8 +97,13 @@ fn free_port() -> u16 {
 }
 
 fn serve(data: &std::path::Path) -> Server {
+    serve_with(data, &[])
+}
+
+fn serve_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
+        .envs(env.iter().copied())
         .args(["serve", "--config"])
         .arg(example())
         .args(["--bind", &format!("127.0.0.1:{port}")])
@@ -217,4 +222,92 @@ async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
     }
     // Same data dir, same ids.
     assert_eq!(ids[0], ids[1]);
+}
+
+/// Accepts HTTP/1.1 connections on loopback, answers each request `status`, and counts
+/// the connections it accepted.
+async fn counting_listener(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+/// The SSRF guard judges every DNS answer; through a proxy it would see none, so the
+/// delivery client must not pick up the usual proxy variables from the environment.
+#[tokio::test]
+async fn webhook_deliveries_ignore_proxy_environment_variables() {
+    let (proxy_port, proxied) = counting_listener(502).await;
+    let (receiver_port, received) = counting_listener(200).await;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serve_with(
+        data.path(),
+        &[
+            ("HTTP_PROXY", &proxy),
+            ("HTTPS_PROXY", &proxy),
+            ("ALL_PROXY", &proxy),
+            ("http_proxy", &proxy),
+            ("NO_PROXY", ""),
+            ("GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK", "true"),
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    wait_ready(&http, &server.base).await;
+    let login: Value = http
+        .post(format!("{}/api/auth/login", server.base))
+        .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["access_token"].as_str().expect("token").to_owned();
+    let sub: Value = http
+        .post(format!("{}/api/webhooks/subscriptions", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"url": format!("http://127.0.0.1:{receiver_port}/hook")}))
+        .send()
+        .await
+        .expect("subscribe")
+        .json()
+        .await
+        .expect("json");
+    let id = sub["id"].as_str().expect("subscription id");
+    let attempt: Value = http
+        .post(format!(
+            "{}/api/webhooks/subscriptions/{id}/test",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("test delivery")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(attempt["success"], true, "{attempt}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(proxied.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
