@@ -184,6 +184,37 @@ impl<A: Action> FromRequestParts<HostState> for ActionRef<A> {
     }
 }
 
+/// Read a request body of at most `limit` bytes: 413 when it declares more or turns out
+/// to be longer (nothing is read past the limit), 400 when it cannot be read. For public
+/// routes that must authenticate before reading: they take [`axum::body::Body`], since
+/// `Bytes` and `Json` buffer the body, up to the global limit, before the handler runs.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> ApiResult<axum::body::Bytes> {
+    use axum::body::HttpBody;
+    use futures::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    if declared > limit {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        if chunk.len() > limit.saturating_sub(buf.len()) {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.into())
+}
+
 /// `GET /healthz` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {

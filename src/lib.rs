@@ -25,6 +25,7 @@ pub mod graph;
 pub mod http;
 pub mod plugin;
 pub mod runtime;
+pub mod server;
 pub mod webhooks;
 
 use std::future::Future;
@@ -38,6 +39,7 @@ pub use graph::{Graph, GraphError, GraphOptions};
 pub use http::{ActionRef, HostState};
 pub use plugin::{Action, ActionContext, ActionError, FieldError};
 pub use runtime::{ActionDirectory, AgentHandle, ReloadReport};
+pub use server::ServerSettings;
 pub use webhooks::WebhookSettings;
 
 use crate::auth::Auth;
@@ -69,6 +71,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Largest request body accepted (`GRAPHAGENT_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Client timeouts, the connection cap and the shutdown grace period.
+    pub server: ServerSettings,
     /// Outbound webhooks (`GRAPHAGENT_WEBHOOK_*`).
     pub webhooks: WebhookSettings,
     /// Environment values that could not be parsed, reported by [`HostBuilder::build`].
@@ -85,6 +89,7 @@ impl Default for Settings {
             public_base_url: None,
             auth: AuthSettings::default(),
             max_body_bytes: http::DEFAULT_MAX_BODY_BYTES,
+            server: ServerSettings::default(),
             webhooks: WebhookSettings::default(),
             invalid_env: Vec::new(),
         }
@@ -96,9 +101,12 @@ impl Settings {
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let defaults = Self::default();
-        let (webhooks, invalid_env) = WebhookSettings::from_env();
+        let (webhooks, mut invalid_env) = WebhookSettings::from_env();
+        let (server, invalid_server) = ServerSettings::from_env();
+        invalid_env.extend(invalid_server);
         Self {
             webhooks,
+            server,
             invalid_env,
             config_path: var("GRAPHAGENT_CONFIG").map(PathBuf::from),
             bind: var("GRAPHAGENT_BIND")
@@ -210,6 +218,7 @@ impl HostBuilder {
             None => Vec::new(),
         };
         let mut problems = settings.invalid_env.clone();
+        problems.extend(settings.server.validate());
         problems.extend(settings.webhooks.validate());
         if !problems.is_empty() {
             return Err(HostError::Settings(problems.join("; ")));
@@ -256,6 +265,7 @@ impl HostBuilder {
             router,
             openapi,
             bind: settings.bind,
+            server: settings.server,
             webhooks,
         })
     }
@@ -282,6 +292,7 @@ pub struct Host {
     router: axum::Router,
     openapi: utoipa::openapi::OpenApi,
     bind: SocketAddr,
+    server: ServerSettings,
     webhooks: Arc<Webhooks>,
 }
 
@@ -311,40 +322,56 @@ impl Host {
         Ok(self.runtime.reload_from_disk().await?)
     }
 
-    /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight
-    /// requests finish, stop the webhook worker (in-flight attempts finish and are
-    /// recorded; anything not started stays queued in the graph), and close the graph.
+    /// Serve on `listener` until `shutdown` resolves. Then stop accepting and stop the
+    /// webhook worker from claiming more work, and give in-flight requests and webhook
+    /// attempts the grace period (`ServerSettings::shutdown_grace`) to finish: connections
+    /// still open after it are closed, attempts still running are abandoned (their lease
+    /// expires and they run again later). Then close the graph.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HostError> {
         let reload = self.spawn_sighup_reload();
-        let stop_worker = tokio_util::sync::CancellationToken::new();
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let signal = tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.cancel();
+                tokio::time::Instant::now()
+            }
+        });
         let worker = self
             .webhooks
             .settings()
             .worker
-            .then(|| tokio::spawn(self.webhooks.clone().run(stop_worker.clone())));
-        let service = self
-            .router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+            .then(|| tokio::spawn(self.webhooks.clone().run(stopping.clone())));
+        server::serve(listener, self.router.clone(), &self.server, stopping).await;
         if let Some(task) = reload {
             task.abort();
         }
-        stop_worker.cancel();
-        if let Some(worker) = worker
-            && let Err(e) = worker.await
-        {
-            tracing::error!(error = %e, "the webhook worker ended abnormally");
+        // `server::serve` returns only after the signal, so this is at hand.
+        let stopped_at = signal.await.unwrap_or_else(|_| tokio::time::Instant::now());
+        if let Some(mut worker) = worker {
+            let deadline = stopped_at + self.server.shutdown_grace;
+            match tokio::time::timeout_at(deadline, &mut worker).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the webhook worker ended abnormally"),
+                Err(_) => {
+                    tracing::warn!(
+                        "webhook attempts still running at the end of the shutdown grace period \
+                         were abandoned; they run again when their lease expires"
+                    );
+                    worker.abort();
+                    // Dropped before the graph closes, with the handles it holds.
+                    let _ = worker.await;
+                }
+            }
         }
         tracing::info!("server stopped; closing the graph");
         drop(self);
-        served.map_err(HostError::Io)
+        Ok(())
     }
 
     /// Bind the configured address and serve until SIGTERM or Ctrl-C.

@@ -6,6 +6,7 @@ mod auth;
 mod lifecycle;
 mod openapi;
 mod remote;
+mod server;
 mod txn;
 mod util;
 mod webhooks;

@@ -1294,22 +1294,32 @@ async fn concurrency_per_subscription_is_bounded() {
     assert_eq!(r.done.load(Ordering::SeqCst), 6);
 }
 
+/// A server on `graph` whose worker has one attempt in flight, to a receiver that answers
+/// after `delay`.
+async fn attempt_in_flight(
+    dir: &ConfigDir,
+    graph: &str,
+    delay: Duration,
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestServer, SlowReceiver) {
+    let r = SlowReceiver::default();
+    let url = r.start(delay).await;
+    let server = start(dir, graph, tweak).await;
+    let api = Api::new(&server).await;
+    api.subscribe(&format!("{url}/hook"), &[]).await;
+    api.emit("s1", "x", false).await;
+    eventually("the attempt is in flight", || async {
+        (r.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    (server, r)
+}
+
 #[tokio::test]
 async fn shutdown_lets_in_flight_attempts_finish_and_records_them() {
     let dir = ConfigDir::new(AGENT);
     let graph = dir.graph_url();
-    let r = SlowReceiver::default();
-    let url = r.start(Duration::from_millis(400)).await;
-    let first = start(&dir, &graph, |_| {}).await;
-    {
-        let api = Api::new(&first).await;
-        api.subscribe(&format!("{url}/hook"), &[]).await;
-        api.emit("s1", "x", false).await;
-        eventually("the attempt is in flight", || async {
-            (r.started.load(Ordering::SeqCst) == 1).then_some(())
-        })
-        .await;
-    }
+    let (first, r) = attempt_in_flight(&dir, &graph, Duration::from_millis(400), |_| {}).await;
     first.stop().await.expect("stop");
     assert_eq!(
         r.done.load(Ordering::SeqCst),
@@ -1328,4 +1338,32 @@ async fn shutdown_lets_in_flight_attempts_finish_and_records_them() {
         1,
         "not sent again after restart"
     );
+}
+
+#[tokio::test]
+async fn shutdown_abandons_attempts_still_running_after_the_grace_period() {
+    let dir = ConfigDir::new(AGENT);
+    let graph = dir.graph_url();
+    let (first, r) = attempt_in_flight(&dir, &graph, Duration::from_secs(60), |s| {
+        s.webhooks.timeout = Duration::from_secs(20);
+        s.server.shutdown_grace = Duration::from_millis(500);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    first.stop().await.expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "stop waited {took:?} for an attempt with a 20 s timeout"
+    );
+    assert_eq!(r.done.load(Ordering::SeqCst), 0);
+
+    // Nothing was recorded for it: the delivery is still pending, to be attempted again
+    // once its lease expires.
+    let second = start(&dir, &graph, |s| s.webhooks.worker = false).await;
+    let api = Api::new(&second).await;
+    let items = api.deliveries("").await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"], "pending", "{}", items[0]);
+    assert_eq!(items[0]["attempts"], 0, "{}", items[0]);
 }

@@ -77,6 +77,39 @@ fn help_documents_every_command() {
     }
 }
 
+#[test]
+fn unparsable_server_settings_stop_serve_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = serve_command(dir.path(), free_port())
+        .env("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS", "soon")
+        .env("GRAPHAGENT_IDLE_TIMEOUT_SECS", "0")
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started despite unusable settings");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS must be a whole number, got `soon`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GRAPHAGENT_IDLE_TIMEOUT_SECS must be between 1 and 86400 seconds"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("graph").exists(),
+        "the graph was not opened"
+    );
+}
+
 struct Server {
     child: Child,
     base: String,
@@ -96,14 +129,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn serve(data: &std::path::Path) -> Server {
-    serve_with(data, &[])
-}
-
-fn serve_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .envs(env.iter().copied())
+/// `graphagent serve` with the example agent and a graph under `data`, logs piped.
+fn serve_command(data: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--config"])
         .arg(example())
         .args(["--bind", &format!("127.0.0.1:{port}")])
@@ -116,7 +145,18 @@ fn serve_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
         .env("ECHO_GREETING", "ahoy")
         .env_remove("GRAPHAGENT_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn serve(data: &std::path::Path) -> Server {
+    serve_with(data, &[])
+}
+
+fn serve_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let child = serve_command(data, port)
+        .envs(env.iter().copied())
         .spawn()
         .expect("spawn");
     Server {

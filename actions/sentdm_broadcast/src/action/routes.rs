@@ -1,11 +1,11 @@
 //! HTTP endpoints of the SentDM action (tag `SentDM`): thin wrappers over the methods of
 //! [`SentDmBroadcast`], plus the public webhook receiver.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use graphagent::error::ErrorBody;
-use graphagent::http::{ActionRef, HostState, Json, Paging, Path, Query};
+use graphagent::http::{ActionRef, HostState, Json, Paging, Path, Query, read_body};
 use graphagent::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -21,6 +21,9 @@ use super::{
 use crate::model::{Message, MessageActivities, Page, Template};
 
 const TAG: &str = "SentDM";
+
+/// Largest SentDM delivery read (64 KiB; see `docs/decisions.md`). Envelopes are a few KB.
+pub const MAX_DELIVERY_BYTES: usize = 64 * 1024;
 
 impl From<SentDmError> for ApiError {
     fn from(e: SentDmError) -> Self {
@@ -334,6 +337,7 @@ pub struct WebhookParams {
         (status = 401, description = "Missing/invalid key, bad signature, stale timestamp or unknown webhook id; nothing written", body = ErrorBody),
         (status = 403, description = "Key for another scope", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (checked after the key and the action, before reading the body)", body = ErrorBody),
         (status = 503, description = "No signing secret on record, or storage unavailable; SentDM retries", body = ErrorBody),
     ))]
 async fn receive_webhook(
@@ -341,7 +345,7 @@ async fn receive_webhook(
     Path(action_id): Path<String>,
     Query(q): Query<WebhookParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<WebhookAck>> {
     let key = q
         .api_key
@@ -355,6 +359,8 @@ async fn receive_webhook(
         .directory()
         .get::<SentDmBroadcast>(&action_id)
         .ok_or_else(|| ApiError::not_found(format!("no loaded SentDM action `{action_id}`")))?;
+    // Only now: a caller without the key, or for no action, never costs a body buffer.
+    let body = read_body(body, MAX_DELIVERY_BYTES).await?;
     match action.receive_webhook(&headers, &body).await {
         Ok(ack) => Ok(Json(ack)),
         Err(WebhookRejection::Unauthorized(why)) => {

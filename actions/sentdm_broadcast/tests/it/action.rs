@@ -428,6 +428,82 @@ async fn deliveries_that_fail_verification_are_401_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn the_receiver_checks_key_and_action_before_reading_the_body() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let id = App::action_id("sentdm");
+    let key = app.scoped_key("sentdm");
+    let unknown_key = app.key_for_action_id("act_nope");
+    let head = |path: &str, length: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{length}\r\n\r\n"
+        )
+    };
+    // A mebibyte declared (the host's own limit), none of it sent: the answer does not
+    // wait for it.
+    let mib = "Content-Length: 1048576";
+    let cases = [
+        ("no key", format!("/api/sentdm/webhook/{id}"), 401),
+        (
+            "wrong key",
+            format!("/api/sentdm/webhook/{id}?api_key=gsk_bm9wZQ.AAAA"),
+            401,
+        ),
+        (
+            "unknown action",
+            format!("/api/sentdm/webhook/act_nope?api_key={unknown_key}"),
+            404,
+        ),
+        (
+            "keyed, over the route's limit",
+            format!("/api/sentdm/webhook/{id}?api_key={key}"),
+            413,
+        ),
+    ];
+    for (what, path, want) in cases {
+        let (status, body) = app
+            .exchange(head(&path, mib).as_bytes(), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body["error"]["message"].is_string(), "{what}: {body}");
+        let text = body.to_string();
+        assert!(
+            !text.contains(&key) && !text.contains(&unknown_key),
+            "{what}: {text}"
+        );
+    }
+
+    // Chunked, so the size shows only while reading: still cut at the route's limit.
+    let mut chunked = head(
+        &format!("/api/sentdm/webhook/{id}?api_key={key}"),
+        "Transfer-Encoding: chunked",
+    )
+    .into_bytes();
+    let size = 64 * 1024 + 1000;
+    chunked.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+    chunked.extend(std::iter::repeat_n(b' ', size));
+    chunked.extend_from_slice(b"\r\n");
+    let (status, body) = app
+        .exchange(&chunked, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    // A genuine delivery is still received.
+    let (mid, _) = one_record(&app, &sim).await;
+    let (status, ack) = app
+        .deliver(
+            "sentdm",
+            &envelope(&mid, "SENT", "2026-05-14T18:49:16Z"),
+            |_| {},
+        )
+        .await;
+    assert_eq!((status, ack["status"].clone()), (200, json!("received")));
+}
+
+#[tokio::test]
 async fn replays_and_concurrent_duplicates_apply_once() {
     let sim = silent_sim().await;
     let app = App::start(&sim, AppOptions::default()).await;

@@ -266,10 +266,59 @@ impl App {
 
     /// The machine key in the webhook URL, derived the way the host derives it.
     pub fn scoped_key(&self, name: &str) -> String {
+        self.key_for_action_id(&Self::action_id(name))
+    }
+
+    /// The machine key the host would put in the webhook URL of action `action_id`,
+    /// loaded or not.
+    pub fn key_for_action_id(&self, action_id: &str) -> String {
         use graphagent::plugin::ScopedKeys;
         self.keys
-            .derive(&format!("webhook:sentdm:{}", Self::action_id(name)))
+            .derive(&format!("webhook:sentdm:{action_id}"))
             .expect("key")
+    }
+
+    /// Write `request` on a new connection and read one answer (status and JSON body),
+    /// without sending anything more, whatever its head promised.
+    pub async fn exchange(&self, request: &[u8], within: Duration) -> Result<(u16, Value), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.write_all(request).await.map_err(|e| e.to_string())?;
+        let answer = async {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("closed without an answer".to_owned());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                let len: usize = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+                    let status = status.ok_or_else(|| format!("not HTTP: {head}"))?;
+                    return Ok((
+                        status,
+                        serde_json::from_str(&body[..len]).unwrap_or(Value::Null),
+                    ));
+                }
+            }
+        };
+        tokio::time::timeout(within, answer)
+            .await
+            .map_err(|_| format!("no answer within {within:?}"))?
     }
 
     pub async fn record_count(&self) -> u64 {
