@@ -40,6 +40,8 @@ const STORED_PREFIX: &str = "gak_";
 const DERIVED_PREFIX: &str = "gsk_";
 /// Domain separation for derived keys, so a derived MAC is never a valid JWT signature.
 const DERIVE_DOMAIN: &[u8] = b"graphagent/scoped-key/v1\0";
+/// Domain separation for credential stamps (see `Auth::credential_stamp`).
+const STAMP_DOMAIN: &[u8] = b"graphagent/credential-stamp/v1\0";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -124,6 +126,11 @@ pub struct Claims {
     pub exp: u64,
     /// Issuer, always `graphagent`.
     pub iss: String,
+    /// Fingerprint of the user's password hash when the token was issued: a changed
+    /// password (a new hash) no longer matches, so earlier tokens stop working. Optional
+    /// when decoding so that an expired token is reported as expired whatever it holds.
+    #[serde(default)]
+    pub stamp: String,
 }
 
 /// The authenticated caller of an admin endpoint.
@@ -269,7 +276,7 @@ impl Auth {
         let Some(user) = user.filter(|_| ok) else {
             return Err(ApiError::unauthorized("invalid email or password"));
         };
-        let token = self.issue_token(&user.email, &user.role, now_secs())?;
+        let token = self.issue_token(&user, now_secs())?;
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer".into(),
@@ -277,15 +284,16 @@ impl Auth {
         })
     }
 
-    /// Sign a token for `email` issued at `iat` (unix seconds).
-    pub fn issue_token(&self, email: &str, role: &str, iat: u64) -> ApiResult<String> {
+    /// Sign a token for `user` issued at `iat` (unix seconds).
+    fn issue_token(&self, user: &UserRow, iat: u64) -> ApiResult<String> {
         let claims = Claims {
-            sub: user_key(email),
-            email: email.to_owned(),
-            role: role.to_owned(),
+            sub: user_key(&user.email),
+            email: user.email.clone(),
+            role: user.role.clone(),
             iat,
             exp: iat + self.token_ttl.as_secs(),
             iss: "graphagent".into(),
+            stamp: self.credential_stamp(&user.password_hash),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -296,6 +304,40 @@ impl Auth {
             tracing::error!(error = %e, "cannot sign token");
             ApiError::internal()
         })
+    }
+
+    /// A MAC of the password hash: it changes whenever a password is set (a fresh salt
+    /// each time), and without the JWT secret it says nothing about the hash.
+    fn credential_stamp(&self, password_hash: &str) -> String {
+        self.keyed_mac(STAMP_DOMAIN, password_hash.as_bytes(), 16)
+    }
+
+    /// The user a verified token names, as it is now: 401 when the user was deleted,
+    /// its role changed or its password changed since the token was issued. One read by
+    /// record id.
+    async fn current_subject(&self, claims: &Claims) -> ApiResult<UserRow> {
+        let user: Option<UserRow> = self
+            .graph
+            .query_opt(
+                "SELECT email, password_hash, role FROM type::record('user', $sub);",
+                json!({"sub": claims.sub}),
+                0,
+            )
+            .await?;
+        let user =
+            user.ok_or_else(|| ApiError::unauthorized("the access token's user no longer exists"))?;
+        if user.role != claims.role {
+            return Err(ApiError::unauthorized(
+                "the access token's role is out of date; log in again",
+            ));
+        }
+        let stamp = self.credential_stamp(&user.password_hash);
+        if !bool::from(stamp.as_bytes().ct_eq(claims.stamp.as_bytes())) {
+            return Err(ApiError::unauthorized(
+                "the access token was issued before the password changed; log in again",
+            ));
+        }
+        Ok(user)
     }
 
     fn verify_token(&self, token: &str) -> ApiResult<Claims> {
@@ -324,12 +366,11 @@ impl Auth {
                 })
                 .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
             let claims = self.verify_token(token.trim())?;
-            if claims.role != "admin" {
+            let user = self.current_subject(&claims).await?;
+            if user.role != "admin" {
                 return Err(ApiError::forbidden("this endpoint needs the admin role"));
             }
-            return Ok(Principal::User {
-                email: claims.email,
-            });
+            return Ok(Principal::User { email: user.email });
         }
         let key = api_key_header(headers).ok_or_else(|| {
             ApiError::unauthorized("missing credentials: send a bearer token or x-api-key")
@@ -401,11 +442,18 @@ impl Auth {
     }
 
     fn derived_mac(&self, scope: &str) -> String {
+        self.keyed_mac(DERIVE_DOMAIN, scope.as_bytes(), 24)
+    }
+
+    /// HMAC-SHA256 of `data` under the JWT secret and a domain prefix, its first `len`
+    /// bytes (at most 32) in base64url.
+    fn keyed_mac(&self, domain: &[u8], data: &[u8], len: usize) -> String {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(DERIVE_DOMAIN);
-        mac.update(scope.as_bytes());
-        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..24])
+        mac.update(domain);
+        mac.update(data);
+        let digest = mac.finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(digest.get(..len).unwrap_or(&digest))
     }
 
     /// Create a stored API key; the returned `key` is shown this once.

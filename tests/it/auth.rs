@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, TestServer, settings};
+use crate::util::{ADMIN_EMAIL, ADMIN_PASSWORD, ConfigDir, JWT_SECRET, TestServer, settings};
 
 async fn server() -> TestServer {
     TestServer::start(settings(None, "mem://")).await
@@ -278,4 +278,83 @@ async fn derived_scoped_keys_survive_restarts_and_are_checked() {
         .await
         .expect_err("missing");
     assert_eq!(err.status.as_u16(), 401);
+}
+
+/// `GET /api/agents` with `token`: status and body.
+async fn agents_with(s: &TestServer, token: &str) -> (u16, Value) {
+    s.get_with_token("/api/agents", token).await
+}
+
+#[tokio::test]
+async fn a_deleted_users_token_is_refused() {
+    let s = server().await;
+    let token = s.token().await;
+    assert_eq!(agents_with(&s, &token).await.0, 200);
+    s.graph
+        .query("DELETE user;", Value::Null)
+        .await
+        .expect("delete");
+    let (status, err) = agents_with(&s, &token).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["code"], "unauthorized");
+    assert_eq!(
+        err["error"]["message"],
+        "the access token's user no longer exists"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_role_refuses_earlier_tokens() {
+    let s = server().await;
+    let token = s.token().await;
+    s.graph
+        .query("UPDATE user SET role = 'viewer';", Value::Null)
+        .await
+        .expect("update");
+    let (status, err) = agents_with(&s, &token).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        err["error"]["message"],
+        "the access token's role is out of date; log in again"
+    );
+    // A token issued for the new role is current, and not an admin's.
+    assert_eq!(agents_with(&s, &s.token().await).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_changed_admin_password_revokes_earlier_tokens() {
+    let dir = ConfigDir::new("agent: x\nactions: []\n");
+    let url = dir.graph_url();
+    let first = TestServer::start(settings(None, &url)).await;
+    let old = first.token().await;
+    first.stop().await.expect("stop");
+
+    // The same password at the next start keeps tokens valid.
+    let second = TestServer::start(settings(None, &url)).await;
+    assert_eq!(agents_with(&second, &old).await.0, 200);
+    second.stop().await.expect("stop");
+
+    let new_password = "a different, longer passphrase";
+    let mut cfg = settings(None, &url);
+    cfg.auth.admin_password = Some(new_password.to_owned());
+    let third = TestServer::start(cfg).await;
+    let (status, err) = agents_with(&third, &old).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        err["error"]["message"],
+        "the access token was issued before the password changed; log in again"
+    );
+    let login = |password: &'static str| {
+        third
+            .http
+            .post(third.url("/api/auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": password}))
+            .send()
+    };
+    assert_eq!(login(ADMIN_PASSWORD).await.expect("post").status(), 401);
+    let res = login(new_password).await.expect("post");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    assert_eq!(agents_with(&third, token).await.0, 200);
 }
