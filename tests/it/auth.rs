@@ -364,6 +364,23 @@ async fn a_changed_admin_password_revokes_earlier_tokens() {
     assert_eq!(agents_with(&third, token).await.0, 200);
 }
 
+#[tokio::test]
+async fn a_signed_token_is_taken_on_its_claims_while_the_graph_is_unavailable() {
+    // So a send still reaches the provider when only its bookkeeping would fail.
+    let s = server().await;
+    let token = s.token().await;
+    s.graph.set_outage(true);
+    let during = agents_with(&s, &token).await;
+    s.graph.set_outage(false);
+    assert_eq!(during.0, 200, "{}", during.1);
+    // Back up, the user is checked again.
+    s.graph
+        .query("DELETE user;", Value::Null)
+        .await
+        .expect("delete");
+    assert_eq!(agents_with(&s, &token).await.0, 401);
+}
+
 /// Settings whose per-account back-off is short: two free failures, then 1 s, 2 s.
 fn backoff_settings() -> graphagent::Settings {
     let mut cfg = settings(None, "mem://");
