@@ -1,6 +1,7 @@
 //! Who may call what: admin login (argon2 password in the graph, HS256 JWT), stored API
 //! keys (hashed, scoped, revocable), derived scoped keys for machine callers (provider
-//! webhooks), the `Admin` extractor, and the per-address login limiter.
+//! webhooks), the `Admin` extractor, and the login limits (per client address, and an
+//! exponential back-off per account).
 //!
 //! **Security Invariant.** No secret (password, JWT secret, key) is ever logged, stored in
 //! clear or returned after creation; comparisons of secrets are constant-time.
@@ -40,6 +41,14 @@ const STORED_PREFIX: &str = "gak_";
 const DERIVED_PREFIX: &str = "gsk_";
 /// Domain separation for derived keys, so a derived MAC is never a valid JWT signature.
 const DERIVE_DOMAIN: &[u8] = b"graphagent/scoped-key/v1\0";
+/// Domain separation for credential stamps (see `Auth::credential_stamp`).
+const STAMP_DOMAIN: &[u8] = b"graphagent/credential-stamp/v1\0";
+/// Emails whose failed logins are remembered (about 100 bytes each).
+const BACKOFF_ACCOUNTS: usize = 100_000;
+/// A failure count is forgotten after this long without an attempt once its wait ended.
+const BACKOFF_RESET: Duration = Duration::from_secs(15 * 60);
+/// Longest configurable back-off wait.
+const BACKOFF_MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -49,14 +58,27 @@ pub struct AuthSettings {
     /// HS256 secret (`GRAPHAGENT_JWT_SECRET`). Without one an ephemeral secret is used:
     /// tokens die with the process and no scoped key can be derived.
     pub jwt_secret: Option<String>,
-    /// Access token lifetime.
+    /// Access token lifetime (`GRAPHAGENT_JWT_TTL_SECS`, seconds; default 3600).
     pub token_ttl: Duration,
     /// Admin user seeded at start (`GRAPHAGENT_ADMIN_EMAIL`).
     pub admin_email: Option<String>,
     /// Its password (`GRAPHAGENT_ADMIN_PASSWORD`).
     pub admin_password: Option<String>,
-    /// Login attempts allowed per client address per minute.
+    /// Login attempts allowed per client address per minute
+    /// (`GRAPHAGENT_LOGIN_PER_MINUTE`; default 10).
     pub login_per_minute: u32,
+    /// Consecutive failed logins for one email that are answered without delay
+    /// (`GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES`; default 5).
+    pub login_backoff_after_failures: u32,
+    /// Wait after the first failure past those; each further failure doubles it
+    /// (`GRAPHAGENT_LOGIN_BACKOFF_BASE_MS`, milliseconds; default 1000; 0 turns the
+    /// back-off off).
+    pub login_backoff_base: Duration,
+    /// Longest wait (`GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS`, seconds; default 60, at most
+    /// one day).
+    pub login_backoff_max: Duration,
+    /// Auth variables that could not be parsed; [`Auth::new`] refuses to start with them.
+    pub invalid_env: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -73,6 +95,13 @@ impl std::fmt::Debug for AuthSettings {
                 &self.admin_password.as_ref().map(|_| "<redacted>"),
             )
             .field("login_per_minute", &self.login_per_minute)
+            .field(
+                "login_backoff_after_failures",
+                &self.login_backoff_after_failures,
+            )
+            .field("login_backoff_base", &self.login_backoff_base)
+            .field("login_backoff_max", &self.login_backoff_max)
+            .field("invalid_env", &self.invalid_env)
             .finish()
     }
 }
@@ -85,27 +114,76 @@ impl Default for AuthSettings {
             admin_email: None,
             admin_password: None,
             login_per_minute: 10,
+            login_backoff_after_failures: 5,
+            login_backoff_base: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(60),
+            invalid_env: Vec::new(),
         }
     }
 }
 
 impl AuthSettings {
     /// Settings from `GRAPHAGENT_JWT_SECRET`, `GRAPHAGENT_JWT_TTL_SECS`,
-    /// `GRAPHAGENT_ADMIN_EMAIL`, `GRAPHAGENT_ADMIN_PASSWORD`, `GRAPHAGENT_LOGIN_PER_MINUTE`.
+    /// `GRAPHAGENT_ADMIN_EMAIL`, `GRAPHAGENT_ADMIN_PASSWORD`, `GRAPHAGENT_LOGIN_PER_MINUTE`
+    /// and `GRAPHAGENT_LOGIN_BACKOFF_{AFTER_FAILURES,BASE_MS,MAX_SECS}`. Unparsable
+    /// numbers are listed in `invalid_env`.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let defaults = Self::default();
-        Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`AuthSettings::from_env`] with `lookup` for the environment.
+    fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let mut s = Self {
             jwt_secret: var("GRAPHAGENT_JWT_SECRET"),
-            token_ttl: var("GRAPHAGENT_JWT_TTL_SECS")
-                .and_then(|v| v.parse().ok())
-                .map_or(defaults.token_ttl, Duration::from_secs),
             admin_email: var("GRAPHAGENT_ADMIN_EMAIL"),
             admin_password: var("GRAPHAGENT_ADMIN_PASSWORD"),
-            login_per_minute: var("GRAPHAGENT_LOGIN_PER_MINUTE")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(defaults.login_per_minute),
+            ..Self::default()
+        };
+        let mut invalid = Vec::new();
+        let mut num = |name: &str, apply: &mut dyn FnMut(u64)| {
+            if let Some(v) = var(name) {
+                match v.trim().parse::<u64>() {
+                    Ok(n) => apply(n),
+                    Err(_) => invalid.push(format!("{name} must be a whole number, got `{v}`")),
+                }
+            }
+        };
+        num("GRAPHAGENT_JWT_TTL_SECS", &mut |n| {
+            s.token_ttl = Duration::from_secs(n)
+        });
+        num("GRAPHAGENT_LOGIN_PER_MINUTE", &mut |n| {
+            s.login_per_minute = u32::try_from(n).unwrap_or(u32::MAX)
+        });
+        num("GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES", &mut |n| {
+            s.login_backoff_after_failures = u32::try_from(n).unwrap_or(u32::MAX)
+        });
+        num("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", &mut |n| {
+            s.login_backoff_base = Duration::from_millis(n)
+        });
+        num("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", &mut |n| {
+            s.login_backoff_max = Duration::from_secs(n)
+        });
+        s.invalid_env = invalid;
+        s
+    }
+
+    /// What makes these settings unusable, one message per problem naming the variable.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = self.invalid_env.clone();
+        if self.login_backoff_max > BACKOFF_MAX_LIMIT {
+            problems.push(format!(
+                "GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS must be at most {} (one day)",
+                BACKOFF_MAX_LIMIT.as_secs()
+            ));
         }
+        if self.login_backoff_base > self.login_backoff_max {
+            problems.push(
+                "GRAPHAGENT_LOGIN_BACKOFF_BASE_MS must not exceed GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS"
+                    .into(),
+            );
+        }
+        problems
     }
 }
 
@@ -124,6 +202,11 @@ pub struct Claims {
     pub exp: u64,
     /// Issuer, always `graphagent`.
     pub iss: String,
+    /// Fingerprint of the user's password hash when the token was issued: a changed
+    /// password (a new hash) no longer matches, so earlier tokens stop working. Optional
+    /// when decoding so that an expired token is reported as expired whatever it holds.
+    #[serde(default)]
+    pub stamp: String,
 }
 
 /// The authenticated caller of an admin endpoint.
@@ -150,6 +233,7 @@ pub struct Auth {
     token_ttl: Duration,
     login_per_minute: u32,
     limiter: Mutex<LruCache<IpAddr, (Instant, u32)>>,
+    backoff: AccountBackoff,
 }
 
 impl std::fmt::Debug for Auth {
@@ -180,6 +264,10 @@ pub enum AuthInitError {
 impl Auth {
     /// Apply the schema and seed the admin user.
     pub async fn new(graph: Graph, settings: &AuthSettings) -> Result<Self, AuthInitError> {
+        let problems = settings.validate();
+        if !problems.is_empty() {
+            return Err(AuthInitError::Config(problems.join("; ")));
+        }
         graph.apply_schema("auth", SCHEMA).await?;
         let (secret, stable_secret) = match &settings.jwt_secret {
             Some(s) if s.len() < 32 => {
@@ -205,6 +293,7 @@ impl Auth {
             limiter: Mutex::new(LruCache::new(
                 NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             )),
+            backoff: AccountBackoff::new(BackoffPolicy::from(settings), BACKOFF_ACCOUNTS),
         };
         match (&settings.admin_email, &settings.admin_password) {
             (Some(email), Some(password)) => auth.seed_admin(email, password).await?,
@@ -248,9 +337,23 @@ impl Auth {
         Ok(())
     }
 
-    /// Exchange email and password for an access token.
+    /// Exchange email and password for an access token. An email with too many
+    /// consecutive failures is answered 429 without checking the password, whether or
+    /// not a user has it.
     pub async fn login(&self, email: &str, password: &str) -> ApiResult<TokenResponse> {
         let email = normalize_email(email);
+        let account = account_key(&email);
+        self.backoff
+            .admit(account, Instant::now())
+            .map_err(|wait| {
+                let secs = retry_after_secs(wait);
+                let mut err = ApiError::too_many_requests(secs);
+                err.message =
+                    format!("too many failed logins for this email; retry after {secs} s");
+                err
+            })?;
+        // From here until the password is checked the attempt counts as a failure (see
+        // `AccountBackoff::admit`); a graph error leaves it counted.
         let user: Option<UserRow> = self
             .graph
             .query_opt(
@@ -267,9 +370,11 @@ impl Auth {
         };
         let ok = verify_password(password.to_owned(), hash).await;
         let Some(user) = user.filter(|_| ok) else {
+            self.backoff.failed(&account, Instant::now());
             return Err(ApiError::unauthorized("invalid email or password"));
         };
-        let token = self.issue_token(&user.email, &user.role, now_secs())?;
+        self.backoff.succeeded(&account);
+        let token = self.issue_token(&user, now_secs())?;
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer".into(),
@@ -277,15 +382,16 @@ impl Auth {
         })
     }
 
-    /// Sign a token for `email` issued at `iat` (unix seconds).
-    pub fn issue_token(&self, email: &str, role: &str, iat: u64) -> ApiResult<String> {
+    /// Sign a token for `user` issued at `iat` (unix seconds).
+    fn issue_token(&self, user: &UserRow, iat: u64) -> ApiResult<String> {
         let claims = Claims {
-            sub: user_key(email),
-            email: email.to_owned(),
-            role: role.to_owned(),
+            sub: user_key(&user.email),
+            email: user.email.clone(),
+            role: user.role.clone(),
             iat,
             exp: iat + self.token_ttl.as_secs(),
             iss: "graphagent".into(),
+            stamp: self.credential_stamp(&user.password_hash),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -296,6 +402,54 @@ impl Auth {
             tracing::error!(error = %e, "cannot sign token");
             ApiError::internal()
         })
+    }
+
+    /// A MAC of the password hash: it changes whenever a password is set (a fresh salt
+    /// each time), and without the JWT secret it says nothing about the hash.
+    fn credential_stamp(&self, password_hash: &str) -> String {
+        self.keyed_mac(STAMP_DOMAIN, password_hash.as_bytes(), 16)
+    }
+
+    /// The email and role of the user a verified token names, as they are now: 401 when
+    /// the user was deleted, its role changed or its password changed since the token
+    /// was issued. One read by record id. While the graph is unavailable the token's own
+    /// claims are taken, so a send still reaches the provider when only bookkeeping
+    /// would fail (DESIGN invariant 6); a revoked token then works until the graph is
+    /// back or the token expires.
+    async fn current_subject(&self, claims: Claims) -> ApiResult<(String, String)> {
+        let user: Option<UserRow> = match self
+            .graph
+            .query_opt(
+                "SELECT email, password_hash, role FROM type::record('user', $sub);",
+                json!({"sub": claims.sub}),
+                0,
+            )
+            .await
+        {
+            Ok(user) => user,
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(
+                    user.id = %claims.sub,
+                    "graph unavailable: accepting a signed token without checking its user"
+                );
+                return Ok((claims.email, claims.role));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let user =
+            user.ok_or_else(|| ApiError::unauthorized("the access token's user no longer exists"))?;
+        if user.role != claims.role {
+            return Err(ApiError::unauthorized(
+                "the access token's role is out of date; log in again",
+            ));
+        }
+        let stamp = self.credential_stamp(&user.password_hash);
+        if !bool::from(stamp.as_bytes().ct_eq(claims.stamp.as_bytes())) {
+            return Err(ApiError::unauthorized(
+                "the access token was issued before the password changed; log in again",
+            ));
+        }
+        Ok((user.email, user.role))
     }
 
     fn verify_token(&self, token: &str) -> ApiResult<Claims> {
@@ -324,12 +478,11 @@ impl Auth {
                 })
                 .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
             let claims = self.verify_token(token.trim())?;
-            if claims.role != "admin" {
+            let (email, role) = self.current_subject(claims).await?;
+            if role != "admin" {
                 return Err(ApiError::forbidden("this endpoint needs the admin role"));
             }
-            return Ok(Principal::User {
-                email: claims.email,
-            });
+            return Ok(Principal::User { email });
         }
         let key = api_key_header(headers).ok_or_else(|| {
             ApiError::unauthorized("missing credentials: send a bearer token or x-api-key")
@@ -401,11 +554,18 @@ impl Auth {
     }
 
     fn derived_mac(&self, scope: &str) -> String {
+        self.keyed_mac(DERIVE_DOMAIN, scope.as_bytes(), 24)
+    }
+
+    /// HMAC-SHA256 of `data` under the JWT secret and a domain prefix, its first `len`
+    /// bytes (at most 32) in base64url.
+    fn keyed_mac(&self, domain: &[u8], data: &[u8], len: usize) -> String {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(DERIVE_DOMAIN);
-        mac.update(scope.as_bytes());
-        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..24])
+        mac.update(domain);
+        mac.update(data);
+        let digest = mac.finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(digest.get(..len).unwrap_or(&digest))
     }
 
     /// Create a stored API key; the returned `key` is shown this once.
@@ -489,7 +649,7 @@ impl Auth {
         }
         if entry.1 >= self.login_per_minute {
             let wait = window.saturating_sub(now.duration_since(entry.0));
-            return Err(wait.as_secs().max(1));
+            return Err(retry_after_secs(wait));
         }
         entry.1 += 1;
         Ok(())
@@ -514,6 +674,135 @@ impl ScopedKeys for Auth {
 enum KeyCheck {
     Granted { id: String },
     WrongScope,
+}
+
+/// How long one email waits after consecutive failed logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackoffPolicy {
+    /// Failures answered without a wait.
+    after_failures: u32,
+    /// Wait after the first failure past those.
+    base: Duration,
+    /// Longest wait.
+    max: Duration,
+}
+
+impl From<&AuthSettings> for BackoffPolicy {
+    /// Bounds are [`AuthSettings::validate`]'s job; `max` is clamped to the limit anyway
+    /// so a wait can never overflow an `Instant`.
+    fn from(settings: &AuthSettings) -> Self {
+        Self {
+            after_failures: settings.login_backoff_after_failures,
+            base: settings.login_backoff_base,
+            max: settings.login_backoff_max.min(BACKOFF_MAX_LIMIT),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The wait after the `failures`-th consecutive failure: none up to
+    /// `after_failures`, then `base`, doubling each time, at most `max`.
+    fn delay(&self, failures: u32) -> Duration {
+        match failures.checked_sub(self.after_failures) {
+            None | Some(0) => Duration::ZERO,
+            Some(past) => self
+                .base
+                .saturating_mul(1u32 << (past - 1).min(31))
+                .min(self.max),
+        }
+    }
+}
+
+/// One email's consecutive failures and when it may be tried again.
+#[derive(Debug, Clone, Copy)]
+struct AccountFailures {
+    failures: u32,
+    /// No attempt is checked before this. Set only by a non-zero wait: two attempts that
+    /// read the clock in one order and take the lock in the other must not hold each
+    /// other up over a free failure.
+    until: Option<Instant>,
+    /// The latest counted attempt.
+    last: Instant,
+}
+
+impl AccountFailures {
+    /// Arm the wait the current count earns, from `now`.
+    fn arm(&mut self, policy: &BackoffPolicy, now: Instant) {
+        self.last = self.last.max(now);
+        let delay = policy.delay(self.failures);
+        if !delay.is_zero() {
+            self.until = self.until.max(Some(now + delay));
+        }
+    }
+}
+
+/// The per-account login back-off: an LRU of emails (by hash) with recent failures.
+struct AccountBackoff {
+    policy: BackoffPolicy,
+    accounts: Mutex<LruCache<[u8; 32], AccountFailures>>,
+}
+
+impl AccountBackoff {
+    fn new(policy: BackoffPolicy, capacity: usize) -> Self {
+        // `LruCache::new` would allocate the whole table up front; this grows with use.
+        let mut accounts = LruCache::unbounded();
+        accounts.resize(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN));
+        Self {
+            policy,
+            accounts: Mutex::new(accounts),
+        }
+    }
+
+    /// Admit an attempt on `account` at `now`, or `Err` with the time left to wait. An
+    /// admitted attempt counts as a failure at once (and arms the wait that failure
+    /// earns), so concurrent attempts cannot all slip through one open moment; a
+    /// success takes it back by clearing the account.
+    fn admit(&self, account: [u8; 32], now: Instant) -> Result<(), Duration> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = accounts.get_or_insert_mut(account, || AccountFailures {
+            failures: 0,
+            until: None,
+            last: now,
+        });
+        if let Some(until) = entry.until.filter(|until| now < *until) {
+            return Err(until - now);
+        }
+        let quiet_since = entry
+            .until
+            .map_or(entry.last, |until| until.max(entry.last));
+        if now.saturating_duration_since(quiet_since) >= BACKOFF_RESET {
+            entry.failures = 0;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.arm(&self.policy, now);
+        Ok(())
+    }
+
+    /// The attempt failed: its wait counts from now, when the caller got the answer.
+    fn failed(&self, account: &[u8; 32], now: Instant) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = accounts.get_mut(account) {
+            entry.arm(&self.policy, now);
+        }
+    }
+
+    /// The attempt succeeded: the account starts afresh.
+    fn succeeded(&self, account: &[u8; 32]) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.pop(account);
+    }
+}
+
+/// The back-off key of a normalised email: fixed size whatever the client sent, and no
+/// email kept in memory.
+fn account_key(email: &str) -> [u8; 32] {
+    Sha256::digest(email.as_bytes()).into()
+}
+
+/// Whole seconds for `Retry-After`, rounded up so a client that waits them is admitted.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    millis.div_ceil(1000).max(1)
 }
 
 /// Argon2id hash of a fixed string, used when the user does not exist.
@@ -717,7 +1006,10 @@ pub struct ApiKeyCreated {
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
-        (status = 429, description = "Too many attempts from this address", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this client address, or too many \
+            consecutive failed logins for this email (the password was not checked); \
+            retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
 pub(crate) async fn login(
     State(state): State<HostState>,
@@ -880,5 +1172,163 @@ mod tests {
         let wait = a.admit_login(one).expect_err("over limit");
         assert!((1..=60).contains(&wait));
         a.admit_login(two).expect("other address");
+    }
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// Two free failures, then 1 s doubling up to a minute.
+    fn two_free_then_one_second() -> AccountBackoff {
+        let policy = BackoffPolicy {
+            after_failures: 2,
+            base: SEC,
+            max: 60 * SEC,
+        };
+        AccountBackoff::new(policy, 100)
+    }
+
+    #[test]
+    fn backoff_is_free_then_doubles_up_to_the_cap() {
+        let policy = BackoffPolicy {
+            after_failures: 2,
+            base: SEC,
+            max: 5 * SEC,
+        };
+        let delays: Vec<u64> = (0..=7).map(|n| policy.delay(n).as_secs()).collect();
+        assert_eq!(delays, [0, 0, 0, 1, 2, 4, 5, 5]);
+        assert_eq!(policy.delay(u32::MAX), 5 * SEC);
+        let off = BackoffPolicy {
+            base: Duration::ZERO,
+            ..policy
+        };
+        assert_eq!(off.delay(1_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn account_backoff_waits_counts_attempts_in_flight_and_resets() {
+        let backoff = two_free_then_one_second();
+        let a = account_key("a@example.com");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let ms = Duration::from_millis;
+        // Two free failures; the third arms a 1 s wait, counted from its answer.
+        for i in 0..3 {
+            backoff.admit(a, at(i * 100)).expect("admitted");
+            backoff.failed(&a, at(i * 100 + 50));
+        }
+        assert_eq!(backoff.admit(a, at(750)), Err(ms(500)));
+        backoff
+            .admit(account_key("b@example.com"), at(750))
+            .expect("other accounts are not held");
+        // Over: the next failure waits twice as long.
+        backoff.admit(a, at(1250)).expect("wait over");
+        backoff.failed(&a, at(1300));
+        assert_eq!(backoff.admit(a, at(2300)), Err(ms(1000)));
+        // An admitted attempt counts before its answer: a concurrent one waits.
+        backoff.admit(a, at(3300)).expect("wait over");
+        assert_eq!(backoff.admit(a, at(3300)), Err(4 * SEC));
+        // A success starts afresh: two free failures again.
+        backoff.succeeded(&a);
+        for i in 0..3 {
+            backoff
+                .admit(a, at(3400 + i))
+                .expect("reset by the success");
+            backoff.failed(&a, at(3400 + i));
+        }
+        assert_eq!(backoff.admit(a, at(3402)), Err(SEC));
+        // Fifteen quiet minutes after the wait ended forget the count.
+        let later = at(4402) + BACKOFF_RESET;
+        for _ in 0..3 {
+            backoff.admit(a, later).expect("forgotten");
+            backoff.failed(&a, later);
+        }
+        assert_eq!(backoff.admit(a, later), Err(SEC));
+    }
+
+    #[test]
+    fn free_failures_add_up_while_attempts_keep_coming_and_hold_nobody_up() {
+        let backoff = two_free_then_one_second();
+        let a = account_key("a@example.com");
+        let t0 = Instant::now();
+        // An attempt that read the clock before another took the lock is not held up
+        // by that other's free failure.
+        backoff.admit(a, t0 + SEC).expect("admitted");
+        backoff.failed(&a, t0 + SEC);
+        backoff
+            .admit(a, t0)
+            .expect("a free failure arms no wait, whatever the clock order");
+        // Ten minutes apart, failures still count as consecutive.
+        let ten_minutes = 600 * SEC;
+        backoff.admit(a, t0 + ten_minutes).expect("third, arms 1 s");
+        assert_eq!(backoff.admit(a, t0 + ten_minutes), Err(SEC));
+    }
+
+    #[test]
+    fn account_backoff_memory_is_bounded() {
+        let policy = BackoffPolicy {
+            after_failures: 0,
+            base: SEC,
+            max: SEC,
+        };
+        let backoff = AccountBackoff::new(policy, 3);
+        let now = Instant::now();
+        for i in 0..50 {
+            let _ = backoff.admit(account_key(&format!("{i}@example.com")), now);
+        }
+        let held = backoff.accounts.lock().map(|a| a.len()).unwrap_or_default();
+        assert_eq!(held, 3);
+        // The most recent ones are the ones kept.
+        assert!(backoff.admit(account_key("49@example.com"), now).is_err());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
+    }
+
+    #[test]
+    fn login_settings_from_the_environment_are_parsed_or_reported() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let s = AuthSettings::from_vars(vars(&[
+            ("GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES", "3"),
+            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "250"),
+            ("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "30"),
+            ("GRAPHAGENT_LOGIN_PER_MINUTE", "7"),
+        ]));
+        assert_eq!(s.login_backoff_after_failures, 3);
+        assert_eq!(s.login_backoff_base, Duration::from_millis(250));
+        assert_eq!(s.login_backoff_max, 30 * SEC);
+        assert_eq!(s.login_per_minute, 7);
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        assert!(AuthSettings::default().validate().is_empty());
+
+        let s = AuthSettings::from_vars(vars(&[
+            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "soon"),
+            ("GRAPHAGENT_JWT_TTL_SECS", "1h"),
+        ]));
+        let problems = s.validate().join("\n");
+        assert!(
+            problems
+                .contains("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS must be a whole number, got `soon`")
+                && problems.contains("GRAPHAGENT_JWT_TTL_SECS"),
+            "{problems}"
+        );
+
+        let s = AuthSettings::from_vars(vars(&[
+            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "5000"),
+            ("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "2"),
+        ]));
+        assert_eq!(s.validate().len(), 1);
+        assert!(s.validate()[0].contains("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS"));
+        let s = AuthSettings::from_vars(vars(&[("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "86401")]));
+        assert!(s.validate()[0].contains("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS"));
     }
 }

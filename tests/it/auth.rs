@@ -1,8 +1,13 @@
-//! Login, JWT, API keys, scoped keys: the 401 / 403 paths users rely on.
+//! Login, JWT, API keys, scoped keys: the 401 / 403 / 429 paths users rely on.
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, TestServer, settings};
+use crate::util::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, ConfigDir, JWT_SECRET, TestServer, builder, settings,
+};
 
 async fn server() -> TestServer {
     TestServer::start(settings(None, "mem://")).await
@@ -278,4 +283,232 @@ async fn derived_scoped_keys_survive_restarts_and_are_checked() {
         .await
         .expect_err("missing");
     assert_eq!(err.status.as_u16(), 401);
+}
+
+/// `GET /api/agents` with `token`: status and body.
+async fn agents_with(s: &TestServer, token: &str) -> (u16, Value) {
+    s.get_with_token("/api/agents", token).await
+}
+
+#[tokio::test]
+async fn a_deleted_users_token_is_refused() {
+    let s = server().await;
+    let token = s.token().await;
+    assert_eq!(agents_with(&s, &token).await.0, 200);
+    s.graph
+        .query("DELETE user;", Value::Null)
+        .await
+        .expect("delete");
+    let (status, err) = agents_with(&s, &token).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["code"], "unauthorized");
+    assert_eq!(
+        err["error"]["message"],
+        "the access token's user no longer exists"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_role_refuses_earlier_tokens() {
+    let s = server().await;
+    let token = s.token().await;
+    s.graph
+        .query("UPDATE user SET role = 'viewer';", Value::Null)
+        .await
+        .expect("update");
+    let (status, err) = agents_with(&s, &token).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        err["error"]["message"],
+        "the access token's role is out of date; log in again"
+    );
+    // A token issued for the new role is current, and not an admin's.
+    assert_eq!(agents_with(&s, &s.token().await).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_changed_admin_password_revokes_earlier_tokens() {
+    let dir = ConfigDir::new("agent: x\nactions: []\n");
+    let url = dir.graph_url();
+    let first = TestServer::start(settings(None, &url)).await;
+    let old = first.token().await;
+    first.stop().await.expect("stop");
+
+    // The same password at the next start keeps tokens valid.
+    let second = TestServer::start(settings(None, &url)).await;
+    assert_eq!(agents_with(&second, &old).await.0, 200);
+    second.stop().await.expect("stop");
+
+    let new_password = "a different, longer passphrase";
+    let mut cfg = settings(None, &url);
+    cfg.auth.admin_password = Some(new_password.to_owned());
+    let third = TestServer::start(cfg).await;
+    let (status, err) = agents_with(&third, &old).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        err["error"]["message"],
+        "the access token was issued before the password changed; log in again"
+    );
+    let login = |password: &'static str| {
+        third
+            .http
+            .post(third.url("/api/auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": password}))
+            .send()
+    };
+    assert_eq!(login(ADMIN_PASSWORD).await.expect("post").status(), 401);
+    let res = login(new_password).await.expect("post");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    assert_eq!(agents_with(&third, token).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_signed_token_is_taken_on_its_claims_while_the_graph_is_unavailable() {
+    // So a send still reaches the provider when only its bookkeeping would fail.
+    let s = server().await;
+    let token = s.token().await;
+    s.graph.set_outage(true);
+    let during = agents_with(&s, &token).await;
+    s.graph.set_outage(false);
+    assert_eq!(during.0, 200, "{}", during.1);
+    // Back up, the user is checked again.
+    s.graph
+        .query("DELETE user;", Value::Null)
+        .await
+        .expect("delete");
+    assert_eq!(agents_with(&s, &token).await.0, 401);
+}
+
+/// Settings whose per-account back-off is short: two free failures, then 1 s, 2 s.
+fn backoff_settings() -> graphagent::Settings {
+    let mut cfg = settings(None, "mem://");
+    // Each attempt below comes from an address of its own, so this never binds.
+    cfg.auth.login_per_minute = 2;
+    cfg.auth.login_backoff_after_failures = 2;
+    cfg.auth.login_backoff_base = Duration::from_secs(1);
+    cfg.auth.login_backoff_max = Duration::from_secs(2);
+    cfg
+}
+
+/// A login attempt from 127.0.0.`host` (loopback answers on all of 127/8): status,
+/// `Retry-After` and body.
+async fn login_from(
+    s: &TestServer,
+    host: u8,
+    email: &str,
+    password: &str,
+) -> (u16, Option<u64>, Value) {
+    let client = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, host]))
+        .build()
+        .expect("client");
+    let res = client
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("post");
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry_after, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_per_account_across_client_addresses() {
+    let s = TestServer::start(backoff_settings()).await;
+    let wrong = "not the password";
+    // One email, however it is written, from a new address each time.
+    for (host, email) in [
+        (2, ADMIN_EMAIL),
+        (3, " ADMIN@example.com"),
+        (4, "Admin@Example.com "),
+    ] {
+        let (status, _, body) = login_from(&s, host, email, wrong).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // Held: even the right password is not checked.
+    let (status, retry_after, body) = login_from(&s, 5, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry_after, Some(1));
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(
+        body["error"]["message"],
+        "too many failed logins for this email; retry after 1 s"
+    );
+
+    // After the wait, the next failure doubles it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(login_from(&s, 6, ADMIN_EMAIL, wrong).await.0, 401);
+    let (status, retry_after, _) = login_from(&s, 7, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!((status, retry_after), (429, Some(2)));
+
+    // The right password after the wait logs in, and starts the count afresh.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _, body) = login_from(&s, 8, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    for host in [9, 10] {
+        assert_eq!(login_from(&s, host, ADMIN_EMAIL, wrong).await.0, 401);
+    }
+    assert_eq!(login_from(&s, 11, ADMIN_EMAIL, ADMIN_PASSWORD).await.0, 200);
+}
+
+#[tokio::test]
+async fn unknown_emails_back_off_like_known_ones() {
+    let s = TestServer::start(backoff_settings()).await;
+    let mut host = 1;
+    let mut answers = Vec::new();
+    for email in ["nobody@example.com", ADMIN_EMAIL] {
+        let mut seen = Vec::new();
+        for password in ["x", "y", "z", ADMIN_PASSWORD] {
+            host += 1;
+            seen.push(login_from(&s, host, email, password).await);
+        }
+        answers.push(seen);
+    }
+    let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [401, 401, 401, 429], "{:?}", answers[0]);
+    assert_eq!(answers[0], answers[1], "same answers for both emails");
+}
+
+#[tokio::test]
+async fn unusable_login_backoff_settings_stop_start_up() {
+    let mut cfg = settings(None, "mem://");
+    cfg.auth.login_backoff_base = Duration::from_secs(5);
+    cfg.auth.login_backoff_max = Duration::from_secs(2);
+    let err = match builder().settings(cfg).build().await {
+        Ok(_) => panic!("built with a base over the cap"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS"), "{err}");
+}
+
+#[tokio::test]
+async fn login_documents_both_429s_and_retry_after() {
+    let s = server().await;
+    let doc: Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let limited = &doc["paths"]["/api/auth/login"]["post"]["responses"]["429"];
+    let description = limited["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("client address")
+            && description.contains("failed logins for this email"),
+        "{limited}"
+    );
+    assert_eq!(
+        limited["headers"]["Retry-After"]["schema"]["type"], "integer",
+        "{limited}"
+    );
 }

@@ -238,6 +238,11 @@ impl TestServer {
     /// GET with admin credentials; returns status and JSON body.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         let token = self.token().await;
+        self.get_with_token(path, &token).await
+    }
+
+    /// GET with `token` as the bearer token; returns status and JSON body.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> (u16, Value) {
         let res = self
             .http
             .get(self.url(path))

@@ -436,7 +436,7 @@ async fn a_failed_transaction_emits_nothing() {
 async fn receiver_down_then_up_gets_everything_after_retries() {
     let dir = ConfigDir::new(AGENT);
     let s = start(&dir, "mem://", |w| {
-        w.webhooks.retry_schedule = vec![Duration::from_millis(50); 8];
+        w.webhooks.retry_schedule = vec![Duration::from_millis(100); 20];
     })
     .await;
     let api = Api::new(&s).await;
