@@ -266,10 +266,13 @@ impl App {
 
     /// The machine key in the webhook URL, derived the way the host derives it.
     pub fn scoped_key(&self, name: &str) -> String {
+        self.derive_key(&format!("webhook:sentdm:{}", Self::action_id(name)))
+    }
+
+    /// A machine key for any scope, derived the way the host derives it.
+    pub fn derive_key(&self, scope: &str) -> String {
         use graphagent::plugin::ScopedKeys;
-        self.keys
-            .derive(&format!("webhook:sentdm:{}", Self::action_id(name)))
-            .expect("key")
+        self.keys.derive(scope).expect("key")
     }
 
     pub async fn record_count(&self) -> u64 {
