@@ -965,12 +965,40 @@ pub struct TokenResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// What the key is for.
-    #[schema(example = "ci deploys")]
+    /// What the key is for: 1 to 100 characters, not only spaces (trimmed).
+    #[schema(
+        example = "ci deploys",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"\S"
+    )]
     pub name: String,
-    /// What it grants: `admin`, or a machine scope such as `webhook:sentdm:{action_id}`.
-    #[schema(example = json!(["admin"]))]
+    /// What it grants (1 to 16 scopes): `admin`, or a machine scope such as
+    /// `webhook:sentdm:{action_id}`.
+    #[schema(schema_with = scopes_schema)]
     pub scopes: Vec<String>,
+}
+
+/// The syntax [`valid_scope`] checks, for the document.
+const SCOPE_PATTERN: &str = r"^(admin|[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)+)$";
+
+fn scopes_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(SCOPE_PATTERN))
+                .max_length(Some(200)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(16))
+        .description(Some(
+            "What it grants (1 to 16 scopes): `admin`, or a machine scope such as \
+             `webhook:sentdm:{action_id}`.",
+        ))
+        .examples([json!(["admin"])])
+        .build()
 }
 
 /// A stored API key's public description.
@@ -1149,6 +1177,35 @@ mod tests {
         assert!(!valid_scope("Webhook:x"));
         assert!(!valid_scope("webhook::x"));
         assert!(!valid_scope("webhook:a b"));
+    }
+
+    #[test]
+    fn the_documented_scope_syntax_is_the_one_checked() {
+        let schema = json!({"type": "string", "pattern": SCOPE_PATTERN, "maxLength": 200});
+        let documented = jsonschema::validator_for(&schema).expect("the pattern compiles");
+        let long = |n: usize| format!("a:{}", "b".repeat(n));
+        for scope in [
+            "admin",
+            "admin:x",
+            "webhook:sentdm:act_0c9d",
+            "a:b.c-d_E",
+            "webhook",
+            "Webhook:x",
+            "webhook::x",
+            "webhook:a b",
+            "9a:b",
+            "a:é",
+            "",
+            ":x",
+            &long(198),
+            &long(199),
+        ] {
+            assert_eq!(
+                documented.is_valid(&json!(scope)),
+                valid_scope(scope),
+                "`{scope}`"
+            );
+        }
     }
 
     #[test]

@@ -16,9 +16,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::{Router, middleware};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ArrayItems, Schema};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as OpenApiDoc, Required, SecurityRequirement};
+use utoipa::openapi::{
+    ContentBuilder, OpenApi as OpenApiDoc, Ref, RefOr, Required, ResponseBuilder,
+    SecurityRequirement,
+};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -241,8 +245,9 @@ pub struct ActionDetail {
     /// The action.
     #[serde(flatten)]
     pub info: ActionInfo,
-    /// What the action itself reports (e.g. provider connectivity).
-    #[schema(value_type = Object)]
+    /// What the action itself reports (e.g. provider connectivity); `null` for an action
+    /// that reports nothing of its own.
+    #[schema(value_type = Option<Object>, required = true)]
     pub details: serde_json::Value,
 }
 
@@ -420,7 +425,12 @@ impl Modify for SecuritySchemes {
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Build the router and the OpenAPI document for the host and every registered type.
-pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, OpenApiDoc) {
+/// Fails when two parts of the document (the host, an action type) define one schema
+/// name differently: merged, the second would silently point at the first's shape.
+pub(crate) fn build_router(
+    state: HostState,
+    max_body_bytes: usize,
+) -> Result<(Router, OpenApiDoc), SchemaConflict> {
     let mut api = OpenApiRouter::with_openapi(HostDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -434,10 +444,16 @@ pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, 
         .routes(routes!(get_action))
         .merge(wh::router());
 
+    let mut schemas = SchemaOwners::default();
+    schemas.claim("the host", api.get_openapi())?;
     let mut private = OpenApiRouter::new();
     for ty in state.runtime().types().all() {
-        private = private.merge(ty.routes());
-        api = api.merge(ty.public_routes());
+        let owner = format!("action type `{}`", ty.type_name());
+        let (routes, public) = (ty.routes(), ty.public_routes());
+        schemas.claim(&owner, routes.get_openapi())?;
+        schemas.claim(&owner, public.get_openapi())?;
+        private = private.merge(routes);
+        api = api.merge(public);
     }
     // Every action route is admin-only; the layer enforces it whatever the handler takes.
     let private = private.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
@@ -445,6 +461,15 @@ pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, 
 
     let (router, mut doc) = api.split_for_parts();
     complete_doc(&mut doc);
+    let event_types: Vec<String> = state
+        .webhooks()
+        .catalogue()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    for name in ["CreateSubscription", "UpdateSubscription"] {
+        restrict_items(&mut doc, name, "event_types", &event_types);
+    }
 
     let swagger: Router<HostState> = SwaggerUi::new("/docs")
         .url("/openapi.json", doc.clone())
@@ -466,11 +491,60 @@ pub(crate) fn build_router(state: HostState, max_body_bytes: usize) -> (Router, 
                 },
             ),
         );
-    (router, doc)
+    Ok((router, doc))
 }
 
-/// Declare path parameters the handlers left implicit (the `{action_id}` prefix of action
-/// routes) and mark action routes as admin-only, so the document matches what is served.
+/// One schema name defined with two different shapes by two parts of the document.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "OpenAPI schema `{name}` is defined by {first} and, differently, by {second}; \
+     give one of the types another name (`#[schema(as = UniqueName)]`)"
+)]
+pub struct SchemaConflict {
+    /// The schema name.
+    pub name: String,
+    /// Who defined it first.
+    pub first: String,
+    /// Who defined it again, differently.
+    pub second: String,
+}
+
+/// Which part of the document defined each schema name, and as what.
+#[derive(Default)]
+struct SchemaOwners {
+    seen: std::collections::BTreeMap<String, (String, serde_json::Value)>,
+}
+
+impl SchemaOwners {
+    /// Record `part`'s schemas; the same name with the same shape (a shared type, such as
+    /// `ErrorBody`) is fine, a different shape is a conflict.
+    fn claim(&mut self, owner: &str, part: &OpenApiDoc) -> Result<(), SchemaConflict> {
+        let Some(components) = &part.components else {
+            return Ok(());
+        };
+        for (name, schema) in &components.schemas {
+            let shape = serde_json::to_value(schema).unwrap_or_default();
+            match self.seen.get(name) {
+                Some((first, known)) if *known != shape => {
+                    return Err(SchemaConflict {
+                        name: name.clone(),
+                        first: first.clone(),
+                        second: owner.to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.seen.insert(name.clone(), (owner.to_owned(), shape));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Declare what the handlers leave implicit, so the document matches what is served:
+/// the `{action_id}` parameter and admin security of action routes, and the answers the
+/// host's extractors and layers give on every route that has what causes them.
 fn complete_doc(doc: &mut OpenApiDoc) {
     let admin = vec![
         SecurityRequirement::new("bearer", Vec::<String>::new()),
@@ -505,7 +579,99 @@ fn complete_doc(doc: &mut OpenApiDoc) {
             if is_action_route && op.security.is_none() {
                 op.security = Some(admin.clone());
             }
+            add_error_responses(op, is_action_route);
         }
+    }
+}
+
+/// The error answers an operation can get from the host itself, derived from what the
+/// operation has. Answers the handler documents keep their description.
+fn add_error_responses(op: &mut Operation, is_action_route: bool) {
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    // A body declared with a named schema is read by the host's `Json` extractor; a
+    // free-form one (`content = Object`, e.g. a signed provider webhook) by the handler.
+    let json_body = op.request_body.as_ref().is_some_and(|b| {
+        b.content
+            .values()
+            .any(|c| matches!(c.schema, Some(RefOr::Ref(_))))
+    });
+    let mut generic: Vec<(&str, &str)> = Vec::new();
+    if has_params || json_body {
+        generic.push((
+            "400",
+            "Malformed request: a path or query parameter, or the JSON body, cannot be \
+             parsed (the message says which)",
+        ));
+    }
+    if secured {
+        generic.push(("401", "Credentials missing, invalid, expired or revoked"));
+        generic.push((
+            "403",
+            "Valid credentials without the scope this route needs",
+        ));
+    }
+    if is_action_route {
+        generic.push(("404", "No loaded action of this type has this id"));
+    }
+    if json_body {
+        generic.push(("413", "The body is larger than the server's limit"));
+        generic.push(("415", "The body is not sent as `application/json`"));
+        generic.push((
+            "422",
+            "The JSON body has a wrong type, or a missing or unknown field (named in the message)",
+        ));
+    }
+    generic.push(("500", "Internal error; the detail is in the server log"));
+    // Credentials checks and bodies lead to graph reads (API keys, users, state).
+    if secured || json_body {
+        generic.push(("503", "The graph store is unavailable; retry later"));
+    }
+    for (status, description) in generic {
+        match op.responses.responses.get_mut(status) {
+            Some(RefOr::T(existing)) if existing.description.is_empty() => {
+                existing.description = description.to_owned();
+            }
+            Some(_) => {}
+            None => {
+                op.responses
+                    .responses
+                    .insert(status.to_owned(), error_response(description));
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// Restrict the items of array property `field` of component `schema` to `values` (the
+/// server checks them against a list only known once the action types are registered).
+fn restrict_items(doc: &mut OpenApiDoc, schema: &str, field: &str, values: &[String]) {
+    let property = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut(schema))
+        .and_then(|s| match s {
+            RefOr::T(Schema::Object(o)) => o.properties.get_mut(field),
+            _ => None,
+        });
+    if let Some(RefOr::T(Schema::Array(array))) = property
+        && let ArrayItems::RefOrSchema(items) = &mut array.items
+        && let RefOr::T(Schema::Object(item)) = items.as_mut()
+    {
+        item.enum_values = Some(values.iter().map(|v| serde_json::json!(v)).collect());
     }
 }
 

@@ -138,6 +138,10 @@ pub enum HostError {
     /// Binding or serving failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Two registered parts (the host, action types) give one OpenAPI schema name to
+    /// different types.
+    #[error("{0}")]
+    OpenApi(#[from] http::SchemaConflict),
 }
 
 impl From<LoadError> for HostError {
@@ -259,7 +263,7 @@ impl HostBuilder {
             "agents loaded"
         );
         let state = http::HostState::new(runtime.clone(), auth, webhooks.clone());
-        let (router, openapi) = http::build_router(state.clone(), settings.max_body_bytes);
+        let (router, openapi) = http::build_router(state.clone(), settings.max_body_bytes)?;
         Ok(Host {
             runtime,
             router,

@@ -80,14 +80,16 @@ pub struct SubscriptionWithSecret {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
-    /// An https URL.
-    #[schema(example = "https://example.com/hooks/graphagent")]
+    /// An https URL whose host resolves to public addresses only (unless allow-listed).
+    #[schema(example = "https://example.com/hooks/graphagent", format = "uri")]
     pub url: String,
-    /// Event types to receive; empty or absent means all.
+    /// Event types to receive (see `GET /api/webhooks/event-types`); empty or absent
+    /// means all.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Free text (≤ 1000 characters).
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: String,
     /// Only events from this agent.
     #[serde(default)]
@@ -101,11 +103,13 @@ pub struct CreateSubscription {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubscription {
-    /// New URL.
+    /// New URL (https, public destination).
+    #[schema(format = "uri")]
     pub url: Option<String>,
     /// New event types (empty = all).
     pub event_types: Option<Vec<String>>,
-    /// New description.
+    /// New description (≤ 1000 characters).
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// Enable or disable. Enabling resets the failure counters.
     pub enabled: Option<bool>,
@@ -220,7 +224,7 @@ pub struct DeliveryDetail {
     #[serde(flatten)]
     pub delivery: Delivery,
     /// The event's `data`; `null` once the retention period has passed.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>, required = true)]
     pub payload: Value,
     /// Whether the payload was removed by the retention cleaner.
     pub payload_expired: bool,
@@ -250,15 +254,32 @@ pub struct DeliveryFilter {
     /// Only this event type.
     pub event_type: Option<String>,
     /// `success`, `failure` or `pending`.
+    #[param(schema_with = outcome_schema)]
     pub outcome: Option<String>,
     /// Created at or after (RFC 3339).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Created before (RFC 3339).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// 1-based page (default 1).
+    #[param(minimum = 1, maximum = 4_294_967_295_u32, format = Int64, default = 1)]
     pub page: Option<u32>,
     /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200, default = 50)]
     pub page_size: Option<u32>,
+}
+
+/// Values of `outcome` (the delivery statuses they select are `succeeded`, `failed`,
+/// `pending`).
+const OUTCOMES: [&str; 3] = ["success", "failure", "pending"];
+
+fn outcome_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(OUTCOMES))
+        .description(Some("`success`, `failure` or `pending`."))
+        .build()
 }
 
 /// `?since=` for recovery.
@@ -267,6 +288,7 @@ pub struct DeliveryFilter {
 pub struct RecoverQuery {
     /// Re-queue failed deliveries created at or after this time (RFC 3339); at most 14
     /// days back (default: 14 days ago).
+    #[param(format = DateTime)]
     pub since: Option<String>,
 }
 
@@ -282,6 +304,7 @@ pub struct RecoverResult {
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// 1–90 (default 7).
+    #[param(minimum = 1, maximum = 90, default = 7)]
     pub period_days: Option<u32>,
 }
 
@@ -712,7 +735,12 @@ pub(crate) async fn list_deliveries(
             "success" => "succeeded",
             "failure" => "failed",
             "pending" => "pending",
-            _ => return Err(bad_field("outcome", "must be success, failure or pending")),
+            _ => {
+                return Err(bad_field(
+                    "outcome",
+                    format!("must be one of {}", OUTCOMES.join(", ")),
+                ));
+            }
         };
         conds.push("status = $status".into());
         vars.insert("status".into(), json!(status));

@@ -1,11 +1,19 @@
-//! The OpenAPI document covers every route with typed parameters and security, and the
-//! documentation UIs are served from the binary (no network).
+//! The OpenAPI document covers every route with typed parameters, security and every
+//! answer the host itself gives; schema names are unique across the host and action
+//! types; the documentation UIs are served from the binary (no network). The SentDM
+//! crate's `openapi` test checks live answers of every route against the document.
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
+use async_trait::async_trait;
+use graphagent::http::{ActionRef, HostState, Json};
+use graphagent::{Action, ActionContext, ActionError, HostBuilder, HostError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::util::{ConfigDir, TestServer, settings};
+use crate::util::{ConfigDir, TestServer, builder, settings};
 
 async fn doc(s: &TestServer) -> Value {
     let res = s
@@ -91,7 +99,55 @@ async fn document_is_complete_and_consistent() {
                     "{here}: body"
                 );
             }
+            // The answers the host gives by itself are documented, as JSON errors.
+            let mut expected = vec!["500"];
+            if op["security"].is_array() {
+                expected.extend(["401", "403", "503"]);
+            }
+            if path.starts_with("/api/actions/{action_id}/") {
+                expected.push("404");
+            }
+            if op["parameters"].as_array().is_some_and(|p| !p.is_empty()) {
+                expected.push("400");
+            }
+            if op["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string() {
+                expected.extend(["400", "413", "415", "422", "503"]);
+            }
+            for status in expected {
+                let response = &op["responses"][status];
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{here}: {status} is not documented as an ErrorBody"
+                );
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{here}: {status} has no description"
+                );
+            }
         }
+    }
+    assert_eq!(
+        doc["paths"]["/api/auth/login"]["post"]["responses"]["429"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/ErrorBody",
+        "the login limiter's answer"
+    );
+    // Subscriptions may only name catalogued event types: the document lists them.
+    let (_, catalogue) = s.admin_get("/api/webhooks/event-types").await;
+    let names: Vec<&Value> = catalogue
+        .as_array()
+        .expect("catalogue")
+        .iter()
+        .map(|t| &t["name"])
+        .collect();
+    assert!(!names.is_empty());
+    for schema in ["CreateSubscription", "UpdateSubscription"] {
+        let items = &doc["components"]["schemas"][schema]["properties"]["event_types"]["items"];
+        let listed: Vec<&Value> = items["enum"].as_array().expect("enum").iter().collect();
+        assert_eq!(listed, names, "{schema}.event_types");
     }
     // Every $ref resolves.
     let mut refs = Vec::new();
@@ -168,4 +224,87 @@ async fn docs_uis_are_served_from_the_binary() {
     assert_eq!(js.status(), 200);
     assert_eq!(js.headers()["content-type"], "application/javascript");
     assert!(js.text().await.expect("text").len() > 500_000);
+}
+
+/// Validate `instance` against component `name` of the served document.
+pub async fn assert_matches_schema(s: &TestServer, name: &str, instance: &Value) {
+    let doc = doc(s).await;
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "$ref": format!("#/components/schemas/{name}"),
+    });
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} at `{}`", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{instance:#}");
+}
+
+#[tokio::test]
+async fn an_action_without_a_status_of_its_own_matches_the_document() {
+    let dir = ConfigDir::new("agent: x\nactions:\n  - action: recorder\n    context: { tag: t }\n");
+    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let id = graphagent::plugin::action_id("x", "recorder");
+    let (status, detail) = s.admin_get(&format!("/api/actions/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(detail["details"].is_null(), "{detail}");
+    assert_matches_schema(&s, "ActionDetail", &detail).await;
+}
+
+/// An action whose answer type is named like the host's `Health`, with another shape.
+struct Clash;
+
+/// Not the host's `Health`.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+struct Health {
+    beats: u32,
+}
+
+#[async_trait]
+impl Action for Clash {
+    const TYPE_NAME: &'static str = "clash";
+    const ALIASES: &'static [&'static str] = &[];
+    type Config = ClashConfig;
+
+    fn create(_: ActionContext, _: ClashConfig) -> Result<Self, ActionError> {
+        Ok(Self)
+    }
+    fn routes() -> OpenApiRouter<HostState> {
+        OpenApiRouter::new().routes(routes!(clash_health))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct ClashConfig {}
+
+/// Answers a `Health` that is not the host's.
+#[utoipa::path(get, path = "/clash/health", tag = "Clash", responses((status = 200, body = Health)))]
+async fn clash_health(_: ActionRef<Clash>) -> Json<Health> {
+    Json(Health { beats: 1 })
+}
+
+#[tokio::test]
+async fn two_types_with_one_schema_name_stop_the_host() {
+    let built = builder()
+        .action::<Clash>()
+        .settings(settings(None, "mem://"))
+        .build()
+        .await;
+    let Err(HostError::OpenApi(e)) = built else {
+        panic!("the host started with two `Health` schemas");
+    };
+    let message = e.to_string();
+    for part in ["`Health`", "the host", "action type `clash`", "#[schema(as"] {
+        assert!(message.contains(part), "{message}");
+    }
+    // The same registry without the clash starts (shared types such as `ErrorBody` are
+    // defined by several parts, identically).
+    HostBuilder::new()
+        .action::<graphagent_echo::Echo>()
+        .settings(settings(None, "mem://"))
+        .build()
+        .await
+        .expect("host builds");
 }

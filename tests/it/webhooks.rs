@@ -1176,6 +1176,7 @@ async fn the_cleaner_expires_payloads_and_keeps_attempts() {
     })
     .await;
     assert!(detail["payload"].is_null());
+    crate::openapi::assert_matches_schema(&s, "DeliveryDetail", &detail).await;
     assert_eq!(
         detail["attempts_log"].as_array().map(Vec::len),
         Some(1),

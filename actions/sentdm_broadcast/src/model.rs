@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 /// Message status; parsed case-insensitively, unknown words kept verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,7 +107,8 @@ pub struct Meta {
 }
 
 /// `data.pagination` of list endpoints (CONTRACT §1.5).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(as = SentDmPagination)]
 #[serde(default)]
 pub struct Pagination {
     pub page: u32,
@@ -117,7 +119,8 @@ pub struct Pagination {
 }
 
 /// One page of a list endpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = SentDmPage)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub pagination: Pagination,
@@ -231,7 +234,8 @@ pub struct SendOutcome {
 }
 
 /// `GET /v3/messages/{id}`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmMessage)]
 #[serde(default)]
 pub struct Message {
     pub id: String,
@@ -241,6 +245,8 @@ pub struct Message {
     pub template_id: Option<String>,
     pub template_name: Option<String>,
     pub channel: Option<String>,
+    /// SentDM's word, uppercase (`DELIVERED`); unknown words are passed on as they are.
+    #[schema(value_type = Option<String>)]
     pub status: Option<MessageStatus>,
     pub reason_code: Option<String>,
     pub reason: Option<String>,
@@ -250,7 +256,8 @@ pub struct Message {
     pub events: Vec<MessageEvent>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmMessageBody)]
 #[serde(default)]
 pub struct MessageBody {
     pub header: Option<String>,
@@ -258,9 +265,11 @@ pub struct MessageBody {
     pub footer: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmMessageEvent)]
 #[serde(default)]
 pub struct MessageEvent {
+    #[schema(value_type = Option<String>)]
     pub status: Option<MessageStatus>,
     pub timestamp: Option<String>,
     pub description: Option<String>,
@@ -269,16 +278,19 @@ pub struct MessageEvent {
 }
 
 /// `GET /v3/messages/{id}/activities` (newest first).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmMessageActivities)]
 #[serde(default)]
 pub struct MessageActivities {
     pub message_id: String,
     pub activities: Vec<Activity>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmActivity)]
 #[serde(default)]
 pub struct Activity {
+    #[schema(value_type = Option<String>)]
     pub status: Option<MessageStatus>,
     pub description: Option<String>,
     pub from: Option<String>,
@@ -299,7 +311,8 @@ pub struct TemplateQuery {
     pub category: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[schema(as = SentDmTemplate)]
 #[serde(default)]
 pub struct Template {
     pub id: String,
@@ -313,6 +326,7 @@ pub struct Template {
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     /// Promised by the docs, absent from the SDK model: optional.
+    #[schema(value_type = Option<Object>)]
     pub definition: Option<serde_json::Value>,
 }
 

@@ -75,13 +75,15 @@ impl From<EchoError> for ApiError {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EchoRequest {
-    /// What to echo.
-    #[schema(example = "hello")]
+    /// What to echo: 1 to the action's `max_message_chars` characters (1,000 unless
+    /// configured, at most 10,000).
+    #[schema(example = "hello", min_length = 1, max_length = 10_000)]
     pub message: String,
 }
 
 /// What `GET …/echo/ping` answers.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = EchoPing)]
 pub struct Ping {
     /// The configured greeting.
     pub greeting: String,

@@ -129,6 +129,7 @@ pub struct StatusEvent {
 
 /// An inbound reply.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = SentDmReplyEvent)]
 pub struct ReplyEvent {
     /// SentDM id of the inbound message.
     pub message_id: String,

@@ -91,6 +91,7 @@ impl From<client::Error> for SentDmError {
 
 /// A template reference in a send.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmTemplateInput)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateInput {
     /// SentDM template id (preferred).
@@ -107,29 +108,75 @@ pub struct TemplateInput {
 
 /// What `send_broadcast` takes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastRequest)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
     /// Recipients, E.164 (`+14155551234`); duplicates are sent once. Up to 10,000.
-    #[schema(example = json!(["+14155551234", "+14155555678"]))]
+    #[schema(schema_with = recipients_schema)]
     pub to: Vec<String>,
-    /// Template; the action's default template when absent.
+    /// Template; the action's default template when absent or when it names neither
+    /// `id` nor `name` (its `parameters` then go to the default template).
     pub template: Option<TemplateInput>,
     /// Channels (`sms`, `whatsapp`, `rcs`, `mms`, `sent` = SentDM picks); the action's
     /// `default_channels` when absent.
-    #[schema(example = json!(["sms", "whatsapp"]))]
+    #[schema(schema_with = channels_schema)]
     pub channels: Option<Vec<String>>,
     /// Validate at SentDM without sending; the action's `sandbox` when absent.
     pub sandbox: Option<bool>,
     /// Makes the call safe to repeat: the same key sends nothing twice and maps to the
     /// same broadcast. `[A-Za-z0-9_-]`, up to 200 characters.
-    #[schema(example = "order-12345-confirmation")]
+    #[schema(
+        example = "order-12345-confirmation",
+        pattern = r"^[A-Za-z0-9_-]{1,200}$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub idempotency_key: Option<String>,
-    /// Organisation keys only: send as this child profile.
+    /// Organisation keys only: send as this child profile (not blank).
+    #[schema(pattern = r"\S")]
     pub profile_id: Option<String>,
+}
+
+/// What [`valid_e164`] accepts, for the document.
+pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{6,14}$";
+
+fn recipients_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(E164_PATTERN)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_RECIPIENTS))
+        .description(Some(
+            "Recipients, E.164 (`+14155551234`); duplicates are sent once. 1 to 10,000.",
+        ))
+        .examples([json!(["+14155551234", "+14155555678"])])
+        .build()
+}
+
+fn channels_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(config::CHANNELS.iter().copied())),
+        )
+        .min_items(Some(1))
+        .description(Some(
+            "Channels (`sent` = SentDM picks); the action's `default_channels` when absent.",
+        ))
+        .examples([json!(["sms", "whatsapp"])])
+        .build()
 }
 
 /// One message SentDM accepted.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmSentMessage)]
 pub struct SentMessage {
     /// SentDM message id.
     pub message_id: String,
@@ -143,6 +190,7 @@ pub struct SentMessage {
 
 /// Outcome of one SentDM request of a broadcast.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmRequestOutcome)]
 pub struct RequestOutcome {
     /// Position in the broadcast.
     pub index: usize,
@@ -162,6 +210,7 @@ pub struct RequestOutcome {
 
 /// A SentDM error, as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmErrorInfo)]
 pub struct ErrorInfo {
     /// HTTP status from SentDM (0 when unreachable).
     pub status: u16,
@@ -176,6 +225,7 @@ pub struct ErrorInfo {
 
 /// Whether the records were stored.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmPersisted)]
 pub struct Persisted {
     /// Records were written.
     pub ok: bool,
@@ -190,6 +240,7 @@ pub struct Persisted {
 
 /// What `send_broadcast` returns.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastResult)]
 pub struct BroadcastResult {
     /// Broadcast id (stable for a given idempotency key).
     #[schema(example = "bc_0192f1c3a7d87b2e9c1f4a5b6c7d8e9f")]
@@ -209,6 +260,7 @@ pub struct BroadcastResult {
 
 /// `healthcheck` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmHealth)]
 pub struct Health {
     /// An API key is set.
     pub configured: bool,
@@ -232,6 +284,7 @@ pub struct Health {
 
 /// Webhook deliveries handled by this instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmCounters)]
 pub struct Counters {
     pub received: u64,
     pub duplicate: u64,
@@ -387,14 +440,13 @@ impl SentDmBroadcast {
                 ));
             }
         }
-        let template = match &req.template {
-            Some(t) => t.clone(),
-            None => TemplateInput {
-                id: self.config.default_template_id.clone(),
-                name: self.config.default_template_name.clone(),
-                parameters: BTreeMap::new(),
-            },
-        };
+        let mut template = req.template.clone().unwrap_or_default();
+        let blank = |s: &Option<String>| s.as_deref().is_none_or(|s| s.trim().is_empty());
+        if blank(&template.id) && blank(&template.name) {
+            // No template named: the default one, with the parameters given (if any).
+            template.id = self.config.default_template_id.clone();
+            template.name = self.config.default_template_name.clone();
+        }
         let template_id = template
             .id
             .as_deref()
@@ -533,6 +585,17 @@ impl SentDmBroadcast {
         if messages.is_empty()
             && let Some(e) = first_error
         {
+            // A profile this key may not act as is the caller's mistake (SentDM: 403),
+            // not the deployment's credentials (which 403 otherwise means).
+            if let client::Error::Api(api) = &e
+                && api.status == 403
+                && req.profile_id.is_some()
+            {
+                return Err(SentDmError::invalid(
+                    "profile_id",
+                    format!("SentDM refused it: {}", api.message),
+                ));
+            }
             // Nothing was accepted: the caller gets SentDM's error itself.
             return Err(e.into());
         }
@@ -783,7 +846,10 @@ impl SentDmBroadcast {
     }
 
     /// A broadcast with its delivery funnel (records counted by current status).
-    pub async fn get_broadcast(&self, broadcast_id: &str) -> Result<Value, SentDmError> {
+    pub async fn get_broadcast(
+        &self,
+        broadcast_id: &str,
+    ) -> Result<store::BroadcastSummary, SentDmError> {
         self.store
             .broadcast_summary(broadcast_id)
             .await?
@@ -1047,6 +1113,27 @@ mod tests {
         assert!(valid_e164("+1415555"));
         assert!(!valid_e164("+1234567890123456"));
         assert!(!valid_e164("+1 415 555 1234"));
+    }
+
+    #[test]
+    fn the_documented_phone_pattern_is_the_check() {
+        let schema = json!({"type": "string", "pattern": E164_PATTERN});
+        let documented = jsonschema::validator_for(&schema).expect("the pattern compiles");
+        for n in [
+            "+14155551234",
+            "+1415555",
+            "+123456789012345",
+            "+1234567890123456",
+            "14155551234",
+            "+0123456789",
+            "+141555",
+            "+1 415 555 1234",
+            "+1415555123\n",
+            "+١٤١٥٥٥٥١٢٣٤",
+            "",
+        ] {
+            assert_eq!(documented.is_valid(&json!(n)), valid_e164(n), "`{n}`");
+        }
     }
 
     #[test]

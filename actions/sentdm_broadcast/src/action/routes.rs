@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::store::{Record, RecordFilter};
+use super::store::{BroadcastSummary, Record, RecordFilter};
 use super::webhook::webhook_scope;
 use super::{
     BroadcastRequest, BroadcastResult, Health, ReconcileReport, SentDmBroadcast, SentDmError,
@@ -100,6 +100,8 @@ pub(super) fn public() -> OpenApiRouter<HostState> {
 #[utoipa::path(post, path = "/sentdm/broadcast", tag = TAG, request_body = BroadcastRequest,
     responses(
         (status = 202, description = "SentDM accepted the messages (delivery follows by webhook)", body = BroadcastResult),
+        (status = 404, description = "No such action, or SentDM knows no such template or profile", body = ErrorBody),
+        (status = 409, description = "SentDM refused: the idempotency key was used with another request", body = ErrorBody),
         (status = 422, description = "Invalid request, or SentDM rejected it; nothing was sent", body = ErrorBody),
         (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
         (status = 502, description = "SentDM failed", body = ErrorBody),
@@ -119,20 +121,26 @@ async fn send_broadcast(
 #[utoipa::path(get, path = "/sentdm/broadcast/{broadcast_id}", tag = TAG,
     params(("broadcast_id" = String, Path, description = "Broadcast id (`bc_…`)")),
     responses(
-        (status = 200, description = "The broadcast node with `funnel`, e.g. `{\"delivered\": 3, \"failed\": 1}`", body = Object),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "The broadcast with its delivery funnel", body = BroadcastSummary),
+        (status = 404, description = "No such action, or no such broadcast of this action", body = ErrorBody),
     ))]
 async fn get_broadcast(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<BroadcastSummary>> {
     Ok(Json(action.get_broadcast(&ids.1).await?))
 }
 
 /// A message's status at SentDM.
 #[utoipa::path(get, path = "/sentdm/messages/{message_id}", tag = TAG,
     params(("message_id" = String, Path, description = "SentDM message id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "SentDM's view of the message", body = Message),
+        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
+        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
+        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+    ))]
 async fn get_message(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
@@ -143,7 +151,13 @@ async fn get_message(
 /// A message's activities at SentDM (newest first).
 #[utoipa::path(get, path = "/sentdm/messages/{message_id}/activities", tag = TAG,
     params(("message_id" = String, Path, description = "SentDM message id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The message's activities, newest first", body = MessageActivities),
+        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
+        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
+        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+    ))]
 async fn get_activities(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
@@ -156,7 +170,7 @@ async fn get_activities(
 #[into_params(parameter_in = Query)]
 pub struct TemplateParams {
     /// Page, from 1.
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 4_294_967_295_u32, format = Int64, default = 1)]
     page: Option<u32>,
     /// Items per page (1–100).
     #[param(minimum = 1, maximum = 100, default = 20)]
@@ -171,7 +185,13 @@ fn paging(page: Option<u32>, page_size: Option<u32>) -> ApiResult<Paging> {
 
 /// Templates at SentDM.
 #[utoipa::path(get, path = "/sentdm/templates", tag = TAG, params(TemplateParams),
-    responses((status = 200, body = Object), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "One page of SentDM's templates", body = Page<Template>),
+        (status = 422, description = "`page` or `page_size` out of range", body = ErrorBody),
+        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
+        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+    ))]
 async fn list_templates(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Query(q): Query<TemplateParams>,
@@ -183,7 +203,8 @@ async fn list_templates(
 }
 
 /// Health: configured, SentDM reachable, account channels, webhook registered.
-#[utoipa::path(get, path = "/sentdm/status", tag = TAG, responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/sentdm/status", tag = TAG,
+    responses((status = 200, description = "Whether SentDM can be used; never fails because SentDM is down", body = Health)))]
 async fn status(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<Health> {
     Json(action.healthcheck().await)
 }
@@ -197,6 +218,7 @@ async fn register_webhook(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json
 
 /// The webhook as this action sees it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmWebhookInfo)]
 pub struct WebhookInfo {
     /// URL SentDM calls (machine key redacted).
     pub url: Option<String>,
@@ -237,6 +259,7 @@ async fn get_webhook(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<Webh
 #[into_params(parameter_in = Query)]
 pub struct RecordParams {
     /// Current status, e.g. `delivered`.
+    #[param(schema_with = status_schema)]
     status: Option<String>,
     /// Recipient, E.164.
     to: Option<String>,
@@ -245,15 +268,24 @@ pub struct RecordParams {
     /// Broadcast id.
     broadcast_id: Option<String>,
     /// Page, from 1.
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 4_294_967_295_u32, format = Int64, default = 1)]
     page: Option<u32>,
     /// Items per page (1–100).
     #[param(minimum = 1, maximum = 100, default = 20)]
     page_size: Option<u32>,
 }
 
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(super::inbound::KNOWN_STATUSES.iter().copied()))
+        .description(Some("Current status, e.g. `delivered`."))
+        .build()
+}
+
 /// A page of records.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmRecordPage)]
 pub struct RecordPage {
     /// Records, newest first.
     pub items: Vec<Record>,
@@ -267,7 +299,10 @@ pub struct RecordPage {
 
 /// Records of sent messages (one per SentDM message id, recipient and channel).
 #[utoipa::path(get, path = "/sentdm/broadcasts", tag = TAG, params(RecordParams),
-    responses((status = 200, body = RecordPage), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = RecordPage),
+        (status = 422, description = "Unknown `status`, or `page` / `page_size` out of range", body = ErrorBody),
+    ))]
 async fn list_records(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Query(q): Query<RecordParams>,
@@ -300,7 +335,10 @@ async fn list_records(
 /// One record with its event log.
 #[utoipa::path(get, path = "/sentdm/broadcasts/{record_id}", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
-    responses((status = 200, body = Record), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = Record),
+        (status = 404, description = "No such action, or no such record of this action", body = ErrorBody),
+    ))]
 async fn get_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
@@ -311,7 +349,14 @@ async fn get_record(
 /// Re-read the message from SentDM and fold it in (`refresh` event).
 #[utoipa::path(post, path = "/sentdm/broadcasts/{record_id}/refresh", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
-    responses((status = 200, body = Record), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The record after the refresh", body = Record),
+        (status = 404, description = "No such action or record, or SentDM knows no such message", body = ErrorBody),
+        (status = 422, description = "A sandbox record (SentDM keeps no such message)", body = ErrorBody),
+        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
+        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+    ))]
 async fn refresh_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
@@ -336,7 +381,7 @@ pub struct WebhookParams {
         (status = 200, description = "Committed (`received`), already applied (`duplicate`) or verified but unusable (`ignored`)", body = WebhookAck),
         (status = 401, description = "Missing/invalid key, bad signature, stale timestamp or unknown webhook id; nothing written", body = ErrorBody),
         (status = 403, description = "Key for another scope", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No loaded SentDM action has this id", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (checked after the key and the action, before reading the body)", body = ErrorBody),
         (status = 503, description = "No signing secret on record, or storage unavailable; SentDM retries", body = ErrorBody),
     ))]

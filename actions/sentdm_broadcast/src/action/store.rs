@@ -29,6 +29,7 @@ const PERSIST_BATCH: usize = 500;
 
 /// Result of applying one event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmFoldOutcome)]
 pub struct FoldOutcome {
     /// `received`, `duplicate` or `ignored`.
     #[schema(example = "received")]
@@ -600,6 +601,7 @@ pub fn record_key(action_id: &str, message_id: &str) -> String {
 
 /// One record as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmRecord)]
 pub struct Record {
     /// Record id.
     #[schema(example = "act_0c9d2e7f1b3a4c5d6e7f_8ba7b830-9dad-11d1-80b4-00c04fd430c8")]
@@ -667,6 +669,53 @@ pub struct Record {
     pub created_at: Option<String>,
     /// Last change.
     pub updated_at: Option<String>,
+}
+
+/// A broadcast (one `send_broadcast` call) as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastSummary)]
+pub struct BroadcastSummary {
+    /// Broadcast id (`bc_…`).
+    #[schema(example = "bc_0192f1c3a7d87b2e9c1f4a5b6c7d8e9f")]
+    pub id: String,
+    /// Owning action.
+    pub action_id: String,
+    /// Owning agent.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// Recipients SentDM accepted, each once.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Channels asked for.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Template id sent.
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// Template name sent (when no id was).
+    #[serde(default)]
+    pub template_name: Option<String>,
+    /// The caller's idempotency key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Sent in sandbox mode.
+    #[serde(default)]
+    pub sandbox: bool,
+    /// Messages SentDM accepted.
+    #[serde(default)]
+    pub message_count: u64,
+    /// `accepted` or `partial` (some requests were rejected).
+    #[schema(example = "accepted")]
+    pub status: String,
+    /// SentDM request ids of the accepted requests.
+    #[serde(default)]
+    pub request_ids: Vec<String>,
+    /// When it was sent (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Records counted by current status, e.g. `{"delivered": 3, "failed": 1}`.
+    #[schema(example = json!({"delivered": 3, "failed": 1}))]
+    pub funnel: std::collections::BTreeMap<String, u64>,
 }
 
 const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id, agent_id, broadcast_id, to, channel, template_id, template_name, parameters, idempotency_key, profile_id, sandbox, status, last_status_at, error, events, event_count, last_event_field, last_event_payload, minimal, created_at, updated_at";
@@ -802,7 +851,10 @@ impl Store {
     }
 
     /// A broadcast node and the delivery funnel of its records (count by status).
-    pub async fn broadcast_summary(&self, broadcast_id: &str) -> Result<Option<Value>, GraphError> {
+    pub async fn broadcast_summary(
+        &self,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastSummary>, GraphError> {
         let out = self
             .graph
             .query(
@@ -825,7 +877,12 @@ impl Store {
             funnel.insert(status, row["n"].clone());
         }
         node["funnel"] = Value::Object(funnel);
-        Ok(Some(node))
+        serde_json::from_value(node)
+            .map(Some)
+            .map_err(|e| GraphError {
+                kind: graphagent::graph::GraphErrorKind::Decode,
+                message: format!("broadcast node: {e}"),
+            })
     }
 
     /// Records stuck in a non-final status since before `older_than_ms` ago.

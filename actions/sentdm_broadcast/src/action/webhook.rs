@@ -25,6 +25,7 @@ pub fn webhook_scope(action_id: &str) -> String {
 
 /// Result of a reconcile.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(as = SentDmReconcileReport)]
 pub struct ReconcileReport {
     /// `created`, `kept`, `updated`, `rotated`, `recreated`, `skipped` or `failed`.
     #[schema(example = "kept")]
@@ -56,6 +57,7 @@ impl ReconcileReport {
 
 /// What the receiver answers SentDM (2xx).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[schema(as = SentDmWebhookAck)]
 pub struct WebhookAck {
     /// `received`, `duplicate` or `ignored`.
     #[schema(example = "received")]

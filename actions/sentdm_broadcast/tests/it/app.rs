@@ -272,10 +272,13 @@ impl App {
     /// The machine key the host would put in the webhook URL of action `action_id`,
     /// loaded or not.
     pub fn key_for_action_id(&self, action_id: &str) -> String {
+        self.derive_key(&format!("webhook:sentdm:{action_id}"))
+    }
+
+    /// A machine key for any scope, derived the way the host derives it.
+    pub fn derive_key(&self, scope: &str) -> String {
         use graphagent::plugin::ScopedKeys;
-        self.keys
-            .derive(&format!("webhook:sentdm:{action_id}"))
-            .expect("key")
+        self.keys.derive(scope).expect("key")
     }
 
     /// Write `request` on a new connection and read one answer (status and JSON body),

@@ -5,5 +5,6 @@ mod app;
 mod binary;
 mod client;
 mod conformance;
+mod openapi;
 mod util;
 mod webhooks;

@@ -1,0 +1,809 @@
+//! The OpenAPI document matches what is served: every route of a host with a SentDM
+//! action (against the simulator) is called, in success and in its main error cases, and
+//! each live answer must have a documented status, the documented content type and a
+//! body valid against the documented schema (`$ref`s resolved into `components`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::app::{ADMIN, App, AppOptions};
+use crate::util::{Receiver, start_sim};
+
+/// How a probe authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// The admin's bearer token.
+    Admin,
+    /// No credentials.
+    None,
+    /// `x-api-key`.
+    Key(&'a str),
+}
+
+/// What a probe sends as its body.
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+/// The served document and what the probes have seen of it.
+struct Probe<'a> {
+    app: &'a App,
+    doc: Value,
+    validators: Mutex<HashMap<String, jsonschema::Validator>>,
+    /// (method, template) → statuses seen.
+    seen: Mutex<BTreeMap<(String, String), BTreeSet<u16>>>,
+}
+
+impl<'a> Probe<'a> {
+    async fn new(app: &'a App) -> Self {
+        let doc: Value = app
+            .http
+            .get(format!("{}/openapi.json", app.base))
+            .send()
+            .await
+            .expect("get document")
+            .json()
+            .await
+            .expect("document is JSON");
+        Self {
+            app,
+            doc,
+            validators: Mutex::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Every (method, template) of the document.
+    fn operations(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (path, item) in self.doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                out.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        out
+    }
+
+    /// The template `path` is an instance of (the most literal one wins, as in routing).
+    fn template(&self, method: &Method, path: &str) -> String {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .filter(|(t, item)| {
+                let ts: Vec<&str> = t.split('/').collect();
+                item.get(method.as_str().to_lowercase()).is_some()
+                    && ts.len() == segments.len()
+                    && ts
+                        .iter()
+                        .zip(&segments)
+                        .all(|(a, b)| a == b || (a.starts_with('{') && a.ends_with('}')))
+            })
+            .max_by_key(|(t, _)| t.split('/').filter(|s| !s.starts_with('{')).count())
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(|| panic!("{method} {path} is not in the document"))
+    }
+
+    /// Check one answer against the document: status documented, content type as
+    /// documented, body valid against the documented schema.
+    fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &Value,
+    ) {
+        let template = self.template(method, path);
+        let here = format!("{method} {template} → {status}");
+        let op = &self.doc["paths"][&template][method.as_str().to_lowercase()];
+        let responses = op["responses"].as_object().expect("responses");
+        let Some(response) = responses.get(&status.to_string()) else {
+            panic!(
+                "{here}: status not documented (documented: {:?}); body {body}",
+                responses.keys().collect::<Vec<_>>()
+            );
+        };
+        let content = response["content"].as_object();
+        match content.and_then(|c| c.get("application/json")) {
+            Some(media) => {
+                if let Some(ct) = content_type {
+                    assert!(
+                        ct.starts_with("application/json"),
+                        "{here}: content type `{ct}`, documented application/json"
+                    );
+                }
+                let key = here.clone();
+                let mut validators = self.validators.lock().expect("lock");
+                let validator = validators.entry(key).or_insert_with(|| {
+                    let schema = json!({
+                        "$schema": "https://json-schema.org/draft/2020-12/schema",
+                        "components": self.doc["components"],
+                        "allOf": [media["schema"]],
+                    });
+                    jsonschema::validator_for(&schema).unwrap_or_else(|e| {
+                        panic!("{here}: the documented schema does not compile: {e}")
+                    })
+                });
+                let errors: Vec<String> = validator
+                    .iter_errors(body)
+                    .map(|e| format!("{e} (at `{}`)", e.instance_path))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{here}: the body violates the documented schema:\n  {}\nbody: {body:#}",
+                    errors.join("\n  ")
+                );
+            }
+            None => assert!(
+                body.is_null(),
+                "{here}: a body {body} where the document declares none"
+            ),
+        }
+        self.seen
+            .lock()
+            .expect("lock")
+            .entry((method.to_string(), template))
+            .or_default()
+            .insert(status);
+    }
+
+    /// Send a request, check the answer, return status and JSON body.
+    async fn call(&self, method: Method, path: &str, auth: Auth<'_>, body: Body) -> (u16, Value) {
+        let url = format!("{}{path}", self.app.base);
+        let mut req = self.app.http.request(method.clone(), &url);
+        req = match auth {
+            Auth::Admin => req.bearer_auth(&self.app.token),
+            Auth::None => req,
+            Auth::Key(k) => req.header("x-api-key", k),
+        };
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req.json(&v),
+            Body::Raw(ct, bytes) => req.header("content-type", ct).body(bytes),
+        };
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = res.bytes().await.expect("body");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path} → {status}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        let path_only = path.split('?').next().unwrap_or(path);
+        self.check(&method, path_only, status, ct.as_deref(), &value);
+        (status, value)
+    }
+
+    /// [`Probe::call`] that must answer `expected`.
+    async fn expect(
+        &self,
+        expected: u16,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Body,
+    ) -> Value {
+        let (status, value) = self.call(method.clone(), path, auth, body).await;
+        assert_eq!(status, expected, "{method} {path}: {value}");
+        value
+    }
+
+    /// Every operation answered at least once with success, and once with an error
+    /// unless it documents no client error (`/healthz`: only a panic's 500).
+    fn assert_covered(&self) {
+        let seen = self.seen.lock().expect("lock");
+        let mut missing = Vec::new();
+        for (method, template) in self.operations() {
+            let op = &self.doc["paths"][&template][method.to_lowercase()];
+            let can_fail = op["responses"]
+                .as_object()
+                .is_some_and(|r| r.keys().any(|k| k.starts_with('4') || k == "503"));
+            let statuses = seen.get(&(method.clone(), template.clone()));
+            let ok = statuses.is_some_and(|s| s.iter().any(|c| (200..300).contains(c)));
+            let err = !can_fail || statuses.is_some_and(|s| s.iter().any(|c| *c >= 400));
+            if !ok || !err {
+                missing.push(format!("{method} {template} (seen {statuses:?})"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "operations not exercised in success and error:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+}
+
+/// Fill a template's parameters: `action_id` with the action, others from `ids`.
+fn fill(template: &str, ids: &HashMap<&str, String>) -> String {
+    template
+        .split('/')
+        .map(
+            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => ids
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| format!("no-such-{name}")),
+                None => s.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The error answers the host gives on every route that has what causes them, derived
+/// from the document (security, `{action_id}`, parameters, typed JSON body), so a route
+/// added later is covered without editing this test.
+async fn systematic_errors(p: &Probe<'_>, ids: &HashMap<&str, String>, non_admin_key: &str) {
+    for (method, template) in p.operations() {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        let op = p.doc["paths"][&template][method.to_lowercase()].clone();
+        let path = fill(&template, ids);
+        let public_receiver = template.starts_with("/api/sentdm/webhook/");
+        if op["security"].is_array() {
+            p.expect(401, m.clone(), &path, Auth::None, Body::None)
+                .await;
+            p.expect(403, m.clone(), &path, Auth::Key(non_admin_key), Body::None)
+                .await;
+        }
+        if template.starts_with("/api/actions/{action_id}/") {
+            let mut other = ids.clone();
+            other.insert("action_id", "act_00000000000000000000".into());
+            p.expect(
+                404,
+                m.clone(),
+                &fill(&template, &other),
+                Auth::Admin,
+                Body::None,
+            )
+            .await;
+        }
+        // A parameter that is not UTF-8 once decoded cannot be extracted.
+        if template.contains('{') && !public_receiver {
+            let name = template
+                .split('/')
+                .rev()
+                .find_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .unwrap_or_default();
+            let mut bad = ids.clone();
+            bad.insert(name, "%FF".into());
+            p.expect(
+                400,
+                m.clone(),
+                &fill(&template, &bad),
+                Auth::Admin,
+                Body::None,
+            )
+            .await;
+        }
+        // An integer query parameter that is not a number.
+        for param in op["parameters"].as_array().into_iter().flatten() {
+            if param["in"] == "query" && param["schema"]["type"] == "integer" {
+                let name = param["name"].as_str().expect("name");
+                p.expect(
+                    400,
+                    m.clone(),
+                    &format!("{path}?{name}=many"),
+                    Auth::Admin,
+                    Body::None,
+                )
+                .await;
+            }
+        }
+        let typed_body =
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"].is_string();
+        if typed_body {
+            let body = || Body::Raw("application/json", b"{ not json".to_vec());
+            p.expect(400, m.clone(), &path, Auth::Admin, body()).await;
+            let plain = Body::Raw("text/plain", b"{}".to_vec());
+            p.expect(415, m.clone(), &path, Auth::Admin, plain).await;
+            let unknown = Body::Json(json!({"no_such_field": 1}));
+            p.expect(422, m.clone(), &path, Auth::Admin, unknown).await;
+            let mut big = b"{\"pad\": \"".to_vec();
+            big.resize(graphagent::http::DEFAULT_MAX_BODY_BYTES + 16, b'x');
+            big.extend_from_slice(b"\"}");
+            let big = Body::Raw("application/json", big);
+            p.expect(413, m.clone(), &path, Auth::Admin, big).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_as_documented() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let p = Probe::new(&app).await;
+    let action_id = App::action_id("sentdm");
+    let agent_id = graphagent::plugin::agent_id("acme/notifier");
+    let a = format!("/api/actions/{action_id}");
+    use Method as M;
+
+    // Host: health, agents, actions.
+    p.expect(200, M::GET, "/healthz", Auth::None, Body::None)
+        .await;
+    p.expect(200, M::GET, "/readyz", Auth::None, Body::None)
+        .await;
+    p.expect(200, M::GET, "/api/agents", Auth::Admin, Body::None)
+        .await;
+    for suffix in ["", "/actions"] {
+        let path = format!("/api/agents/{agent_id}{suffix}");
+        p.expect(200, M::GET, &path, Auth::Admin, Body::None).await;
+        let path = format!("/api/agents/agt_none{suffix}");
+        p.expect(404, M::GET, &path, Auth::Admin, Body::None).await;
+    }
+    let reload = format!("/api/agents/{agent_id}/reload");
+    p.expect(200, M::POST, &reload, Auth::Admin, Body::None)
+        .await;
+    p.expect(
+        404,
+        M::POST,
+        "/api/agents/agt_none/reload",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(200, M::GET, &a, Auth::Admin, Body::None).await;
+    p.expect(
+        404,
+        M::GET,
+        "/api/actions/act_none",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+
+    // Auth: log in, API keys.
+    let login = |password: &str| Body::Json(json!({"email": ADMIN.0, "password": password}));
+    p.expect(200, M::POST, "/api/auth/login", Auth::None, login(ADMIN.1))
+        .await;
+    p.expect(401, M::POST, "/api/auth/login", Auth::None, login("wrong"))
+        .await;
+    let keys = "/api/auth/api-keys";
+    let machine = p
+        .expect(
+            201,
+            M::POST,
+            keys,
+            Auth::Admin,
+            Body::Json(json!({"name": "machine", "scopes": ["webhook:sentdm:other"]})),
+        )
+        .await;
+    let admin_key = p
+        .expect(
+            201,
+            M::POST,
+            keys,
+            Auth::Admin,
+            Body::Json(json!({"name": "ops", "scopes": ["admin"]})),
+        )
+        .await["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    p.expect(
+        422,
+        M::POST,
+        keys,
+        Auth::Admin,
+        Body::Json(json!({"name": "none", "scopes": []})),
+    )
+    .await;
+    p.expect(200, M::GET, keys, Auth::Key(&admin_key), Body::None)
+        .await;
+    let revoke = format!("{keys}/{}", machine["id"].as_str().expect("id"));
+    p.expect(200, M::DELETE, &revoke, Auth::Admin, Body::None)
+        .await;
+    p.expect(
+        404,
+        M::DELETE,
+        &format!("{keys}/key_0000000000000000"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    let non_admin_key = p
+        .expect(
+            201,
+            M::POST,
+            keys,
+            Auth::Admin,
+            Body::Json(json!({"name": "other", "scopes": ["report:read"]})),
+        )
+        .await["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+
+    // SentDM: a broadcast and what it left.
+    let s = format!("{a}/sentdm");
+    let sent = p
+        .expect(
+            202,
+            M::POST,
+            &format!("{s}/broadcast"),
+            Auth::Admin,
+            Body::Json(json!({"to": ["+14155551234"], "channels": ["sms"], "idempotency_key": "openapi-1",
+                              "template": {"name": "order_confirmation", "parameters": {"name": "Jane", "order_id": "1"}}})),
+        )
+        .await;
+    for bad in [
+        json!({"to": ["4155551234"]}),
+        json!({"to": ["+14155551234"], "channels": ["pigeon"]}),
+        json!({"to": ["+14155551234"], "idempotency_key": "spaces are not allowed"}),
+    ] {
+        p.expect(
+            422,
+            M::POST,
+            &format!("{s}/broadcast"),
+            Auth::Admin,
+            Body::Json(bad),
+        )
+        .await;
+    }
+    // Found by the API fuzz: a profile this key may not use is the caller's error (it
+    // was a 502 blaming the deployment), and a template naming neither id nor name
+    // takes the default one (it was refused as "no default template is configured").
+    let profile = json!({"to": ["+14155551234"], "profile_id": "0"});
+    let refused = p
+        .expect(
+            422,
+            M::POST,
+            &format!("{s}/broadcast"),
+            Auth::Admin,
+            Body::Json(profile),
+        )
+        .await;
+    assert_eq!(refused["error"]["field"], "profile_id", "{refused}");
+    let defaulted = json!({"to": ["+14155551234"], "template": {"parameters": {"name": "Jane", "order_id": "2"}}});
+    p.expect(
+        202,
+        M::POST,
+        &format!("{s}/broadcast"),
+        Auth::Admin,
+        Body::Json(defaulted),
+    )
+    .await;
+    let broadcast_id = sent["broadcast_id"]
+        .as_str()
+        .expect("broadcast id")
+        .to_owned();
+    let message_id = sent["messages"][0]["message_id"]
+        .as_str()
+        .expect("mid")
+        .to_owned();
+    let record_id = sent["messages"][0]["record_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/broadcast/{broadcast_id}"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        404,
+        M::GET,
+        &format!("{s}/broadcast/bc_none"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    for suffix in ["", "/activities"] {
+        let path = format!("{s}/messages/{message_id}{suffix}");
+        p.expect(200, M::GET, &path, Auth::Admin, Body::None).await;
+        let path = format!("{s}/messages/00000000-0000-0000-0000-000000000000{suffix}");
+        p.expect(404, M::GET, &path, Auth::Admin, Body::None).await;
+    }
+    // SentDM failing (every retry) is a documented 502.
+    sim.push_api_fault(
+        graphagent_sentdm::sim::ApiFault::status(500)
+            .on("GET", "/v3/messages")
+            .times(3),
+    );
+    let (status, _) = p
+        .call(
+            M::GET,
+            &format!("{s}/messages/{message_id}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    assert_eq!(status, 502);
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/templates?page=1&page_size=5"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    let (status, _) = p
+        .call(
+            M::GET,
+            &format!("{s}/templates?page_size=500"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    assert!((400..500).contains(&status), "page_size 500: {status}");
+    p.expect(200, M::GET, &format!("{s}/status"), Auth::Admin, Body::None)
+        .await;
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/webhook"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        200,
+        M::POST,
+        &format!("{s}/webhook/register"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/broadcasts?status=accepted&page=1"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    // The last page of the documented range (its offset overflowed u32).
+    let last = format!("{s}/broadcasts?page=4294967295&page_size=100");
+    let page = p.expect(200, M::GET, &last, Auth::Admin, Body::None).await;
+    assert_eq!(page["items"], json!([]));
+    let (status, _) = p
+        .call(
+            M::GET,
+            &format!("{s}/broadcasts?status=lost"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    assert!((400..500).contains(&status), "unknown status: {status}");
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/broadcasts/{record_id}"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        404,
+        M::GET,
+        &format!("{s}/broadcasts/none"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    let refresh = format!("{s}/broadcasts/{record_id}/refresh");
+    p.expect(200, M::POST, &refresh, Auth::Admin, Body::None)
+        .await;
+    p.expect(
+        404,
+        M::POST,
+        &format!("{s}/broadcasts/none/refresh"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    // The graph down is a documented 503.
+    app.graph.set_outage(true);
+    let (status, _) = p
+        .call(M::GET, &format!("{s}/broadcasts"), Auth::Admin, Body::None)
+        .await;
+    let (ready, _) = p.call(M::GET, "/readyz", Auth::None, Body::None).await;
+    app.graph.set_outage(false);
+    assert_eq!((status, ready), (503, 503));
+
+    // The provider webhook: signed deliveries in, forged ones out.
+    let receiver = format!("/api/sentdm/webhook/{action_id}");
+    let event =
+        json!({"field": "message", "sub_type": "message.sent", "timestamp": "2026-01-01T00:00:01Z",
+        "payload": {"message_id": message_id, "message_status": "SENT", "channel": "sms",
+                    "outbound_number": "+14155551234", "updated_at": "2026-01-01T00:00:01Z"}})
+        .to_string();
+    let (status, body) = app.deliver("sentdm", &event, |_| {}).await;
+    p.check(&M::POST, &receiver, status, None, &body);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .deliver("sentdm", &event, |d| d.signature = "v1,AAAA".into())
+        .await;
+    p.check(&M::POST, &receiver, status, None, &body);
+    assert_eq!(status, 401, "{body}");
+    let key = app.derive_key(&format!("webhook:sentdm:{}", App::action_id("gone")));
+    let unknown = format!(
+        "/api/sentdm/webhook/{}?api_key={key}",
+        App::action_id("gone")
+    );
+    p.expect(
+        404,
+        M::POST,
+        &unknown,
+        Auth::None,
+        Body::Raw("application/json", b"{}".to_vec()),
+    )
+    .await;
+
+    // Outbound webhooks.
+    let hook = Receiver::start().await;
+    let subs = "/api/webhooks/subscriptions";
+    let sub = p
+        .expect(
+            201,
+            M::POST,
+            subs,
+            Auth::Admin,
+            Body::Json(json!({"url": hook.url, "event_types": ["sentdm.message.delivered"]})),
+        )
+        .await;
+    for bad in [
+        json!({"url": "ftp://example.com/"}),
+        json!({"url": hook.url, "event_types": ["no.such"]}),
+    ] {
+        p.expect(400, M::POST, subs, Auth::Admin, Body::Json(bad))
+            .await;
+    }
+    let sub_id = sub["id"].as_str().expect("id").to_owned();
+    let one = format!("{subs}/{sub_id}");
+    let none = format!("{subs}/sub_none");
+    p.expect(
+        200,
+        M::GET,
+        "/api/webhooks/event-types",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(200, M::GET, subs, Auth::Admin, Body::None).await;
+    p.expect(200, M::GET, &one, Auth::Admin, Body::None).await;
+    p.expect(404, M::GET, &none, Auth::Admin, Body::None).await;
+    let patch = || Body::Json(json!({"description": "ops"}));
+    p.expect(200, M::PATCH, &one, Auth::Admin, patch()).await;
+    p.expect(404, M::PATCH, &none, Auth::Admin, patch()).await;
+    let long = Body::Json(json!({"description": "x".repeat(1001)}));
+    p.expect(400, M::PATCH, &one, Auth::Admin, long).await;
+    for action in ["rotate-secret", "test", "recover"] {
+        p.expect(
+            200,
+            M::POST,
+            &format!("{one}/{action}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+        p.expect(
+            404,
+            M::POST,
+            &format!("{none}/{action}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    }
+    p.expect(
+        400,
+        M::POST,
+        &format!("{one}/recover?since=yesterday"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    let deliveries = p
+        .expect(
+            200,
+            M::GET,
+            "/api/webhooks/deliveries?outcome=success&page=1",
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    let delivery_id = deliveries["items"][0]["id"]
+        .as_str()
+        .expect("the test delivery")
+        .to_owned();
+    for bad in ["page=0", "page_size=0", "outcome=maybe", "until=soon"] {
+        let path = format!("/api/webhooks/deliveries?{bad}");
+        p.expect(400, M::GET, &path, Auth::Admin, Body::None).await;
+    }
+    let d = format!("/api/webhooks/deliveries/{delivery_id}");
+    p.expect(200, M::GET, &d, Auth::Admin, Body::None).await;
+    p.expect(
+        200,
+        M::POST,
+        &format!("{d}/redeliver"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        404,
+        M::GET,
+        "/api/webhooks/deliveries/none",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        404,
+        M::POST,
+        "/api/webhooks/deliveries/none/redeliver",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        200,
+        M::GET,
+        "/api/webhooks/stats?period_days=30",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        400,
+        M::GET,
+        "/api/webhooks/stats?period_days=0",
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+
+    // What the host answers on every route that has its cause, then deletion.
+    let ids: HashMap<&str, String> = HashMap::from([
+        ("action_id", action_id.clone()),
+        ("agent_id", agent_id.clone()),
+        ("broadcast_id", broadcast_id),
+        ("message_id", message_id),
+        ("record_id", record_id),
+        ("subscription_id", sub_id),
+        ("delivery_id", delivery_id),
+        ("key_id", "key_0000000000000000".into()),
+    ]);
+    systematic_errors(&p, &ids, &non_admin_key).await;
+    p.expect(200, M::DELETE, &one, Auth::Admin, Body::None)
+        .await;
+    p.expect(404, M::DELETE, &one, Auth::Admin, Body::None)
+        .await;
+
+    // Last, since it locks this address out of logging in: the login limiter.
+    let mut limited = false;
+    for _ in 0..20 {
+        let (status, _) = p
+            .call(M::POST, "/api/auth/login", Auth::None, login("wrong"))
+            .await;
+        if status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the login limiter never answered");
+
+    p.assert_covered();
+    app.stop().await;
+    sim.shutdown().await;
+}
