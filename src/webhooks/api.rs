@@ -369,18 +369,12 @@ fn webhooks(state: &HostState) -> &super::Webhooks {
     state.webhooks()
 }
 
-fn bad_field(field: &str, message: impl AsRef<str>) -> ApiError {
-    let mut e = ApiError::bad_request(format!("{field}: {}", message.as_ref()));
-    e.field = Some(field.to_owned());
-    e
-}
-
 fn check_event_types(state: &HostState, types: &[String]) -> ApiResult<()> {
     let catalogue = webhooks(state).catalogue();
     for (i, t) in types.iter().enumerate() {
         if !catalogue.iter().any(|e| e.name == *t) {
-            return Err(bad_field(
-                &format!("event_types[{i}]"),
+            return Err(ApiError::invalid_field(
+                format!("event_types[{i}]"),
                 format!("unknown event type `{t}`; see GET /api/webhooks/event-types"),
             ));
         }
@@ -432,13 +426,13 @@ fn manual_error(e: ManualError) -> ApiError {
 fn parse_time(field: &str, text: &str) -> ApiResult<i64> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|_| {
-            bad_field(
+            ApiError::invalid_param(
                 field,
                 "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
             )
         })?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| bad_field(field, "out of range"))
+        .map_err(|_| ApiError::invalid_param(field, "out of range"))
 }
 
 /// The event types subscriptions may name, with a description and an example payload.
@@ -470,7 +464,10 @@ pub(crate) async fn create_subscription(
     check_event_types(&state, &body.event_types)?;
     let url = check_url(&state, &body.url).await?;
     if body.description.chars().count() > 1000 {
-        return Err(bad_field("description", "at most 1000 characters"));
+        return Err(ApiError::invalid_field(
+            "description",
+            "at most 1000 characters",
+        ));
     }
     let now = now_ms();
     let id = format!("sub_{}", uuid::Uuid::now_v7().simple());
@@ -565,7 +562,10 @@ pub(crate) async fn update_subscription(
     }
     if let Some(d) = &body.description {
         if d.chars().count() > 1000 {
-            return Err(bad_field("description", "at most 1000 characters"));
+            return Err(ApiError::invalid_field(
+                "description",
+                "at most 1000 characters",
+            ));
         }
         set.insert("description".into(), json!(d));
     }
@@ -605,15 +605,7 @@ pub(crate) async fn delete_subscription(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Subscription>> {
     let row = load_sub(&state, &id).await?;
-    state
-        .graph()
-        .transaction(
-            "BEGIN; DELETE type::record('webhook_subscription', $id); \
-             UPDATE webhook_delivery SET status = 'failed', last_error = 'subscription deleted', \
-             completed_ms = $now WHERE subscription_id = $id AND status = 'pending'; COMMIT;",
-            json!({"id": id, "now": now_ms()}),
-        )
-        .await?;
+    webhooks(&state).delete_subscription(&id).await?;
     Ok(Json(Subscription::from(&row)))
 }
 
@@ -736,7 +728,7 @@ pub(crate) async fn list_deliveries(
             "failure" => "failed",
             "pending" => "pending",
             _ => {
-                return Err(bad_field(
+                return Err(ApiError::invalid_param(
                     "outcome",
                     format!("must be one of {}", OUTCOMES.join(", ")),
                 ));
@@ -860,7 +852,10 @@ pub(crate) async fn stats(
 ) -> ApiResult<Json<Stats>> {
     let period_days = q.period_days.unwrap_or(7);
     if !(1..=90).contains(&period_days) {
-        return Err(bad_field("period_days", "must be between 1 and 90"));
+        return Err(ApiError::invalid_param(
+            "period_days",
+            "must be between 1 and 90",
+        ));
     }
     let since = now_ms() - i64::from(period_days) * 86_400_000;
     let out = state

@@ -303,6 +303,55 @@ impl Webhooks {
             .await
     }
 
+    /// Delete a subscription and fail its pending deliveries.
+    ///
+    /// Not one transaction: failing thousands of deliveries in the transaction that
+    /// deletes the subscription conflicts with every attempt the worker records
+    /// meanwhile, and the retried transaction could take longer than any client waits.
+    /// The delete commits first; then unleased pending deliveries are failed in batches.
+    /// A delivery leased right now is left to its worker, which finds the subscription
+    /// gone and fails it with the same reason (see `process`).
+    pub(crate) async fn delete_subscription(&self, id: &str) -> GraphResult<()> {
+        self.graph
+            .query(
+                "DELETE type::record('webhook_subscription', $id);",
+                json!({"id": id}),
+            )
+            .await?;
+        let mut conflicts = 0;
+        loop {
+            let now = now_ms();
+            let out = self
+                .graph
+                .query(
+                    "LET $ids = (SELECT VALUE id FROM webhook_delivery WHERE subscription_id = $id \
+                     AND status = 'pending' AND locked_until < $now LIMIT $n); \
+                     UPDATE $ids SET status = 'failed', last_error = 'subscription deleted', \
+                     completed_ms = $now WHERE status = 'pending' AND locked_until < $now RETURN NONE; \
+                     RETURN array::len($ids);",
+                    json!({"id": id, "now": now, "n": CLEAN_BATCH}),
+                )
+                .await;
+            let n = match out {
+                Ok(out) => out.last().and_then(Value::as_u64).unwrap_or(0),
+                // The worker claimed one of these rows at the same moment: take the
+                // batch afresh (a claimed row is no longer selected). Past a bound, the
+                // rest is the worker's to settle as it comes due.
+                Err(e) if e.is_conflict() => {
+                    conflicts += 1;
+                    if conflicts > 16 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if n < CLEAN_BATCH as u64 {
+                return Ok(());
+            }
+        }
+    }
+
     // ---- fan-out ----------------------------------------------------------------
 
     /// Turn unfanned outbox events into deliveries; returns how many events were handled.

@@ -1023,7 +1023,7 @@ async fn event_types_are_listed_and_unknown_ones_refused() {
             json!({"url": "https://example.com/hook", "event_types": [ITEM_EVENT, "nope.nothing"]}),
         )
         .await;
-    assert_eq!(st, 400, "{body}");
+    assert_eq!(st, 422, "{body}");
     assert_eq!(body["error"]["field"], "event_types[1]");
     let (st, _) = s
         .http
@@ -1367,4 +1367,73 @@ async fn shutdown_abandons_attempts_still_running_after_the_grace_period() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["status"], "pending", "{}", items[0]);
     assert_eq!(items[0]["attempts"], 0, "{}", items[0]);
+}
+
+/// Deleting a subscription with many pending deliveries, while the worker keeps
+/// attempting them, answers promptly and leaves none of them pending. (Found by the
+/// API fuzz: failing them in the deleting transaction conflicted with every attempt
+/// the worker recorded, and the retried transaction outlasted the client.)
+#[tokio::test]
+async fn deleting_a_busy_subscription_answers_promptly_and_fails_its_pending_deliveries() {
+    let dir = ConfigDir::new(AGENT);
+    let s = start(&dir, "mem://", |s| {
+        // 150 deliveries failing and retried every second keep the worker writing them.
+        s.webhooks.retry_schedule = vec![Duration::from_millis(1000); 20];
+    })
+    .await;
+    let api = Api::new(&s).await;
+    let down = Receiver::new(503);
+    let base = down.start().await;
+    let (sub, _) = api.subscribe(&format!("{base}/hook"), &[ITEM_EVENT]).await;
+    for i in 0..150 {
+        let (st, _) = api.emit(&format!("i{i}"), "done", false).await;
+        assert_eq!(st, 200);
+    }
+    eventually("every event fanned out and attempted", || async {
+        (count(
+            &s,
+            "RETURN count(SELECT id FROM webhook_delivery WHERE attempts > 0);",
+        )
+        .await
+            >= 150)
+            .then_some(())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (st, body) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/webhooks/subscriptions/{sub}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "delete took {:?}",
+        started.elapsed()
+    );
+    // What the delete left to in-flight attempts is settled by the worker.
+    eventually(
+        "no delivery of the deleted subscription pending",
+        || async {
+            (count(
+                &s,
+                "RETURN count(SELECT id FROM webhook_delivery WHERE status = 'pending');",
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let failed = api.deliveries("outcome=failure&page_size=200").await;
+    assert_eq!(failed.len(), 150);
+    assert!(
+        failed
+            .iter()
+            .all(|d| d["last_error"].as_str().unwrap_or("").contains("deleted")),
+        "{:?}",
+        failed.first()
+    );
 }

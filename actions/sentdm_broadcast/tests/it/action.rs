@@ -831,7 +831,7 @@ async fn admin_endpoints_need_credentials() {
     let (status, _) = app
         .call(Method::GET, "/sentdm/templates?page_size=1000", None)
         .await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

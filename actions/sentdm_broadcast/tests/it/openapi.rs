@@ -665,7 +665,7 @@ async fn every_route_answers_as_documented() {
         json!({"url": "ftp://example.com/"}),
         json!({"url": hook.url, "event_types": ["no.such"]}),
     ] {
-        p.expect(400, M::POST, subs, Auth::Admin, Body::Json(bad))
+        p.expect(422, M::POST, subs, Auth::Admin, Body::Json(bad))
             .await;
     }
     let sub_id = sub["id"].as_str().expect("id").to_owned();
@@ -686,7 +686,7 @@ async fn every_route_answers_as_documented() {
     p.expect(200, M::PATCH, &one, Auth::Admin, patch()).await;
     p.expect(404, M::PATCH, &none, Auth::Admin, patch()).await;
     let long = Body::Json(json!({"description": "x".repeat(1001)}));
-    p.expect(400, M::PATCH, &one, Auth::Admin, long).await;
+    p.expect(422, M::PATCH, &one, Auth::Admin, long).await;
     for action in ["rotate-secret", "test", "recover"] {
         p.expect(
             200,
