@@ -3,7 +3,7 @@
 //! The host loads agents and their actions from `agent.yaml`, runs their lifecycle hooks,
 //! serves their HTTP routes with auth and an OpenAPI document, and gives them one [`Graph`]
 //! handle. Action crates depend on this library; the server binary that bundles them lives
-//! in `examples/agent_app` (see `docs/ARCHITECTURE.md`).
+//! in `app/` (see `docs/ARCHITECTURE.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), graphagent::HostError> {

@@ -310,7 +310,7 @@ async fn config_errors_stop_start_up_with_file_line_and_key() {
 
 #[tokio::test]
 async fn env_references_are_expanded() {
-    // Set variables are covered through the real binary (examples/agent_app/tests);
+    // Set variables are covered through the real binary (app/tests);
     // here the defaults apply because the variables are unset.
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: echo\n    context:\n      greeting: ${GA_TEST_UNSET_GREETING:-ahoy}\n      max_message_chars: ${GA_TEST_UNSET:-12}\n",

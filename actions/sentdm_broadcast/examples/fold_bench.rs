@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use graphagent::{Graph, GraphOptions};
-use graphagent_sentdm::action::store::{FoldEvent, FoldScope, SCHEMA, apply_batch};
+use graphagent_sentdm::store::{FoldEvent, FoldScope, SCHEMA, apply_batch};
 use serde_json::json;
 
 /// Event `i` of `messages` messages: five statuses per message, interleaved.

@@ -20,8 +20,8 @@ use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
 use graphagent::{Graph, HostBuilder, Settings};
 use graphagent_sentdm::SentDmBroadcast;
-use graphagent_sentdm::signing::{SignedParts, SigningSecret};
-use graphagent_sentdm::sim::Simulator;
+use sentdm_client::signing::{SignedParts, SigningSecret};
+use sentdm_sim::Simulator;
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -372,7 +372,7 @@ async fn main() {
             .send_broadcast(graphagent_sentdm::BroadcastRequest {
                 to,
                 channels: Some(vec!["sms".into(), "whatsapp".into()]),
-                template: Some(graphagent_sentdm::action::TemplateInput {
+                template: Some(graphagent_sentdm::TemplateInput {
                     name: Some("order_confirmation".into()),
                     parameters: [
                         ("name".to_owned(), "Jane".to_owned()),
@@ -412,8 +412,8 @@ async fn main() {
     std::process::exit(i32::from(lost || report.errors > 0));
 }
 
-async fn sim_webhook_url(sim: &graphagent_sentdm::sim::SimHandle) -> String {
-    use graphagent_sentdm::client::{ApiKey, Client, ClientConfig};
+async fn sim_webhook_url(sim: &sentdm_sim::SimHandle) -> String {
+    use sentdm_client::client::{ApiKey, Client, ClientConfig};
     let client = Client::new(ClientConfig::new(
         sim.base_url(),
         ApiKey::new(sim.api_key()),

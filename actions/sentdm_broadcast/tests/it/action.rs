@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use graphagent_sentdm::client::{ApiKey, Client, ClientConfig};
-use graphagent_sentdm::sim::{ApiFault, Faults, SimHandle};
 use reqwest::Method;
+use sentdm_client::client::{ApiKey, Client, ClientConfig};
+use sentdm_sim::{ApiFault, Faults, SimHandle};
 use serde_json::{Value, json};
 
 use crate::app::{App, AppOptions, eventually, tmp_graph};
 use crate::util::{sim_builder, start_sim};
 
-async fn sim_webhooks(sim: &SimHandle) -> Vec<graphagent_sentdm::model::Webhook> {
+async fn sim_webhooks(sim: &SimHandle) -> Vec<sentdm_client::model::Webhook> {
     let client = Client::new(ClientConfig::new(
         sim.base_url(),
         ApiKey::new(sim.api_key()),
@@ -100,7 +100,7 @@ async fn two_actions_behind_one_url_keep_their_own_webhooks() {
     .expect("client");
     let foreign = client
         .create_webhook(
-            &graphagent_sentdm::model::WebhookRequest {
+            &sentdm_client::model::WebhookRequest {
                 display_name: "other system".into(),
                 endpoint_url: format!(
                     "http://127.0.0.1:9/api/sentdm/webhook/{}",

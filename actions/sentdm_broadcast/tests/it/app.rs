@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use graphagent::{Graph, HostBuilder, Settings};
 use graphagent_sentdm::SentDmBroadcast;
-use graphagent_sentdm::signing::SigningSecret;
-use graphagent_sentdm::sim::SimHandle;
+use sentdm_client::signing::SigningSecret;
+use sentdm_sim::SimHandle;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 

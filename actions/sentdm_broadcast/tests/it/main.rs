@@ -1,10 +1,7 @@
-//! Integration tests: the client against the simulator over real HTTP on 127.0.0.1.
+//! The action in a real host: server on a loopback port, embedded SurrealDB, the SentDM
+//! simulator over real HTTP delivering real signed webhooks.
 
 mod action;
 mod app;
-mod binary;
-mod client;
-mod conformance;
 mod openapi;
 mod util;
-mod webhooks;

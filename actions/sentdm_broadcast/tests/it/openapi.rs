@@ -515,7 +515,7 @@ async fn every_route_answers_as_documented() {
     }
     // SentDM failing (every retry) is a documented 502.
     sim.push_api_fault(
-        graphagent_sentdm::sim::ApiFault::status(500)
+        sentdm_sim::ApiFault::status(500)
             .on("GET", "/v3/messages")
             .times(3),
     );

@@ -1,0 +1,1273 @@
+//! The action's graph: records of sent messages, broadcasts, inbound replies and webhook
+//! state, and the batching writer that folds events.
+//!
+//! **Performance Invariant.** One transaction per event tops out near 7,000/s on this
+//! hardware, so the webhook path never writes alone: a writer task per shard takes every
+//! event queued while its previous batch committed and folds them all in one
+//! transaction ([`apply_batch`]), then answers each caller.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use graphagent::events::{EventPublisher, INSERT_OUTBOX};
+use graphagent::graph::{Graph, GraphError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use utoipa::ToSchema;
+
+use crate::inbound;
+
+/// Schema of the action's tables and the status fold.
+pub const SCHEMA: &str = include_str!("schema.surql");
+
+/// Largest number of events folded in one transaction.
+const MAX_BATCH: usize = 512;
+/// Records per transaction when persisting a send.
+const PERSIST_BATCH: usize = 500;
+
+/// Result of applying one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmFoldOutcome)]
+pub struct FoldOutcome {
+    /// `received`, `duplicate` or `ignored`.
+    #[schema(example = "received")]
+    pub outcome: String,
+    /// Record id (key of the `sentdm_message` node), when there is one.
+    pub record: Option<String>,
+    /// The record's status after the event.
+    pub status: Option<String>,
+    /// Whether the event changed the status.
+    #[serde(default)]
+    pub changed: bool,
+    /// Why it was ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+type Reply = oneshot::Sender<Result<FoldOutcome, GraphError>>;
+
+/// One status event ready to fold: built by the action from a verified delivery (or a
+/// refresh), applied by [`FoldWriter`].
+#[derive(Debug, Clone)]
+pub struct FoldEvent {
+    /// De-duplication key (derived from the event itself, CONTRACT §5.7).
+    pub key: String,
+    /// Key of the `sentdm_message` record it folds into.
+    pub rid: String,
+    /// SentDM message id.
+    pub message_id: String,
+    /// Create a minimal record when there is none (webhooks; not refreshes).
+    pub create_if_missing: bool,
+    /// Known lowercase status, or `None` (logged, no status change).
+    pub status: Option<String>,
+    /// When it happened, unix ms (for the rule's "later").
+    pub t_ms: Option<i64>,
+    /// When it happened, as SentDM wrote it.
+    pub occurred_at: Option<String>,
+    /// `{code, reason}` kept when a failure becomes the status.
+    pub error: Option<Value>,
+    /// The audit log entry.
+    pub entry: Value,
+    /// Kept as `last_event_payload`.
+    pub payload: Value,
+    pub to: Option<String>,
+    pub channel: Option<String>,
+    pub template_id: Option<String>,
+    pub template_name: Option<String>,
+    /// Outbound event row, written only if this event changes the status.
+    pub outbox: Option<Value>,
+}
+
+/// What every event of one writer shares: the owning action and its log bound.
+#[derive(Debug, Clone)]
+pub struct FoldScope {
+    pub action_id: String,
+    pub agent_id: String,
+    /// `record_event_history_limit`.
+    pub limit: usize,
+}
+
+/// Fewest de-duplication keys a record keeps (the newest); see [`FoldScope::keys_kept`].
+pub const MIN_KEYS_KEPT: usize = 256;
+
+impl FoldScope {
+    /// How many de-duplication keys a record keeps: the newest, at least
+    /// [`MIN_KEYS_KEPT`] and never fewer than the log holds. A message sees a handful of
+    /// distinct events, so an older key would only matter for a replay of an event
+    /// hundreds of events back, which is then folded as if new (the rule's guarantees
+    /// still hold; the log gains an entry). Unbounded, the list would grow with every
+    /// distinct signed event (docs/decisions.md, "Provider payload bounds").
+    pub fn keys_kept(&self) -> usize {
+        self.limit.max(MIN_KEYS_KEPT)
+    }
+}
+
+/// Queue in front of the fold: callers wait for the commit of the batch their event
+/// went into. Cheap to clone; the task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct FoldWriter {
+    /// One queue per shard; a record always maps to the same shard, so its events stay
+    /// in one writer's order while other records' batches commit in parallel.
+    shards: Vec<mpsc::Sender<(FoldEvent, Reply)>>,
+}
+
+impl FoldWriter {
+    /// Start the writer tasks on `graph`; `publisher` is woken after a batch that wrote
+    /// outbound events.
+    pub fn spawn(graph: Graph, publisher: EventPublisher, scope: FoldScope) -> Self {
+        let shards = (0..writer_shards())
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<(FoldEvent, Reply)>(MAX_BATCH * 8);
+                tokio::spawn(run_writer(
+                    graph.clone(),
+                    publisher.clone(),
+                    scope.clone(),
+                    rx,
+                ));
+                tx
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// Apply one event; resolves after the commit of the batch it went into.
+    pub async fn apply(&self, event: FoldEvent) -> Result<FoldOutcome, GraphError> {
+        let (reply, wait) = oneshot::channel();
+        let shard = (fxhash(event.rid.as_bytes()) % self.shards.len() as u64) as usize;
+        self.shards[shard]
+            .send((event, reply))
+            .await
+            .map_err(|_| writer_gone())?;
+        wait.await.map_err(|_| writer_gone())?
+    }
+}
+
+/// Writers per action: one per core (at least 1), so batches of different records
+/// commit in parallel; `GRAPHAGENT_SENTDM_FOLD_WRITERS` overrides.
+fn writer_shards() -> usize {
+    std::env::var("GRAPHAGENT_SENTDM_FOLD_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 64)
+}
+
+/// FNV-1a: cheap and stable, for picking a shard.
+fn fxhash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn writer_gone() -> GraphError {
+    GraphError {
+        kind: graphagent::graph::GraphErrorKind::Unavailable,
+        message: "the fold writer stopped".into(),
+    }
+}
+
+async fn run_writer(
+    graph: Graph,
+    publisher: EventPublisher,
+    scope: FoldScope,
+    mut rx: mpsc::Receiver<(FoldEvent, Reply)>,
+) {
+    let mut batch: Vec<(FoldEvent, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut events: Vec<FoldEvent> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let replies: Vec<Reply> = batch
+            .drain(..)
+            .map(|(event, reply)| {
+                events.push(event);
+                reply
+            })
+            .collect();
+        match apply_batch(&graph, &scope, &events).await {
+            Ok(outcomes) => {
+                if outcomes.iter().any(|o| o.changed) {
+                    publisher.notify();
+                }
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if events.len() > 1 && !e.is_unavailable() => {
+                // One bad event must not fail its neighbours: apply them one by one.
+                for (event, reply) in events.iter().zip(replies) {
+                    let result = apply_batch(&graph, &scope, std::slice::from_ref(event))
+                        .await
+                        .and_then(|mut o| o.pop().ok_or_else(decode_error));
+                    if result.as_ref().is_ok_and(|o| o.changed) {
+                        publisher.notify();
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        events.clear();
+    }
+}
+
+fn decode_error() -> GraphError {
+    GraphError {
+        kind: graphagent::graph::GraphErrorKind::Decode,
+        message: "fold returned an unexpected shape".into(),
+    }
+}
+
+/// Reads what the rule needs about the batch's records, in the fold's transaction.
+const FOLD_READ: &str =
+    "SELECT record::id(id) AS rid, status, status_at_ms, event_keys, to, channel,
+        array::len(events ?? []) AS logged, array::len(event_keys ?? []) AS keyed
+    FROM $rids.map(|$r| type::record('sentdm_message', $r));";
+
+/// Which of the batch's unknown messages a sibling action already tracks.
+const FOLD_SIBLINGS: &str = "SELECT VALUE sentdm_message_id FROM sentdm_message
+    WHERE sentdm_message_id IN $mids AND action_id != $action;";
+
+/// Records created by this batch (events for messages we have no record of yet).
+const FOLD_CREATE: &str = "
+    INSERT INTO sentdm_message $created.map(|$r| object::extend($r, { created_at: time::now(), updated_at: time::now() })) RETURN NONE;
+    INSERT RELATION INTO tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
+
+/// Existing records whose status changes. The log, keys and count are appended by the
+/// database, the status is the rule's. Plain `SET`s of precomputed values: every
+/// expression here costs per event (BENCHMARKS.md), so the log is trimmed to its bound
+/// by [`FOLD_TRIM`], only for the records that go over it.
+const FOLD_ADVANCE: &str = "
+    FOR $r IN $advanced {
+        UPDATE type::record('sentdm_message', $r.id) SET
+            events += $r.entries, event_keys += $r.keys, event_count += $r.n,
+            status = $r.status, status_at_ms = $r.status_at_ms, last_status_at = $r.last_status_at,
+            error = $r.error, last_event_field = 'message', last_event_payload = $r.payload,
+            updated_at = $now
+        RETURN NONE;
+    };";
+
+/// Existing records whose status stays: only the log, keys and count move.
+const FOLD_APPEND: &str = "
+    FOR $r IN $appended {
+        UPDATE type::record('sentdm_message', $r.id) SET
+            events += $r.entries, event_keys += $r.keys, event_count += $r.n,
+            last_event_field = 'message', last_event_payload = $r.payload, updated_at = $now
+        RETURN NONE;
+    };";
+
+/// Records whose log went over `record_event_history_limit`, or whose key list over
+/// [`FoldScope::keys_kept`]: drop the oldest entries.
+const FOLD_TRIM: &str = "
+    FOR $id IN $trimmed {
+        UPDATE type::record('sentdm_message', $id) SET events = array::slice(events, -$limit),
+            event_keys = array::slice(event_keys, -$keys_kept) RETURN NONE;
+    };";
+
+/// Records whose recipient or channel was unknown and the batch knows it (rare).
+const FOLD_FILL: &str = "
+    FOR $r IN $filled {
+        UPDATE type::record('sentdm_message', $r.id) SET to = $r.to ?? to, channel = $r.channel ?? channel RETURN NONE;
+    };";
+
+#[derive(Deserialize)]
+struct Current {
+    rid: String,
+    status: Option<String>,
+    status_at_ms: Option<i64>,
+    /// Absent on records written before this field (and on send records).
+    event_keys: Option<Vec<String>>,
+    to: Option<String>,
+    channel: Option<String>,
+    /// Entries in the log now.
+    #[serde(default)]
+    logged: usize,
+    /// De-duplication keys on the record now.
+    #[serde(default)]
+    keyed: usize,
+}
+
+/// A record as the batch leaves it.
+struct Folded<'a> {
+    /// Not in the graph before this batch.
+    created: bool,
+    status: Option<String>,
+    status_at_ms: Option<i64>,
+    /// The status moved (so the status fields are written).
+    advanced: bool,
+    last_status_at: Option<&'a str>,
+    error: Option<&'a Value>,
+    /// Recipient and channel: known on the record, or learnt from this batch's events.
+    to: Option<&'a str>,
+    channel: Option<&'a str>,
+    /// `to` / `channel` were unknown on the record and this batch knows them.
+    fill: bool,
+    /// Entries in the log before this batch.
+    logged: usize,
+    /// De-duplication keys on the record before this batch.
+    keyed: usize,
+    known_keys: HashSet<&'a str>,
+    keys: Vec<&'a str>,
+    entries: Vec<&'a Value>,
+    first: &'a FoldEvent,
+    last: &'a FoldEvent,
+}
+
+impl<'a> Folded<'a> {
+    fn new(first: &'a FoldEvent, current: Option<&'a Current>) -> Self {
+        let known = |v: Option<&'a String>| v.map(String::as_str).filter(|v| *v != "unknown");
+        Self {
+            created: current.is_none(),
+            status: current.and_then(|c| c.status.clone()),
+            status_at_ms: current.and_then(|c| c.status_at_ms),
+            advanced: false,
+            last_status_at: None,
+            error: None,
+            to: known(current.and_then(|c| c.to.as_ref())),
+            channel: known(current.and_then(|c| c.channel.as_ref())),
+            fill: false,
+            logged: current.map_or(0, |c| c.logged),
+            keyed: current.map_or(0, |c| c.keyed),
+            known_keys: current
+                .and_then(|c| c.event_keys.as_ref())
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect(),
+            keys: Vec::new(),
+            entries: Vec::new(),
+            first,
+            last: first,
+        }
+    }
+
+    /// Fold one event that is not a duplicate; true when the status changed.
+    fn apply(&mut self, e: &'a FoldEvent) -> bool {
+        self.known_keys.insert(&e.key);
+        self.keys.push(&e.key);
+        self.entries.push(&e.entry);
+        self.last = e;
+        if self.to.is_none() && e.to.is_some() {
+            self.to = e.to.as_deref();
+            self.fill = true;
+        }
+        if self.channel.is_none() && e.channel.is_some() {
+            self.channel = e.channel.as_deref();
+            self.fill = true;
+        }
+        let changed = inbound::advances(
+            self.status.as_deref(),
+            self.status_at_ms,
+            e.status.as_deref(),
+            e.t_ms,
+        );
+        if changed {
+            self.status = e.status.clone();
+            self.status_at_ms = e.t_ms;
+            self.last_status_at = e.occurred_at.as_deref();
+            self.error = if inbound::status_rank(e.status.as_deref()) < 0 {
+                e.error.as_ref()
+            } else {
+                None
+            };
+            self.advanced = true;
+        }
+        changed
+    }
+
+    /// A whole new record.
+    fn created_row(&self, scope: &FoldScope) -> Value {
+        let e = self.last;
+        let skip = self.entries.len().saturating_sub(scope.limit);
+        let skip_keys = self.keys.len().saturating_sub(scope.keys_kept());
+        without_nulls(json!({
+            "id": e.rid, "action_id": scope.action_id, "agent_id": scope.agent_id,
+            "sentdm_message_id": e.message_id, "to": self.to, "channel": self.channel,
+            "template_id": self.first.template_id, "template_name": self.first.template_name,
+            "events": &self.entries[skip..], "event_keys": &self.keys[skip_keys..],
+            "event_count": self.entries.len(),
+            "status": self.status, "status_at_ms": self.status_at_ms,
+            "last_status_at": self.last_status_at, "error": self.error,
+            "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
+        }))
+    }
+
+    /// What to append to an existing record (and its new status, if it moved).
+    fn update_row(&self) -> Value {
+        let e = self.last;
+        let mut row = json!({
+            "id": e.rid, "entries": self.entries, "keys": self.keys, "n": self.entries.len(),
+            "payload": e.payload,
+        });
+        if self.advanced {
+            row["status"] = json!(self.status);
+            row["status_at_ms"] = json!(self.status_at_ms);
+            row["last_status_at"] = json!(self.last_status_at);
+            row["error"] = json!(self.error);
+        }
+        without_nulls(row)
+    }
+}
+
+/// Apply events in order, atomically: one interactive transaction reads the batch's
+/// records, the rule (CONTRACT §3.3, [`inbound::advances`]) runs here, and the writes go
+/// back in a few bulk statements. Every event folded writes its record, so two
+/// transactions folding into one record always collide at commit; the loser is run
+/// again from its read (invariant 3: no lost updates). Duplicates are found by their
+/// key on the record itself (`event_keys`), checked and written in the same
+/// transaction (invariant 2).
+pub async fn apply_batch(
+    graph: &Graph,
+    scope: &FoldScope,
+    events: &[FoldEvent],
+) -> Result<Vec<FoldOutcome>, GraphError> {
+    let mut attempt = 0;
+    loop {
+        let txn = graph.begin().await?;
+        let result = match fold_in(&txn, scope, events).await {
+            Ok(outcomes) => txn.commit().await.map(|()| outcomes),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e)
+                if e.is_conflict()
+                    && graphagent::graph::retry_after_conflict(&mut attempt).await => {}
+            other => return other,
+        }
+    }
+}
+
+async fn fold_in(
+    txn: &graphagent::graph::GraphTxn,
+    scope: &FoldScope,
+    events: &[FoldEvent],
+) -> Result<Vec<FoldOutcome>, GraphError> {
+    use std::collections::HashMap;
+    use std::collections::hash_map::Entry;
+
+    let mut rids: Vec<&str> = Vec::new();
+    let mut seen_rids = HashSet::new();
+    for e in events {
+        if seen_rids.insert(e.rid.as_str()) {
+            rids.push(&e.rid);
+        }
+    }
+    let current: Vec<Current> = first_rows(txn.query(FOLD_READ, json!({ "rids": rids })).await?)?;
+    let by_rid: HashMap<&str, &Current> = current.iter().map(|c| (c.rid.as_str(), c)).collect();
+
+    // Messages with no record here: a sibling action's, or new.
+    let missing: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.create_if_missing && !by_rid.contains_key(e.rid.as_str()))
+        .map(|e| e.message_id.as_str())
+        .collect();
+    let siblings: HashSet<String> = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        let vars = json!({ "mids": missing, "action": scope.action_id });
+        first_rows::<String>(txn.query(FOLD_SIBLINGS, vars).await?)?
+            .into_iter()
+            .collect()
+    };
+
+    let mut records: HashMap<&str, Folded<'_>> = HashMap::with_capacity(rids.len());
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut outbox: Vec<&Value> = Vec::new();
+    for e in events {
+        let record = match records.entry(e.rid.as_str()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => match by_rid.get(e.rid.as_str()) {
+                Some(cur) => v.insert(Folded::new(e, Some(cur))),
+                None if e.create_if_missing && !siblings.contains(&e.message_id) => {
+                    v.insert(Folded::new(e, None))
+                }
+                None => {
+                    let reason = if e.create_if_missing {
+                        "sibling_action"
+                    } else {
+                        "unknown_message"
+                    };
+                    outcomes.push(FoldOutcome {
+                        outcome: "ignored".into(),
+                        record: None,
+                        status: None,
+                        changed: false,
+                        reason: Some(reason.into()),
+                    });
+                    continue;
+                }
+            },
+        };
+        let duplicate = record.known_keys.contains(e.key.as_str());
+        let changed = !duplicate && record.apply(e);
+        if changed {
+            outbox.extend(e.outbox.as_ref());
+        }
+        outcomes.push(FoldOutcome {
+            outcome: if duplicate { "duplicate" } else { "received" }.into(),
+            record: Some(e.rid.clone()),
+            status: record.status.clone(),
+            changed,
+            reason: None,
+        });
+    }
+
+    let (mut created, mut advanced, mut appended, mut filled, mut trimmed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for record in rids.iter().filter_map(|rid| records.get(rid)) {
+        if record.entries.is_empty() {
+            continue; // only duplicates: nothing to write
+        }
+        if record.created {
+            created.push(record.created_row(scope));
+            continue;
+        }
+        if record.logged + record.entries.len() > scope.limit
+            || record.keyed + record.keys.len() > scope.keys_kept()
+        {
+            trimmed.push(record.last.rid.as_str());
+        }
+        if record.fill {
+            filled.push(without_nulls(
+                json!({ "id": record.last.rid, "to": record.to, "channel": record.channel }),
+            ));
+        }
+        if record.advanced {
+            advanced.push(record.update_row());
+        } else {
+            appended.push(record.update_row());
+        }
+    }
+    let mut sql = String::new();
+    for (rows, statement) in [
+        (&created, FOLD_CREATE),
+        (&advanced, FOLD_ADVANCE),
+        (&appended, FOLD_APPEND),
+        (&filled, FOLD_FILL),
+    ] {
+        if !rows.is_empty() {
+            sql.push_str(statement);
+        }
+    }
+    if !trimmed.is_empty() {
+        sql.push_str(FOLD_TRIM);
+    }
+    if !outbox.is_empty() {
+        sql.push_str(INSERT_OUTBOX);
+    }
+    if !sql.is_empty() {
+        let vars = json!({
+            "created": created, "advanced": advanced, "appended": appended, "filled": filled,
+            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit,
+            "keys_kept": scope.keys_kept(), "action": scope.action_id,
+        });
+        txn.query(&format!("LET $now = time::now();{sql}"), vars)
+            .await?;
+    }
+    Ok(outcomes)
+}
+
+/// The rows of a query's first statement.
+fn first_rows<T: serde::de::DeserializeOwned>(out: Vec<Value>) -> Result<Vec<T>, GraphError> {
+    graphagent::graph::rows_from(out.into_iter().next().unwrap_or(Value::Null))
+}
+
+/// Drop `null` members so SurrealQL sees them as absent (NONE), not NULL.
+pub fn without_nulls(mut v: Value) -> Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+/// Hex SHA-256 of the parts, length-prefixed so boundaries cannot shift.
+pub fn digest(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Key of the record for (action, SentDM message id).
+pub fn record_key(action_id: &str, message_id: &str) -> String {
+    format!("{action_id}_{message_id}")
+}
+
+/// One record as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmRecord)]
+pub struct Record {
+    /// Record id.
+    #[schema(example = "act_0c9d2e7f1b3a4c5d6e7f_8ba7b830-9dad-11d1-80b4-00c04fd430c8")]
+    pub id: String,
+    /// SentDM message id.
+    pub sentdm_message_id: String,
+    /// Owning action.
+    pub action_id: String,
+    /// Owning agent.
+    pub agent_id: Option<String>,
+    /// Broadcast it belongs to (absent for records created from an unknown webhook).
+    #[serde(default)]
+    pub broadcast_id: Option<String>,
+    /// Recipient (E.164).
+    pub to: Option<String>,
+    /// Channel.
+    pub channel: Option<String>,
+    /// Template id.
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// Template name.
+    #[serde(default)]
+    pub template_name: Option<String>,
+    /// Template parameters.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    /// Idempotency key of the send request it came from.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// SentDM profile it was sent as.
+    #[serde(default)]
+    pub profile_id: Option<String>,
+    /// Sent in sandbox mode.
+    #[serde(default)]
+    pub sandbox: Option<bool>,
+    /// Current status: accepted, queued, routed, sent, delivered, read, failed, blocked,
+    /// filtered, cancelled (never goes backwards).
+    pub status: Option<String>,
+    /// When the current status happened (SentDM's time).
+    #[serde(default)]
+    pub last_status_at: Option<String>,
+    /// `{code, reason}` of a failure.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    /// Bounded audit log, oldest first.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// Events ever applied (the log may have dropped old ones).
+    #[serde(default)]
+    pub event_count: Option<u64>,
+    /// `field` of the last event.
+    #[serde(default)]
+    pub last_event_field: Option<String>,
+    /// Payload of the last event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub last_event_payload: Option<Value>,
+    /// Created from a webhook before (or without) our own send record.
+    #[serde(default)]
+    pub minimal: Option<bool>,
+    /// When the record was created.
+    pub created_at: Option<String>,
+    /// Last change.
+    pub updated_at: Option<String>,
+}
+
+/// A broadcast (one `send_broadcast` call) as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastSummary)]
+pub struct BroadcastSummary {
+    /// Broadcast id (`bc_…`).
+    #[schema(example = "bc_0192f1c3a7d87b2e9c1f4a5b6c7d8e9f")]
+    pub id: String,
+    /// Owning action.
+    pub action_id: String,
+    /// Owning agent.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// Recipients SentDM accepted, each once.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Channels asked for.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Template id sent.
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// Template name sent (when no id was).
+    #[serde(default)]
+    pub template_name: Option<String>,
+    /// The caller's idempotency key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Sent in sandbox mode.
+    #[serde(default)]
+    pub sandbox: bool,
+    /// Messages SentDM accepted.
+    #[serde(default)]
+    pub message_count: u64,
+    /// `accepted` or `partial` (some requests were rejected).
+    #[schema(example = "accepted")]
+    pub status: String,
+    /// SentDM request ids of the accepted requests.
+    #[serde(default)]
+    pub request_ids: Vec<String>,
+    /// When it was sent (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Records counted by current status, e.g. `{"delivered": 3, "failed": 1}`.
+    #[schema(example = json!({"delivered": 3, "failed": 1}))]
+    pub funnel: std::collections::BTreeMap<String, u64>,
+}
+
+const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id, agent_id, broadcast_id, to, channel, template_id, template_name, parameters, idempotency_key, profile_id, sandbox, status, last_status_at, error, events, event_count, last_event_field, last_event_payload, minimal, created_at, updated_at";
+
+/// Filters for listing records.
+#[derive(Debug, Clone)]
+pub struct RecordFilter {
+    pub status: Option<String>,
+    pub to: Option<String>,
+    pub sentdm_message_id: Option<String>,
+    pub broadcast_id: Option<String>,
+    pub paging: graphagent::http::Paging,
+}
+
+impl Default for RecordFilter {
+    /// No filter; the first page of 20.
+    fn default() -> Self {
+        Self {
+            status: None,
+            to: None,
+            sentdm_message_id: None,
+            broadcast_id: None,
+            paging: graphagent::http::Paging {
+                page: 1,
+                page_size: 20,
+            },
+        }
+    }
+}
+
+/// The action's store.
+#[derive(Clone)]
+pub struct Store {
+    graph: Graph,
+    action_id: String,
+}
+
+impl Store {
+    pub fn new(graph: Graph, action_id: String) -> Self {
+        Self { graph, action_id }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Persist a broadcast and its records, in batches. A record the webhook already
+    /// created (the event raced our commit) keeps its status and log; the send event is
+    /// put first in its log. Idempotent: a record already holding this broadcast's send
+    /// (a client's retry with the same idempotency key) is left exactly as it is.
+    pub async fn persist_send(
+        &self,
+        broadcast: &Value,
+        records: &[Value],
+        outbox: Option<&Value>,
+    ) -> Result<(), GraphError> {
+        self.graph
+            .transaction(
+                &format!("BEGIN;
+                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {{
+                    {INSERT_OUTBOX}
+                 }};
+                 UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
+                 UPDATE type::record('broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
+                 INSERT RELATION INTO sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
+                 COMMIT;"),
+                without_nulls(json!({ "b": broadcast, "outbox": outbox })),
+            )
+            .await?;
+        for chunk in records.chunks(PERSIST_BATCH) {
+            self.graph
+                .transaction(
+                    "FOR $r IN $records {
+                        LET $rec = type::record('sentdm_message', $r.key);
+                        IF !record::exists($rec) {
+                            CREATE $rec CONTENT $r.fields;
+                            RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
+                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
+                        } ELSE IF $rec.broadcast_id != $r.fields.broadcast_id {
+                            UPDATE $rec SET broadcast_id = $r.fields.broadcast_id, template_id = $r.fields.template_id,
+                                template_name = $r.fields.template_name, parameters = $r.fields.parameters,
+                                idempotency_key = $r.fields.idempotency_key, profile_id = $r.fields.profile_id,
+                                sandbox = $r.fields.sandbox, to = $r.fields.to ?? to, channel = $r.fields.channel ?? channel,
+                                events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
+                                event_count = (event_count ?? 0) + 1, minimal = false,
+                                status = status ?? 'accepted', updated_at = time::now();
+                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
+                        };
+                    };",
+                    json!({ "records": chunk }),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get_record(&self, key: &str) -> Result<Option<Record>, GraphError> {
+        self.graph
+            .query_opt(
+                &format!("SELECT {RECORD_FIELDS} FROM type::record('sentdm_message', $key) WHERE action_id = $action;"),
+                json!({"key": key, "action": self.action_id}),
+                0,
+            )
+            .await
+    }
+
+    /// Records of this action, newest first, with the total matching.
+    pub async fn list_records(&self, f: &RecordFilter) -> Result<(Vec<Record>, u64), GraphError> {
+        let mut cond = String::from("action_id = $action");
+        for (field, present) in [
+            ("status", f.status.is_some()),
+            ("to", f.to.is_some()),
+            ("sentdm_message_id", f.sentdm_message_id.is_some()),
+            ("broadcast_id", f.broadcast_id.is_some()),
+        ] {
+            if present {
+                cond.push_str(&format!(" AND {field} = ${field}"));
+            }
+        }
+        let sql = format!(
+            "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE {cond} ORDER BY created_at DESC LIMIT $limit START $start;
+             RETURN count(SELECT id FROM sentdm_message WHERE {cond});"
+        );
+        let vars = json!({
+            "action": self.action_id, "status": f.status, "to": f.to,
+            "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
+            "limit": f.paging.page_size, "start": f.paging.offset(),
+        });
+        let mut out = self.graph.query(&sql, vars).await?;
+        let total = out.get(1).and_then(Value::as_u64).unwrap_or(0);
+        let rows = graphagent::graph::rows_from(out.swap_remove(0))?;
+        Ok((rows, total))
+    }
+
+    /// A broadcast node and the delivery funnel of its records (count by status).
+    pub async fn broadcast_summary(
+        &self,
+        broadcast_id: &str,
+    ) -> Result<Option<BroadcastSummary>, GraphError> {
+        let out = self
+            .graph
+            .query(
+                "SELECT *, record::id(id) AS id FROM type::record('broadcast', $b) WHERE action_id = $action;
+                 SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status;",
+                json!({"b": broadcast_id, "action": self.action_id}),
+            )
+            .await?;
+        let Some(mut node) = out
+            .first()
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let mut funnel = serde_json::Map::new();
+        for row in out.get(1).and_then(Value::as_array).into_iter().flatten() {
+            let status = row["status"].as_str().unwrap_or("unknown").to_owned();
+            funnel.insert(status, row["n"].clone());
+        }
+        node["funnel"] = Value::Object(funnel);
+        serde_json::from_value(node)
+            .map(Some)
+            .map_err(|e| GraphError {
+                kind: graphagent::graph::GraphErrorKind::Decode,
+                message: format!("broadcast node: {e}"),
+            })
+    }
+
+    /// Records stuck in a non-final status since before `older_than_ms` ago.
+    pub async fn stale_records(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<Vec<Record>, GraphError> {
+        self.graph
+            .query_rows(
+                &format!(
+                    "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE action_id = $action
+                       AND (status = NONE OR status IN ['accepted', 'queued', 'scheduled', 'processed', 'routed', 'sent'])
+                       AND (sandbox = NONE OR sandbox = false)
+                       AND updated_at < time::now() - type::duration($age)
+                     ORDER BY updated_at ASC LIMIT $limit;"
+                ),
+                json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit}),
+                0,
+            )
+            .await
+    }
+
+    /// Store an inbound reply, linked to the action and to the record it answers.
+    pub async fn store_reply(
+        &self,
+        key: &str,
+        reply: &Value,
+        answers: Option<&str>,
+        outbox: &Value,
+    ) -> Result<bool, GraphError> {
+        let out = self
+            .graph
+            .transaction(
+                &format!("BEGIN;
+                 LET $node = type::record('sentdm_inbound', $key);
+                 LET $fresh = !record::exists($node);
+                 IF $fresh {{
+                    CREATE $node CONTENT $reply;
+                    RELATE (type::record('action', $action))->received->$node;
+                    IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
+                        RELATE $node->replies_to->(type::record('sentdm_message', $answers));
+                    }};
+                    {INSERT_OUTBOX}
+                 }};
+                 RETURN $fresh;
+                 COMMIT;"),
+                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers, "outbox": outbox})),
+            )
+            .await?;
+        Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
+    }
+
+    /// Latest record of this action sent to `to` (the message a reply most likely answers).
+    pub async fn latest_record_to(
+        &self,
+        to: &str,
+        channel: Option<&str>,
+    ) -> Result<Option<String>, GraphError> {
+        self.graph
+            .query_opt::<String>(
+                "SELECT VALUE record::id(id) FROM sentdm_message WHERE action_id = $action AND to = $to
+                   AND ($channel = NONE OR channel = $channel) ORDER BY created_at DESC LIMIT 1;",
+                json!({"action": self.action_id, "to": to, "channel": channel}),
+                0,
+            )
+            .await
+    }
+
+    /// Put one outbound event in the outbox on its own (for facts with no other write).
+    pub async fn emit(&self, outbox: &Value) -> Result<(), GraphError> {
+        self.graph
+            .query(INSERT_OUTBOX, json!({"outbox": [outbox]}))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn webhook_state(&self) -> Result<Option<WebhookState>, GraphError> {
+        self.graph
+            .query_opt(
+                "SELECT webhook_id, signing_secret, endpoint_path, updated_at FROM type::record('sentdm_webhook_state', $action);",
+                json!({"action": self.action_id}),
+                0,
+            )
+            .await
+    }
+
+    pub async fn save_webhook_state(
+        &self,
+        webhook_id: &str,
+        secret: &str,
+        endpoint_path: &str,
+    ) -> Result<(), GraphError> {
+        self.graph
+            .query(
+                "UPSERT type::record('sentdm_webhook_state', $action) CONTENT { webhook_id: $id, signing_secret: $secret, endpoint_path: $path, updated_at: time::now() };",
+                json!({"action": self.action_id, "id": webhook_id, "secret": secret, "path": endpoint_path}),
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// What the action keeps about its SentDM webhook. The secret is stored because every
+/// delivery must be verified with it; it never leaves the process otherwise.
+#[derive(Clone, Deserialize)]
+pub struct WebhookState {
+    pub webhook_id: String,
+    pub signing_secret: String,
+    #[serde(default)]
+    pub endpoint_path: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookState")
+            .field("webhook_id", &self.webhook_id)
+            .field("signing_secret", &"whsec_***")
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fold against the real embedded engine: order, de-duplication, creation,
+    //! siblings, the bounded log, and concurrent transactions on one record.
+    use super::*;
+
+    async fn graph() -> Graph {
+        let g = Graph::memory().await.expect("graph");
+        g.apply_schema("sentdm", SCHEMA).await.expect("schema");
+        g.query(
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; DEFINE TABLE IF NOT EXISTS webhook_subscription SCHEMALESS;
+             CREATE webhook_subscription:s SET enabled = true; CREATE action:a; CREATE action:b;",
+            Value::Null,
+        )
+        .await
+        .expect("setup");
+        g
+    }
+
+    fn scope(limit: usize) -> FoldScope {
+        FoldScope {
+            action_id: "a".into(),
+            agent_id: "g".into(),
+            limit,
+        }
+    }
+
+    /// Event `key` for message `m` with `status` at time `t`.
+    fn ev(key: &str, m: &str, status: Option<&str>, t: i64) -> FoldEvent {
+        FoldEvent {
+            key: key.into(),
+            rid: record_key("a", m),
+            message_id: m.into(),
+            create_if_missing: true,
+            status: status.map(str::to_owned),
+            t_ms: Some(t),
+            occurred_at: Some(format!("t{t}")),
+            error: status
+                .filter(|s| *s == "failed")
+                .map(|_| json!({"code": "DELIVERY_007", "reason": "unreachable"})),
+            entry: json!({ "key": key, "status": status }),
+            payload: json!({ "status": status }),
+            to: Some("+14155550100".into()),
+            channel: Some("sms".into()),
+            template_id: None,
+            template_name: None,
+            outbox: Some(json!({ "id": format!("ob_{key}"), "event_type": "x" })),
+        }
+    }
+
+    async fn record(g: &Graph, m: &str) -> Value {
+        let rows = g
+            .query(
+                "SELECT * FROM type::record('sentdm_message', $rid);",
+                json!({ "rid": record_key("a", m) }),
+            )
+            .await
+            .expect("record");
+        rows[0][0].clone()
+    }
+
+    fn outcome(o: &FoldOutcome) -> (&str, Option<&str>, bool) {
+        (o.outcome.as_str(), o.status.as_deref(), o.changed)
+    }
+
+    #[tokio::test]
+    async fn a_batch_folds_in_order_with_duplicates_and_unknown_messages() {
+        let g = graph().await;
+        let mut unknown = ev("k4", "m2", Some("sent"), 4);
+        unknown.create_if_missing = false;
+        let events = [
+            ev("k1", "m1", Some("queued"), 1),
+            ev("k2", "m1", Some("delivered"), 2),
+            ev("k1", "m1", Some("queued"), 1),
+            ev("k3", "m1", Some("sent"), 3),
+            unknown,
+        ];
+        let out = apply_batch(&g, &scope(25), &events).await.expect("fold");
+        let got: Vec<_> = out.iter().map(outcome).collect();
+        assert_eq!(
+            got,
+            [
+                ("received", Some("queued"), true),
+                ("received", Some("delivered"), true),
+                ("duplicate", Some("delivered"), false),
+                ("received", Some("delivered"), false),
+                ("ignored", None, false),
+            ]
+        );
+        assert_eq!(out[4].reason.as_deref(), Some("unknown_message"));
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "delivered");
+        assert_eq!(r["event_count"], 3);
+        assert_eq!(r["event_keys"], json!(["k1", "k2", "k3"]));
+        assert_eq!(r["events"].as_array().map(Vec::len), Some(3));
+        assert_eq!(r["minimal"], true);
+        assert_eq!(r["to"], "+14155550100");
+        // Linked to its action; one outbound event per status change, none for the rest.
+        let more = g
+            .query(
+                "RETURN count(SELECT id FROM tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
+                Value::Null,
+            )
+            .await
+            .expect("counts");
+        assert_eq!(more, vec![json!(1), json!(2), json!(1)]);
+        // A later batch with the same events is all duplicates and writes nothing.
+        let again = apply_batch(&g, &scope(25), &events[..4])
+            .await
+            .expect("again");
+        assert!(again.iter().all(|o| o.outcome == "duplicate"), "{again:?}");
+        assert_eq!(record(&g, "m1").await["event_count"], 3);
+    }
+
+    #[tokio::test]
+    async fn status_never_regresses_and_a_failure_keeps_its_error() {
+        let g = graph().await;
+        let s = scope(25);
+        for (key, status, t) in [
+            ("k1", "delivered", 10),
+            ("k2", "sent", 5),
+            ("k3", "queued", 20),
+        ] {
+            apply_batch(&g, &s, &[ev(key, "m1", Some(status), t)])
+                .await
+                .expect("fold");
+        }
+        assert_eq!(record(&g, "m1").await["status"], "delivered");
+        // A failure after delivery only counts when it happened later.
+        let out = apply_batch(&g, &s, &[ev("k4", "m1", Some("failed"), 9)])
+            .await
+            .expect("fold");
+        assert!(!out[0].changed);
+        let out = apply_batch(&g, &s, &[ev("k5", "m1", Some("failed"), 30)])
+            .await
+            .expect("fold");
+        assert!(out[0].changed);
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "failed");
+        assert_eq!(r["error"]["code"], "DELIVERY_007");
+        assert_eq!(r["status_at_ms"], 30);
+        assert_eq!(r["event_count"], 5, "every distinct event is logged");
+        // A resend that later reaches the handset clears the error.
+        apply_batch(&g, &s, &[ev("k6", "m1", Some("delivered"), 40)])
+            .await
+            .expect("fold");
+        let r = record(&g, "m1").await;
+        assert_eq!(r["status"], "delivered");
+        assert!(r.get("error").is_none(), "{r}");
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_the_newest_entries_within_the_limit() {
+        let g = graph().await;
+        let s = scope(3);
+        let first: Vec<_> = (0..4)
+            .map(|i| ev(&format!("k{i}"), "m1", None, i))
+            .collect();
+        apply_batch(&g, &s, &first)
+            .await
+            .expect("created over the limit");
+        for i in 4..6 {
+            apply_batch(&g, &s, &[ev(&format!("k{i}"), "m1", None, i)])
+                .await
+                .expect("fold");
+        }
+        let r = record(&g, "m1").await;
+        let keys: Vec<_> = r["events"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .map(|e| e["key"].clone())
+            .collect();
+        assert_eq!(keys, vec![json!("k3"), json!("k4"), json!("k5")]);
+        assert_eq!(r["event_count"], 6);
+        assert!(
+            r.get("status").is_none(),
+            "events without a status set none: {r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sibling_actions_message_is_not_taken_over() {
+        let g = graph().await;
+        g.query(
+            "CREATE sentdm_message:b_m1 SET action_id = 'b', sentdm_message_id = 'm1', status = 'sent';",
+            Value::Null,
+        )
+        .await
+        .expect("sibling record");
+        let out = apply_batch(&g, &scope(25), &[ev("k1", "m1", Some("delivered"), 1)])
+            .await
+            .expect("fold");
+        assert_eq!(
+            (out[0].outcome.as_str(), out[0].reason.as_deref()),
+            ("ignored", Some("sibling_action"))
+        );
+        assert!(record(&g, "m1").await.is_null());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_recipient_is_filled_in_and_a_known_one_kept() {
+        let g = graph().await;
+        let s = scope(25);
+        let mut first = ev("k1", "m1", Some("queued"), 1);
+        (first.to, first.channel) = (None, None);
+        apply_batch(&g, &s, &[first]).await.expect("fold");
+        assert!(record(&g, "m1").await.get("to").is_none());
+        apply_batch(&g, &s, &[ev("k2", "m1", None, 2)])
+            .await
+            .expect("fold");
+        let mut other = ev("k3", "m1", Some("sent"), 3);
+        other.to = Some("+15550000000".into());
+        apply_batch(&g, &s, &[other]).await.expect("fold");
+        let r = record(&g, "m1").await;
+        assert_eq!(
+            (r["to"].clone(), r["channel"].clone()),
+            (json!("+14155550100"), json!("sms"))
+        );
+    }
+
+    /// Invariant 3 without the writer's sharding: concurrent transactions folding into
+    /// one record conflict at commit and are run again, so every event lands once.
+    #[tokio::test]
+    async fn concurrent_batches_on_one_record_lose_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let g = Graph::connect(
+            &format!("surrealkv://{}", dir.path().join("g").display()),
+            &graphagent::GraphOptions::default(),
+        )
+        .await
+        .expect("graph");
+        g.apply_schema("sentdm", SCHEMA).await.expect("schema");
+        g.query(
+            "DEFINE TABLE IF NOT EXISTS outbox_event SCHEMALESS; DEFINE TABLE IF NOT EXISTS webhook_subscription SCHEMALESS; CREATE action:a;",
+            Value::Null,
+        )
+        .await
+        .expect("setup");
+        apply_batch(&g, &scope(1000), &[ev("k0", "m1", Some("queued"), 0)])
+            .await
+            .expect("seed");
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    for b in 0..5 {
+                        let events: Vec<_> = (0..4)
+                            .map(|i| ev(&format!("w{w}b{b}i{i}"), "m1", None, 1))
+                            .collect();
+                        apply_batch(&g, &scope(1000), &events).await.expect("fold");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let r = record(&g, "m1").await;
+        assert_eq!(r["event_count"], 161);
+        assert_eq!(r["events"].as_array().map(Vec::len), Some(161));
+        assert_eq!(r["event_keys"].as_array().map(Vec::len), Some(161));
+    }
+}

@@ -1,0 +1,356 @@
+//! The real `graphagent` binary: `check` exit codes, `--help`, and `serve` with the
+//! example agent on the embedded graph, stopped by SIGTERM.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_graphagent");
+const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
+const PASSWORD: &str = "cli test password 42";
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent.yaml.example")
+}
+
+#[test]
+fn check_accepts_the_example_and_rejects_errors_with_positions() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(example())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 1 action(s))"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("agent.yaml");
+    std::fs::write(
+        &bad,
+        "agent: x\nactions:\n  - action: sentdm_broadcast\n    context: { timout: 5 }\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent.yaml:4:16: actions[0].context.timout: unknown field `timout`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("run");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let expected: &[&str] = match args[0] {
+            "serve" => &[
+                "--config",
+                "--bind",
+                "--graph",
+                "--public-base-url",
+                "GRAPHAGENT_BIND",
+            ],
+            "check" => &["--config"],
+            _ => &["serve", "check"],
+        };
+        for word in expected {
+            assert!(text.contains(word), "{args:?} lacks {word}: {text}");
+        }
+    }
+}
+
+#[test]
+fn unparsable_server_settings_stop_serve_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = serve_command(dir.path(), free_port())
+        .env("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS", "soon")
+        .env("GRAPHAGENT_IDLE_TIMEOUT_SECS", "0")
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started despite unusable settings");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS must be a whole number, got `soon`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GRAPHAGENT_IDLE_TIMEOUT_SECS must be between 1 and 86400 seconds"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("graph").exists(),
+        "the graph was not opened"
+    );
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `graphagent serve` with the example agent and a graph under `data`, logs piped.
+fn serve_command(data: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(example())
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .arg("--graph")
+        .arg(format!("surrealkv://{}", data.join("graph").display()))
+        .env("GRAPHAGENT_JWT_SECRET", SECRET)
+        .env("GRAPHAGENT_ADMIN_EMAIL", "ops@example.com")
+        .env("GRAPHAGENT_ADMIN_PASSWORD", PASSWORD)
+        .env("GRAPHAGENT_LOG_FORMAT", "json")
+        .env("SENTDM_API_BASE", "http://127.0.0.1:9")
+        .env_remove("GRAPHAGENT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn serve(data: &std::path::Path) -> Server {
+    serve_with(data, &[])
+}
+
+fn serve_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let child = serve_command(data, port)
+        .envs(env.iter().copied())
+        .spawn()
+        .expect("spawn");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(res) = http.get(format!("{base}/readyz")).send().await
+            && res.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server did not become ready");
+}
+
+#[tokio::test]
+async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut server = serve(data.path());
+        wait_ready(&http, &server.base).await;
+        let login: Value = http
+            .post(format!("{}/api/auth/login", server.base))
+            .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        let token = login["access_token"].as_str().expect("token").to_owned();
+        let actions: Value = http
+            .get(format!(
+                "{}/api/agents/acme%2Fnotifier/actions",
+                server.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("actions")
+            .json()
+            .await
+            .expect("json");
+        let sentdm = actions
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["type_name"] == "sentdm_broadcast"))
+            .expect("sentdm action")
+            .clone();
+        let id = sentdm["id"].as_str().expect("id").to_owned();
+        // ${SENTDM_API_BASE:-https://api.sent.dm} was expanded from the environment.
+        assert_eq!(sentdm["config"]["api_base"], "http://127.0.0.1:9");
+        let records: Value = http
+            .get(format!(
+                "{}/api/actions/{id}/sentdm/broadcasts",
+                server.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("records")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(records["total"], 0, "{records}");
+        ids.push(id);
+
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "exit status {status}");
+        let mut logs = String::new();
+        if let Some(mut err) = server.child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut logs);
+        }
+        // JSON logs, no secrets in them.
+        let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty());
+        for line in &lines {
+            let parsed: Result<Value, _> = serde_json::from_str(line);
+            assert!(parsed.is_ok(), "not a JSON log line: {line}");
+        }
+        assert!(logs.contains("shutdown requested"), "{logs}");
+        assert!(!logs.contains(PASSWORD) && !logs.contains(SECRET) && !logs.contains(&token));
+    }
+    // Same data dir, same ids.
+    assert_eq!(ids[0], ids[1]);
+}
+
+/// Accepts HTTP/1.1 connections on loopback, answers each request `status`, and counts
+/// the connections it accepted.
+async fn counting_listener(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+/// The SSRF guard judges every DNS answer; through a proxy it would see none, so the
+/// delivery client must not pick up the usual proxy variables from the environment.
+#[tokio::test]
+async fn webhook_deliveries_ignore_proxy_environment_variables() {
+    let (proxy_port, proxied) = counting_listener(502).await;
+    let (receiver_port, received) = counting_listener(200).await;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serve_with(
+        data.path(),
+        &[
+            ("HTTP_PROXY", &proxy),
+            ("HTTPS_PROXY", &proxy),
+            ("ALL_PROXY", &proxy),
+            ("http_proxy", &proxy),
+            ("NO_PROXY", ""),
+            ("GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK", "true"),
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    wait_ready(&http, &server.base).await;
+    let login: Value = http
+        .post(format!("{}/api/auth/login", server.base))
+        .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["access_token"].as_str().expect("token").to_owned();
+    let sub: Value = http
+        .post(format!("{}/api/webhooks/subscriptions", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"url": format!("http://127.0.0.1:{receiver_port}/hook")}))
+        .send()
+        .await
+        .expect("subscribe")
+        .json()
+        .await
+        .expect("json");
+    let id = sub["id"].as_str().expect("subscription id");
+    let attempt: Value = http
+        .post(format!(
+            "{}/api/webhooks/subscriptions/{id}/test",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("test delivery")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(attempt["success"], true, "{attempt}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(proxied.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

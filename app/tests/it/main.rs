@@ -1,0 +1,4 @@
+//! The real `graphagent` binary, run as a process the way its users run it.
+
+mod cli;
+mod sentdm;

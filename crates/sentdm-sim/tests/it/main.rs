@@ -1,0 +1,3 @@
+//! The `sentdm-sim` binary as its users run it.
+
+mod binary;
