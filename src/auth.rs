@@ -30,8 +30,9 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::graph::Graph;
-use crate::http::{HostState, Json, Path};
+use crate::http::HostState;
 use crate::plugin::ScopedKeys;
+use crate::plugin::{Json, Path};
 
 /// The scope that grants every admin endpoint.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -656,7 +657,12 @@ impl Auth {
     }
 }
 
+#[async_trait::async_trait]
 impl ScopedKeys for Auth {
+    async fn authorize(&self, key: Option<&str>, scope: &str) -> ApiResult<()> {
+        self.authorize_scope(key, scope).await
+    }
+
     fn derive(&self, scope: &str) -> Option<String> {
         // Admin power is never derivable, and a random per-process secret would change
         // the key (and so a provider's webhook URL) at every restart.

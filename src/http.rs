@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRef, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -29,10 +27,10 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Admin, Auth};
-use crate::error::{ApiError, ApiResult, ErrorBody, rejection};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::graph::Graph;
-use crate::plugin::Action;
-use crate::runtime::{ActionDirectory, ActionInfo, AgentInfo, LoadError, ReloadReport, Runtime};
+use crate::plugin::{ActionDirectory, ActionInfo, ActionState, AgentInfo, Json, Path, ScopedKeys};
+use crate::runtime::{LoadError, ReloadReport, Runtime};
 use crate::webhooks::{Webhooks, api as wh};
 
 /// State shared by every handler. Cheap to clone.
@@ -45,15 +43,19 @@ struct Shared {
     runtime: Arc<Runtime>,
     auth: Arc<Auth>,
     webhooks: Arc<Webhooks>,
+    actions: ActionState,
 }
 
 impl HostState {
     pub(crate) fn new(runtime: Arc<Runtime>, auth: Arc<Auth>, webhooks: Arc<Webhooks>) -> Self {
+        let keys: Arc<dyn ScopedKeys> = auth.clone();
+        let actions = ActionState::new(runtime.directory().clone(), keys);
         Self {
             inner: Arc::new(Shared {
                 runtime,
                 auth,
                 webhooks,
+                actions,
             }),
         }
     }
@@ -83,140 +85,11 @@ impl HostState {
     }
 }
 
-/// `axum::Json` whose rejections are JSON errors naming what is wrong.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
-
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
+/// What action routes run with: a part of the host's state, never all of it.
+impl FromRef<HostState> for ActionState {
+    fn from_ref(state: &HostState) -> Self {
+        state.inner.actions.clone()
     }
-}
-
-/// `axum::extract::Path` with JSON errors.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct Path<T>(pub T);
-
-/// `axum::extract::Query` with JSON errors.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        // body_text() names the field and position for data errors.
-        rejection(r.status(), r.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        rejection(StatusCode::BAD_REQUEST, r.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        rejection(StatusCode::BAD_REQUEST, r.body_text())
-    }
-}
-
-/// Validated `page` / `page_size` query parameters of a list endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Paging {
-    /// 1-based page.
-    pub page: u32,
-    /// Items per page.
-    pub page_size: u32,
-}
-
-impl Paging {
-    /// `page` (default 1, from 1) and `page_size` (default `default_size`, 1 to
-    /// `max_size`); 400 naming the parameter otherwise.
-    pub fn new(
-        page: Option<u32>,
-        page_size: Option<u32>,
-        default_size: u32,
-        max_size: u32,
-    ) -> ApiResult<Self> {
-        let page = page.unwrap_or(1);
-        let page_size = page_size.unwrap_or(default_size);
-        if page == 0 {
-            return Err(ApiError::invalid_param("page", "starts at 1"));
-        }
-        if !(1..=max_size).contains(&page_size) {
-            return Err(ApiError::invalid_param(
-                "page_size",
-                format!("must be 1 to {max_size}"),
-            ));
-        }
-        Ok(Self { page, page_size })
-    }
-
-    /// Items before this page. In `u64`: `page * page_size` overflows `u32`.
-    pub fn offset(&self) -> u64 {
-        u64::from(self.page - 1) * u64::from(self.page_size)
-    }
-}
-
-/// The loaded action of type `A` named by the request's `{action_id}` path parameter.
-/// 404 when no such action is loaded (or it is of another type). The request keeps this
-/// instance until it finishes, even if a reload replaces it meanwhile.
-pub struct ActionRef<A>(pub Arc<A>);
-
-impl<A: Action> FromRequestParts<HostState> for ActionRef<A> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &HostState) -> Result<Self, ApiError> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let id = params
-            .iter()
-            .find(|(k, _)| *k == "action_id")
-            .map(|(_, v)| v.to_owned())
-            .ok_or_else(ApiError::internal)?;
-        state
-            .directory()
-            .get::<A>(&id)
-            .map(ActionRef)
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no loaded `{}` action `{id}`", A::TYPE_NAME))
-            })
-    }
-}
-
-/// Read a request body of at most `limit` bytes: 413 when it declares more or turns out
-/// to be longer (nothing is read past the limit), 400 when it cannot be read. For public
-/// routes that must authenticate before reading: they take [`axum::body::Body`], since
-/// `Bytes` and `Json` buffer the body, up to the global limit, before the handler runs.
-pub async fn read_body(body: axum::body::Body, limit: usize) -> ApiResult<axum::body::Bytes> {
-    use axum::body::HttpBody;
-    use futures::StreamExt;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    };
-    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
-    if declared > limit {
-        return Err(too_large());
-    }
-    let mut buf = Vec::with_capacity(declared);
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
-        if chunk.len() > limit.saturating_sub(buf.len()) {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.into())
 }
 
 /// `GET /healthz` answer.
@@ -446,18 +319,26 @@ pub(crate) fn build_router(
 
     let mut schemas = SchemaOwners::default();
     schemas.claim("the host", api.get_openapi())?;
-    let mut private = OpenApiRouter::new();
+    // Action routes run with the actions' own state, never the host's.
+    let actions = ActionState::from_ref(&state);
+    let mut private = OpenApiRouter::<ActionState>::new();
+    let mut public = OpenApiRouter::<ActionState>::new();
     for ty in state.runtime().types().all() {
         let owner = format!("action type `{}`", ty.type_name());
-        let (routes, public) = (ty.routes(), ty.public_routes());
+        let (routes, public_routes) = (ty.routes(), ty.public_routes());
         schemas.claim(&owner, routes.get_openapi())?;
-        schemas.claim(&owner, public.get_openapi())?;
+        schemas.claim(&owner, public_routes.get_openapi())?;
         private = private.merge(routes);
-        api = api.merge(public);
+        public = public.merge(public_routes);
     }
     // Every action route is admin-only; the layer enforces it whatever the handler takes.
     let private = private.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    api = api.nest("/api/actions/{action_id}", private);
+    api = api
+        .nest(
+            "/api/actions/{action_id}",
+            private.with_state(actions.clone()),
+        )
+        .merge(public.with_state(actions));
 
     let (router, mut doc) = api.split_for_parts();
     complete_doc(&mut doc);

@@ -36,9 +36,12 @@ use std::sync::Arc;
 pub use auth::{Admin, AuthSettings};
 pub use error::{ApiError, ApiResult};
 pub use graph::{Graph, GraphError, GraphOptions};
-pub use http::{ActionRef, HostState};
-pub use plugin::{Action, ActionContext, ActionError, FieldError};
-pub use runtime::{ActionDirectory, AgentHandle, ReloadReport};
+pub use http::HostState;
+pub use plugin::{
+    Action, ActionContext, ActionDirectory, ActionError, ActionRef, ActionState, AgentHandle,
+    FieldError,
+};
+pub use runtime::ReloadReport;
 pub use server::ServerSettings;
 pub use webhooks::WebhookSettings;
 
@@ -411,14 +414,6 @@ impl Host {
     #[cfg(not(unix))]
     fn spawn_sighup_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
         None
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // Loaded instances hold the directory they live in; unloading breaks that cycle
-        // so the graph closes when the last handle goes.
-        self.runtime.unload();
     }
 }
 

@@ -5,13 +5,12 @@
 //! new instance and swaps it in. Requests hold an `Arc` to the instance they started
 //! with, so in-flight work finishes on the old one.
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
@@ -20,198 +19,9 @@ use crate::config::{AgentFile, ConfigError, ConfigErrors};
 use crate::events::EventPublisher;
 use crate::graph::{Graph, GraphResult};
 use crate::plugin::{
-    Action, ActionContext, ActionTypes, HostInfo, LoadedAction, ScopedKeys, action_id, agent_id,
+    ActionContext, ActionDirectory, ActionInfo, ActionStatus, ActionTypes, AgentInfo, HostInfo,
+    ScopedKeys, Slot, State, action_id, agent_id,
 };
-
-/// Lifecycle state of one action, as shown by the API and stored on its node.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
-pub struct ActionStatus {
-    /// `registered` (loaded and serving), `failed` (loaded, last hook failed),
-    /// or `deregistered` (removed or disabled).
-    #[schema(example = "registered")]
-    pub state: String,
-    /// The last hook that ran: `on_register`, `on_reload` or `on_deregister`.
-    pub last_hook: Option<String>,
-    /// Its error, if it failed.
-    pub last_error: Option<String>,
-    /// When it ran (RFC 3339).
-    pub last_hook_at: Option<String>,
-}
-
-/// One loaded action.
-#[derive(Clone)]
-struct Slot {
-    agent_id: String,
-    agent_name: String,
-    action_id: String,
-    action_name: String,
-    type_name: &'static str,
-    config_json: Value,
-    typed_config: Arc<dyn Any + Send + Sync>,
-    instance: Arc<dyn LoadedAction>,
-    erased: Arc<dyn Any + Send + Sync>,
-    status: ActionStatus,
-}
-
-/// One loaded agent.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct AgentInfo {
-    /// Stable id derived from the name.
-    #[schema(example = "agt_6f1c0e5ab2d94c7e1a33")]
-    pub id: String,
-    /// `agent:` from agent.yaml.
-    #[schema(example = "acme/notifier")]
-    pub name: String,
-    /// `context.alias`.
-    pub alias: Option<String>,
-    /// `context.enabled`.
-    pub enabled: bool,
-    /// The file it was loaded from.
-    pub file: String,
-    /// Ids of its loaded actions, in declaration order.
-    pub action_ids: Vec<String>,
-}
-
-/// An action as the API shows it.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct ActionInfo {
-    /// Stable id derived from agent and action names.
-    #[schema(example = "act_0c9d2e7f1b3a4c5d6e7f")]
-    pub id: String,
-    /// The action's name within its agent.
-    pub name: String,
-    /// Canonical type name.
-    #[schema(example = "sentdm_broadcast")]
-    pub type_name: String,
-    /// The agent's id.
-    pub agent_id: String,
-    /// The agent's name.
-    pub agent_name: String,
-    /// The effective configuration (defaults filled in).
-    #[schema(value_type = Object)]
-    pub config: Value,
-    /// Lifecycle status.
-    pub status: ActionStatus,
-}
-
-#[derive(Default)]
-struct State {
-    agents: BTreeMap<String, AgentInfo>,
-    /// action id → slot
-    actions: BTreeMap<String, Slot>,
-}
-
-/// Read-only, typed lookup of loaded actions. Cheap to clone; given to actions (to
-/// find siblings) and to agent code.
-#[derive(Clone, Default)]
-pub struct ActionDirectory {
-    state: Arc<RwLock<State>>,
-}
-
-impl ActionDirectory {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-written (every write
-        // is a single insert/remove), so a poisoned lock is still usable.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The action with this id, if it is loaded and of type `A`.
-    pub fn get<A: Action>(&self, action_id: &str) -> Option<Arc<A>> {
-        let erased = self.read().actions.get(action_id)?.erased.clone();
-        erased.downcast::<A>().ok()
-    }
-
-    /// Ids of loaded actions of type `A`.
-    pub fn ids_of<A: Action>(&self) -> Vec<String> {
-        self.read()
-            .actions
-            .values()
-            .filter(|s| s.type_name == A::TYPE_NAME)
-            .map(|s| s.action_id.clone())
-            .collect()
-    }
-
-    /// The agent named or identified by `name_or_id`.
-    pub fn agent(&self, name_or_id: &str) -> Option<AgentHandle> {
-        let state = self.read();
-        let info = state
-            .agents
-            .get(name_or_id)
-            .or_else(|| state.agents.values().find(|a| a.name == name_or_id))?;
-        Some(AgentHandle {
-            info: info.clone(),
-            directory: self.clone(),
-        })
-    }
-
-    /// Every loaded agent.
-    pub fn agents(&self) -> Vec<AgentInfo> {
-        self.read().agents.values().cloned().collect()
-    }
-
-    /// One action's public description.
-    pub fn action_info(&self, action_id: &str) -> Option<ActionInfo> {
-        self.read().actions.get(action_id).map(Slot::info)
-    }
-
-    /// The type-specific status of a loaded action.
-    pub(crate) async fn action_extra_status(&self, action_id: &str) -> Option<Value> {
-        let instance = self.read().actions.get(action_id)?.instance.clone();
-        Some(instance.status().await)
-    }
-
-    /// Number of loaded actions.
-    pub fn len(&self) -> usize {
-        self.read().actions.len()
-    }
-
-    /// Whether no action is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Typed access to one agent's actions, for agent code:
-/// `host.agent("acme/notifier")?.action::<SentDmBroadcast>()`.
-#[derive(Clone)]
-pub struct AgentHandle {
-    info: AgentInfo,
-    directory: ActionDirectory,
-}
-
-impl AgentHandle {
-    /// The agent's description.
-    pub fn info(&self) -> &AgentInfo {
-        &self.info
-    }
-
-    /// The agent's first action of type `A`.
-    pub fn action<A: Action>(&self) -> Option<Arc<A>> {
-        self.info
-            .action_ids
-            .iter()
-            .find_map(|id| self.directory.get::<A>(id))
-    }
-
-    /// The agent's action of type `A` with this name.
-    pub fn action_named<A: Action>(&self, name: &str) -> Option<Arc<A>> {
-        self.directory.get::<A>(&action_id(&self.info.name, name))
-    }
-}
-
-impl Slot {
-    fn info(&self) -> ActionInfo {
-        ActionInfo {
-            id: self.action_id.clone(),
-            name: self.action_name.clone(),
-            type_name: self.type_name.to_owned(),
-            agent_id: self.agent_id.clone(),
-            agent_name: self.agent_name.clone(),
-            config: self.config_json.clone(),
-            status: self.status.clone(),
-        }
-    }
-}
 
 /// What a (re)load changed.
 #[derive(Debug, Clone, Default, Serialize, ToSchema, PartialEq)]
@@ -403,7 +213,7 @@ impl Runtime {
                 graph: self.graph.clone(),
                 host: self.host.clone(),
                 keys: self.keys.clone(),
-                directory: self.directory.clone(),
+                directory: self.directory.downgrade(),
                 events: self.events.clone(),
             };
             let (instance, erased) = match ty.create(ctx, &config) {
@@ -498,27 +308,9 @@ impl Runtime {
             .map(|_| ())
     }
 
-    /// Drop every loaded instance (no hooks run: a restart must not tear down provider
-    /// webhooks). Instances hold the directory they live in, so this also breaks that
-    /// cycle and lets the graph close once the last handle is gone.
-    pub(crate) fn unload(&self) {
-        self.write_state(|s| {
-            s.actions.clear();
-            s.agents.clear();
-        });
-    }
-
     /// The shared graph.
     pub fn graph(&self) -> &Graph {
         &self.graph
-    }
-}
-
-impl Slot {
-    fn info_with(&self, status: ActionStatus) -> ActionInfo {
-        let mut info = self.info();
-        info.status = status;
-        info
     }
 }
 

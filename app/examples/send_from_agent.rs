@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     // Delivery statuses arrive by webhook and are folded into the records.
     let filter = RecordFilter {
         broadcast_id: Some(result.broadcast_id.clone()),
-        paging: graphagent::http::Paging {
+        paging: graphagent::plugin::Paging {
             page: 1,
             page_size: 100,
         },

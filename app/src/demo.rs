@@ -192,7 +192,7 @@ async fn watch(
 
     let filter = RecordFilter {
         broadcast_id: Some(result.broadcast_id.clone()),
-        paging: graphagent::http::Paging {
+        paging: graphagent::plugin::Paging {
             page: 1,
             page_size: 100,
         },

@@ -12,7 +12,8 @@ use super::{AttemptRow, DeliveryRow, ManualError, SubRow, ms_to_rfc3339, new_sec
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events::EventType;
-use crate::http::{HostState, Json, Paging, Path, Query};
+use crate::http::HostState;
+use crate::plugin::{Json, Paging, Path, Query};
 
 /// A subscription (never its secret).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

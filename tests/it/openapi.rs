@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use graphagent::http::{ActionRef, HostState, Json};
+use graphagent::plugin::{ActionRef, ActionState, Json};
 use graphagent::{Action, ActionContext, ActionError, HostBuilder, HostError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -271,7 +271,7 @@ impl Action for Clash {
     fn create(_: ActionContext, _: ClashConfig) -> Result<Self, ActionError> {
         Ok(Self)
     }
-    fn routes() -> OpenApiRouter<HostState> {
+    fn routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new().routes(routes!(clash_health))
     }
 }

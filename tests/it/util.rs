@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use graphagent::http::{ActionRef, HostState, Json, Query};
+use graphagent::plugin::{ActionRef, ActionState, Json, Query};
 use graphagent::{Action, ActionContext, ActionError, Graph, GraphOptions, HostBuilder, Settings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -79,7 +79,7 @@ impl Action for Recorder {
     async fn on_deregister(&self) -> Result<(), ActionError> {
         self.record("on_deregister")
     }
-    fn routes() -> OpenApiRouter<HostState> {
+    fn routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new().routes(routes!(tag_route))
     }
 }

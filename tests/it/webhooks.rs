@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use graphagent::events::EventType;
-use graphagent::http::{ActionRef, HostState, Json};
+use graphagent::plugin::{ActionRef, ActionState, Json};
 use graphagent::{Action, ActionContext, ActionError, ApiResult, Settings};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,7 @@ impl Action for Emitter {
             json!({"item": "a", "status": "done"}),
         )]
     }
-    fn routes() -> OpenApiRouter<HostState> {
+    fn routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new().routes(routes!(set_status))
     }
 }

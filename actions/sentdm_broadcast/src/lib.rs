@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use graphagent::http::HostState;
+use graphagent::plugin::ActionState;
 use graphagent::{Action, ActionContext, ActionError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -1083,7 +1083,7 @@ impl Action for SentDmBroadcast {
             .map_err(|e| ActionError::new(format!("webhook removal: {e}")))
     }
 
-    fn routes() -> OpenApiRouter<HostState> {
+    fn routes() -> OpenApiRouter<ActionState> {
         routes::private()
     }
 
@@ -1091,7 +1091,7 @@ impl Action for SentDmBroadcast {
         events::event_types()
     }
 
-    fn public_routes() -> OpenApiRouter<HostState> {
+    fn public_routes() -> OpenApiRouter<ActionState> {
         routes::public()
     }
 

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use graphagent::error::ErrorBody;
-use graphagent::http::{ActionRef, HostState, Json, Paging, Path, Query, read_body};
+use graphagent::plugin::{ActionRef, ActionState, Json, Paging, Path, Query, read_body};
 use graphagent::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -77,7 +77,7 @@ impl From<SentDmError> for ApiError {
     }
 }
 
-pub(super) fn private() -> OpenApiRouter<HostState> {
+pub(super) fn private() -> OpenApiRouter<ActionState> {
     OpenApiRouter::new()
         .routes(routes!(send_broadcast))
         .routes(routes!(get_broadcast))
@@ -92,7 +92,7 @@ pub(super) fn private() -> OpenApiRouter<HostState> {
         .routes(routes!(refresh_record))
 }
 
-pub(super) fn public() -> OpenApiRouter<HostState> {
+pub(super) fn public() -> OpenApiRouter<ActionState> {
     OpenApiRouter::new().routes(routes!(receive_webhook))
 }
 
@@ -386,7 +386,7 @@ pub struct WebhookParams {
         (status = 503, description = "No signing secret on record, or storage unavailable; SentDM retries", body = ErrorBody),
     ))]
 async fn receive_webhook(
-    State(state): State<HostState>,
+    State(state): State<ActionState>,
     Path(action_id): Path<String>,
     Query(q): Query<WebhookParams>,
     headers: HeaderMap,
@@ -397,8 +397,8 @@ async fn receive_webhook(
         .as_deref()
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     state
-        .auth()
-        .authorize_scope(key, &webhook_scope(&action_id))
+        .keys()
+        .authorize(key, &webhook_scope(&action_id))
         .await?;
     let action = state
         .directory()

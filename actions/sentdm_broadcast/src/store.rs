@@ -727,7 +727,7 @@ pub struct RecordFilter {
     pub to: Option<String>,
     pub sentdm_message_id: Option<String>,
     pub broadcast_id: Option<String>,
-    pub paging: graphagent::http::Paging,
+    pub paging: graphagent::plugin::Paging,
 }
 
 impl Default for RecordFilter {
@@ -738,7 +738,7 @@ impl Default for RecordFilter {
             to: None,
             sentdm_message_id: None,
             broadcast_id: None,
-            paging: graphagent::http::Paging {
+            paging: graphagent::plugin::Paging {
                 page: 1,
                 page_size: 20,
             },

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use graphagent::http::{ActionRef, HostState, Json};
+use graphagent::plugin::{ActionRef, ActionState, Json};
 use graphagent::{Action, ActionContext, ActionError, ApiError, ApiResult, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -180,7 +180,7 @@ impl Action for Echo {
         Ok(())
     }
 
-    fn routes() -> OpenApiRouter<HostState> {
+    fn routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new()
             .routes(routes!(ping_route))
             .routes(routes!(echo_route))

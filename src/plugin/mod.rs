@@ -1,8 +1,14 @@
 //! The action (plugin) contract: the [`Action`] trait an action type implements, the
-//! [`ActionContext`] it is given, and the type-erased registry of action types.
+//! [`ActionContext`] it is given, the state and extractors its routes use
+//! ([`ActionState`], [`ActionRef`], …), the directory of loaded actions, and the
+//! type-erased registry of action types.
 //!
-//! **API Boundary.** Actions see only this module, [`crate::Graph`], the error and
-//! auth types and the HTTP extractors; never the host's internal state.
+//! **API Boundary.** Actions see only this module, [`crate::Graph`], the error type and
+//! the outbound events; never the host's own state. This module imports nothing from
+//! the host's services or its HTTP layer.
+
+mod directory;
+mod extract;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -14,9 +20,13 @@ use serde::de::DeserializeOwned;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{ActionDecl, ConfigError};
+use crate::error::ApiResult;
 use crate::graph::Graph;
-use crate::http::HostState;
-use crate::runtime::ActionDirectory;
+pub use directory::{
+    ActionDirectory, ActionInfo, ActionStatus, AgentHandle, AgentInfo, WeakDirectory,
+};
+pub(crate) use directory::{Slot, State};
+pub use extract::{ActionRef, ActionState, Json, Paging, Path, Query, read_body};
 
 /// An error from an action's constructor or hook. Its message is shown in the
 /// action's status, so it must not contain secrets.
@@ -75,8 +85,9 @@ pub struct ActionContext {
     pub host: HostInfo,
     /// Derives scoped machine keys (e.g. for a provider webhook URL).
     pub keys: Arc<dyn ScopedKeys>,
-    /// Looks up sibling actions loaded in this process.
-    pub directory: ActionDirectory,
+    /// Looks up sibling actions loaded in this process (and this action's own live
+    /// instance, for background tasks). Weak: an instance never keeps the host alive.
+    pub directory: WeakDirectory,
     /// Outbound event publisher (the webhook outbox).
     pub events: crate::events::EventPublisher,
 }
@@ -91,10 +102,16 @@ impl std::fmt::Debug for ActionContext {
     }
 }
 
-/// Issues deterministic credentials for machine callers, bound to a scope.
+/// Credentials for machine callers, bound to a scope: derive one (e.g. for a provider's
+/// webhook URL), or check one a caller presents.
+#[async_trait]
 pub trait ScopedKeys: Send + Sync {
     /// The key for `scope`, or `None` when the server has no stable secret to derive it.
     fn derive(&self, scope: &str) -> Option<String>;
+
+    /// Check that `key` (derived or stored) grants `scope`: 401 when it is missing or not
+    /// a valid key, 403 when it is valid for other scopes only.
+    async fn authorize(&self, key: Option<&str>, scope: &str) -> ApiResult<()>;
 }
 
 /// An action type. Implement this, register the type with
@@ -145,16 +162,17 @@ pub trait Action: Send + Sync + Sized + 'static {
         Ok(())
     }
 
-    /// Routes mounted under `/api/actions/{action_id}`. Paths must start with a
-    /// segment naming the type (e.g. `/sentdm/...`) so types never collide; handlers
-    /// find their instance with the [`crate::http::ActionRef`] extractor.
-    fn routes() -> OpenApiRouter<HostState> {
+    /// Routes mounted under `/api/actions/{action_id}`, admin-only. Paths must start
+    /// with a segment naming the type (e.g. `/sentdm/...`) so types never collide;
+    /// handlers find their instance with the [`ActionRef`] extractor.
+    fn routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new()
     }
 
-    /// Routes mounted at the root (e.g. provider webhook receivers). Paths must carry
-    /// the action id as a `{action_id}` parameter.
-    fn public_routes() -> OpenApiRouter<HostState> {
+    /// Routes mounted at the root (e.g. provider webhook receivers), which authenticate
+    /// themselves (see [`ActionState::keys`]). Paths must carry the action id as a
+    /// `{action_id}` parameter.
+    fn public_routes() -> OpenApiRouter<ActionState> {
         OpenApiRouter::new()
     }
 
@@ -220,8 +238,8 @@ pub(crate) trait ActionType: Send + Sync {
     fn schema(&self) -> &'static str;
     fn parse(&self, decl: &ActionDecl) -> Result<ErasedConfig, Vec<ConfigError>>;
     fn create(&self, ctx: ActionContext, config: &ErasedConfig) -> Result<Created, ActionError>;
-    fn routes(&self) -> OpenApiRouter<HostState>;
-    fn public_routes(&self) -> OpenApiRouter<HostState>;
+    fn routes(&self) -> OpenApiRouter<ActionState>;
+    fn public_routes(&self) -> OpenApiRouter<ActionState>;
     fn event_types(&self) -> Vec<crate::events::EventType>;
 }
 
@@ -261,10 +279,10 @@ impl<A: Action> ActionType for TypeEntry<A> {
         let erased: Arc<dyn Any + Send + Sync> = action.clone();
         Ok((Arc::new(Loaded { action }), erased))
     }
-    fn routes(&self) -> OpenApiRouter<HostState> {
+    fn routes(&self) -> OpenApiRouter<ActionState> {
         A::routes()
     }
-    fn public_routes(&self) -> OpenApiRouter<HostState> {
+    fn public_routes(&self) -> OpenApiRouter<ActionState> {
         A::public_routes()
     }
     fn event_types(&self) -> Vec<crate::events::EventType> {
