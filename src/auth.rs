@@ -1,6 +1,6 @@
 //! Who may call what: admin login (argon2 password in the graph, HS256 JWT), stored API
 //! keys (hashed, scoped, revocable), derived scoped keys for machine callers (provider
-//! webhooks), the `Admin` extractor, and the login limits (per client address, and an
+//! webhooks), the `Admin` extractor (for any state that holds the service), and the login limits (per client address, and an
 //! exponential back-off per account).
 //!
 //! **Security Invariant.** No secret (password, JWT secret, key) is ever logged, stored in
@@ -8,15 +8,15 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -28,11 +28,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult};
 use crate::graph::Graph;
-use crate::http::HostState;
 use crate::plugin::ScopedKeys;
-use crate::plugin::{Json, Path};
 
 /// The scope that grants every admin endpoint.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -640,7 +638,7 @@ impl Auth {
     }
 
     /// Count a login attempt from `addr`; `Err` with the seconds to wait when over limit.
-    fn admit_login(&self, addr: IpAddr) -> Result<(), u64> {
+    pub(crate) fn admit_login(&self, addr: IpAddr) -> Result<(), u64> {
         let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let window = Duration::from_secs(60);
@@ -889,11 +887,7 @@ fn hex_sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::time::now_secs;
 
 #[derive(Deserialize)]
 struct UserRow {
@@ -930,12 +924,17 @@ impl ApiKeyRow {
 #[derive(Debug, Clone)]
 pub struct Admin(pub Principal);
 
-impl FromRequestParts<HostState> for Admin {
+/// Any state that can hand out the auth service can check admins, so this module
+/// knows nothing of the HTTP layer's state.
+impl<S> FromRequestParts<S> for Admin
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &HostState) -> Result<Self, ApiError> {
-        state
-            .auth()
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Arc::<Auth>::from_ref(state)
             .authorize_admin(&parts.headers)
             .await
             .map(Admin)
@@ -1034,82 +1033,6 @@ pub struct ApiKeyCreated {
     pub key: String,
 }
 
-/// Log in with email and password.
-#[utoipa::path(post, path = "/api/auth/login", tag = "Auth",
-    request_body = LoginRequest,
-    responses(
-        (status = 200, description = "Logged in", body = TokenResponse),
-        (status = 401, description = "Wrong email or password", body = ErrorBody),
-        (status = 429, description = "Too many attempts from this client address, or too many \
-            consecutive failed logins for this email (the password was not checked); \
-            retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-    ))]
-pub(crate) async fn login(
-    State(state): State<HostState>,
-    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
-    Json(request): Json<LoginRequest>,
-) -> ApiResult<Json<TokenResponse>> {
-    state
-        .auth()
-        .admit_login(addr.ip())
-        .map_err(ApiError::too_many_requests)?;
-    state
-        .auth()
-        .login(&request.email, &request.password)
-        .await
-        .map(Json)
-}
-
-/// Create an API key (shown once).
-#[utoipa::path(post, path = "/api/auth/api-keys", tag = "Auth",
-    request_body = CreateApiKey,
-    security(("bearer" = []), ("api_key" = [])),
-    responses(
-        (status = 201, description = "Created; `key` is shown only now", body = ApiKeyCreated),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 422, description = "Bad name or scope", body = ErrorBody),
-    ))]
-pub(crate) async fn create_api_key(
-    State(state): State<HostState>,
-    _admin: Admin,
-    Json(request): Json<CreateApiKey>,
-) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
-    let created = state.auth().create_key(request).await?;
-    Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// List API keys (never the keys themselves).
-#[utoipa::path(get, path = "/api/auth/api-keys", tag = "Auth",
-    security(("bearer" = []), ("api_key" = [])),
-    responses(
-        (status = 200, body = Vec<ApiKeyInfo>),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    ))]
-pub(crate) async fn list_api_keys(
-    State(state): State<HostState>,
-    _admin: Admin,
-) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
-    state.auth().list_keys().await.map(Json)
-}
-
-/// Revoke an API key.
-#[utoipa::path(delete, path = "/api/auth/api-keys/{key_id}", tag = "Auth",
-    params(("key_id" = String, Path, description = "Key id, e.g. `key_3f9a61c2d4e5b6a7`")),
-    security(("bearer" = []), ("api_key" = [])),
-    responses(
-        (status = 200, description = "Revoked", body = ApiKeyInfo),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-    ))]
-pub(crate) async fn revoke_api_key(
-    State(state): State<HostState>,
-    _admin: Admin,
-    Path(key_id): Path<String>,
-) -> ApiResult<Json<ApiKeyInfo>> {
-    state.auth().revoke_key(&key_id).await.map(Json)
-}
-
 /// Current time as unix seconds (for tests that forge old tokens).
 pub fn unix_now() -> u64 {
     now_secs()
@@ -1118,6 +1041,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     async fn auth(secret: Option<&str>) -> Auth {
         let graph = Graph::memory().await.expect("graph");

@@ -16,8 +16,8 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::config::{AgentFile, ConfigError, ConfigErrors};
-use crate::events::EventPublisher;
 use crate::graph::{Graph, GraphResult};
+use crate::outbox::EventPublisher;
 use crate::plugin::{
     ActionContext, ActionDirectory, ActionInfo, ActionStatus, ActionTypes, AgentInfo, HostInfo,
     ScopedKeys, Slot, State, action_id, agent_id,

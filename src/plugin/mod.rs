@@ -3,8 +3,8 @@
 //! ([`ActionState`], [`ActionRef`], …), the directory of loaded actions, and the
 //! type-erased registry of action types.
 //!
-//! **API Boundary.** Actions see only this module, [`crate::Graph`], the error type and
-//! the outbound events; never the host's own state. This module imports nothing from
+//! **API Boundary.** Actions see only this module (which re-exports the outbox types they
+//! emit with), [`crate::Graph`] and the error type; never the host's own state. This module imports nothing from
 //! the host's services or its HTTP layer.
 
 mod directory;
@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::config::{ActionDecl, ConfigError};
 use crate::error::ApiResult;
 use crate::graph::Graph;
+pub use crate::outbox::{EventPublisher, EventType, INSERT_OUTBOX, OutboxEvent};
 pub use directory::{
     ActionDirectory, ActionInfo, ActionStatus, AgentHandle, AgentInfo, WeakDirectory,
 };
@@ -89,7 +90,7 @@ pub struct ActionContext {
     /// instance, for background tasks). Weak: an instance never keeps the host alive.
     pub directory: WeakDirectory,
     /// Outbound event publisher (the webhook outbox).
-    pub events: crate::events::EventPublisher,
+    pub events: EventPublisher,
 }
 
 impl std::fmt::Debug for ActionContext {
@@ -178,7 +179,7 @@ pub trait Action: Send + Sync + Sized + 'static {
 
     /// Outbound event types this action type emits (added to the catalogue served by
     /// `GET /api/webhooks/event-types`; subscriptions may only name catalogued types).
-    fn event_types() -> Vec<crate::events::EventType> {
+    fn event_types() -> Vec<EventType> {
         Vec::new()
     }
 
@@ -240,7 +241,7 @@ pub(crate) trait ActionType: Send + Sync {
     fn create(&self, ctx: ActionContext, config: &ErasedConfig) -> Result<Created, ActionError>;
     fn routes(&self) -> OpenApiRouter<ActionState>;
     fn public_routes(&self) -> OpenApiRouter<ActionState>;
-    fn event_types(&self) -> Vec<crate::events::EventType>;
+    fn event_types(&self) -> Vec<EventType>;
 }
 
 struct TypeEntry<A>(std::marker::PhantomData<fn() -> A>);
@@ -285,7 +286,7 @@ impl<A: Action> ActionType for TypeEntry<A> {
     fn public_routes(&self) -> OpenApiRouter<ActionState> {
         A::public_routes()
     }
-    fn event_types(&self) -> Vec<crate::events::EventType> {
+    fn event_types(&self) -> Vec<EventType> {
         A::event_types()
     }
 }
@@ -341,7 +342,7 @@ impl ActionTypes {
     }
 
     /// Event types declared by the registered action types.
-    pub fn event_types(&self) -> Vec<crate::events::EventType> {
+    pub fn event_types(&self) -> Vec<EventType> {
         self.types.iter().flat_map(|t| t.event_types()).collect()
     }
 

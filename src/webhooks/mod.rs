@@ -4,7 +4,7 @@
 //!
 //! Graph tables (all rows carry their id string in `key`; times are epoch milliseconds):
 //! - `outbox_event` — written by actions inside their own transaction
-//!   ([`crate::events::EventPublisher`]); `fanned_out` flips once deliveries exist.
+//!   ([`crate::outbox::OutboxEvent`]); `fanned_out` flips once deliveries exist.
 //! - `webhook_subscription` — url, event filter, secret(s), failure counters.
 //! - `webhook_delivery` — one per (event, subscription), id `{event_id}_{subscription_id}`,
 //!   so fan-out is exactly once even when repeated after a crash; `status` is
@@ -15,7 +15,6 @@
 //! **Architecture Invariant.** Nothing the worker needs lives only in memory: a restart
 //! (or another replica) picks pending deliveries up from the graph.
 
-pub mod api;
 pub(crate) mod destination;
 pub(crate) mod net;
 pub mod settings;
@@ -34,8 +33,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventPublisher, EventType};
 use crate::graph::{Graph, GraphResult};
+use crate::outbox::{EventPublisher, EventType, OutboxEvent};
+pub(crate) use crate::time::{ms_to_rfc3339, now_ms};
 pub use settings::WebhookSettings;
 
 /// Response bodies are kept up to this many bytes (as svix-server).
@@ -56,26 +56,6 @@ DEFINE TABLE IF NOT EXISTS webhook_attempt SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS attempt_delivery ON webhook_attempt FIELDS delivery_id;
 DEFINE INDEX IF NOT EXISTS attempt_created ON webhook_attempt FIELDS created_ms;
 "#;
-
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default(),
-    )
-    .unwrap_or(i64::MAX)
-}
-
-pub(crate) fn ms_to_rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -112,9 +92,9 @@ pub(crate) struct SubRow {
 }
 
 impl SubRow {
-    fn matches(&self, event: &EventRow) -> bool {
+    fn matches(&self, event: &OutboxEvent) -> bool {
         self.enabled
-            && (self.event_types.is_empty() || self.event_types.contains(&event.ty))
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && self
                 .agent_id
                 .as_ref()
@@ -135,23 +115,6 @@ impl SubRow {
         }
         out
     }
-}
-
-/// An outbox event as stored.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct EventRow {
-    pub key: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    #[serde(default)]
-    pub agent_id: Option<String>,
-    #[serde(default)]
-    pub action_id: Option<String>,
-    #[serde(default)]
-    pub data: Option<Value>,
-    #[serde(default)]
-    pub payload_expired: bool,
-    pub created_ms: i64,
 }
 
 /// A delivery as stored.
@@ -293,6 +256,16 @@ impl Webhooks {
         &self.settings
     }
 
+    /// The destination policy (what a subscription URL may point at).
+    pub(crate) fn policy(&self) -> &net::Policy {
+        &self.policy
+    }
+
+    /// Wakes the worker after a commit that created deliveries or events.
+    pub(crate) fn publisher(&self) -> &EventPublisher {
+        &self.publisher
+    }
+
     pub(crate) async fn subscription(&self, id: &str) -> GraphResult<Option<SubRow>> {
         self.graph
             .query_opt(
@@ -357,7 +330,7 @@ impl Webhooks {
     /// Turn unfanned outbox events into deliveries; returns how many events were handled.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn fan_out(&self) -> GraphResult<usize> {
-        let events: Vec<EventRow> = self
+        let events: Vec<OutboxEvent> = self
             .graph
             .query_rows(
                 "SELECT * FROM outbox_event WHERE fanned_out = false ORDER BY created_ms LIMIT $n;",
@@ -431,7 +404,7 @@ impl Webhooks {
     }
 
     #[tracing::instrument(skip_all, fields(event = %event.key, subscription = %sub.key))]
-    async fn send(&self, sub: &SubRow, event: &EventRow) -> Outcome {
+    async fn send(&self, sub: &SubRow, event: &OutboxEvent) -> Outcome {
         let started = Instant::now();
         let Some(data) = event.data.clone().filter(|_| !event.payload_expired) else {
             return Outcome {
@@ -445,7 +418,7 @@ impl Webhooks {
         };
         let envelope = json!({
             "id": event.key,
-            "type": event.ty,
+            "type": event.event_type,
             "timestamp": ms_to_rfc3339(event.created_ms),
             "data": data,
         });
@@ -554,7 +527,7 @@ impl Webhooks {
     #[tracing::instrument(skip_all, fields(delivery = %delivery.key))]
     async fn process(&self, delivery: DeliveryRow, lease: String) -> GraphResult<()> {
         let sub = self.subscription(&delivery.subscription_id).await?;
-        let event: Option<EventRow> = self
+        let event: Option<OutboxEvent> = self
             .graph
             .query_opt(
                 "SELECT * FROM type::record('outbox_event', $id);",
@@ -675,20 +648,16 @@ impl Webhooks {
                         OR $now - $s.first_failure_ms >= $period) {
                         UPDATE type::record('webhook_subscription', $sub) SET enabled = false,
                             disabled_reason = $reason, updated_ms = $now;
-                        CREATE type::record('outbox_event', $op_id) CONTENT {
-                            key: $op_id, type: 'webhook.subscription.disabled',
-                            agent_id: NONE, action_id: NONE,
-                            data: { subscription_id: $sub, url: $s.url,
-                                    consecutive_failures: $s.consecutive_failures,
-                                    reason: $reason },
-                            fanned_out: false, payload_expired: false,
-                            created_ms: $now, created_at: $now_text };
+                        CREATE type::record('outbox_event', $op.key) CONTENT $op RETURN NONE;
+                        UPDATE type::record('outbox_event', $op.key) SET data = {
+                            subscription_id: $sub, url: $s.url,
+                            consecutive_failures: $s.consecutive_failures, reason: $reason };
                     };
                 };",
             );
         }
         sql.push_str("COMMIT;");
-        let op_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+        let op = OutboxEvent::new("webhook.subscription.disabled", json!({}));
         let reason = format!(
             "disabled after {} consecutive failed events or {} h of failures",
             self.settings.disable_after_failures,
@@ -704,7 +673,7 @@ impl Webhooks {
                     "completed": completed, "lease": lease, "attempt": attempt_json,
                     "sub": sub.key, "threshold": self.settings.disable_after_failures,
                     "period": duration_ms(self.settings.disable_after_failing_for),
-                    "reason": reason, "op_id": op_id, "now_text": ms_to_rfc3339(now),
+                    "reason": reason, "op": op.row(),
                 }),
             )
             .await?;
@@ -723,7 +692,7 @@ impl Webhooks {
             return Err(ManualError::Busy);
         };
         let sub = self.subscription(&delivery.subscription_id).await?;
-        let event: Option<EventRow> = self
+        let event: Option<OutboxEvent> = self
             .graph
             .query_opt(
                 "SELECT * FROM type::record('outbox_event', $id);",
@@ -759,32 +728,20 @@ impl Webhooks {
 
     /// Create a `webhook.test` event for one subscription and send it now.
     pub(crate) async fn send_test(&self, sub: &SubRow) -> Result<AttemptRow, ManualError> {
-        let event = self.publisher.event(
+        let mut event = OutboxEvent::new(
             "webhook.test",
-            "",
-            "",
             json!({"message": "This is a test event from graphagent.", "subscription_id": sub.key}),
         );
+        event.fanned_out = true;
         let now = now_ms();
-        let row = EventRow {
-            key: event.id.clone(),
-            ty: "webhook.test".to_owned(),
-            agent_id: None,
-            action_id: None,
-            data: None,
-            payload_expired: false,
-            created_ms: now,
-        };
-        let mut event_row = event.into_row();
-        event_row["fanned_out"] = json!(true);
         // `sending`: never picked by the scheduler; the manual attempt settles it.
-        let mut delivery = delivery_row(&row, &sub.key, now, 0, "");
+        let mut delivery = delivery_row(&event, &sub.key, now, 0, "");
         delivery["status"] = json!("sending");
         let delivery_id = delivery["key"].as_str().unwrap_or_default().to_owned();
         self.graph
             .transaction(
                 "BEGIN; INSERT INTO outbox_event $event; INSERT INTO webhook_delivery $delivery; COMMIT;",
-                json!({"event": event_row, "delivery": delivery}),
+                json!({"event": event.row(), "delivery": delivery}),
             )
             .await?;
         self.deliver_now(&delivery_id).await
@@ -962,11 +919,17 @@ pub async fn expire_payloads(graph: &Graph, cutoff_ms: i64) -> GraphResult<usize
     }
 }
 
-fn delivery_row(event: &EventRow, sub_id: &str, now: i64, locked_until: i64, lease: &str) -> Value {
+fn delivery_row(
+    event: &OutboxEvent,
+    sub_id: &str,
+    now: i64,
+    locked_until: i64,
+    lease: &str,
+) -> Value {
     let key = format!("{}_{}", event.key, sub_id);
     json!({
         "id": key, "key": key, "event_id": event.key, "subscription_id": sub_id,
-        "event_type": event.ty, "status": "pending", "attempts": 0, "scheduled_attempts": 0,
+        "event_type": event.event_type, "status": "pending", "attempts": 0, "scheduled_attempts": 0,
         "next_attempt_at": now, "locked_until": locked_until, "lease": lease,
         "created_ms": now,
     })
@@ -1033,7 +996,7 @@ mod tests {
             graph.clone(),
             WebhookSettings::default(),
             EventPublisher::default(),
-            crate::events::catalogue(Vec::new()),
+            crate::outbox::catalogue(Vec::new()),
         )
         .await
         .expect("service")
@@ -1049,15 +1012,7 @@ mod tests {
     async fn two_replicas_never_claim_the_same_delivery() {
         let graph = Graph::memory().await.expect("graph");
         let (a, b) = (service(&graph).await, service(&graph).await);
-        let event = EventRow {
-            key: "evt_1".into(),
-            ty: "webhook.test".into(),
-            agent_id: None,
-            action_id: None,
-            data: Some(json!({})),
-            payload_expired: false,
-            created_ms: 0,
-        };
+        let event = OutboxEvent::new("webhook.test", json!({}));
         graph
             .query(
                 "INSERT INTO webhook_delivery $row;",
@@ -1065,7 +1020,7 @@ mod tests {
             )
             .await
             .expect("insert");
-        let id = "evt_1_sub_1";
+        let id = &format!("{}_sub_1", event.key);
         let (x, y) = tokio::join!(a.claim(id, "lease-a", false), b.claim(id, "lease-b", false));
         let claimed = [x.expect("a").is_some(), y.expect("b").is_some()];
         assert_eq!(claimed.iter().filter(|c| **c).count(), 1, "{claimed:?}");
@@ -1087,7 +1042,7 @@ mod tests {
                 })
                 .collect();
             graph
-                .query(crate::events::INSERT_OUTBOX, json!({"outbox": rows}))
+                .query(crate::outbox::INSERT_OUTBOX, json!({"outbox": rows}))
                 .await
                 .expect("emit");
             count(&graph, "RETURN count(SELECT id FROM outbox_event);").await
@@ -1127,10 +1082,10 @@ mod tests {
             .await
             .expect("sub");
         let event = EventPublisher::default().event("webhook.test", "agt", "act", json!({}));
-        let id = event.id.clone();
+        let id = event.key.clone();
         graph
             .query(
-                crate::events::INSERT_OUTBOX,
+                crate::outbox::INSERT_OUTBOX,
                 json!({"outbox": [event.row()]}),
             )
             .await

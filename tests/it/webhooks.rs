@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use graphagent::events::EventType;
+use graphagent::plugin::EventType;
 use graphagent::plugin::{ActionRef, ActionState, Json};
 use graphagent::{Action, ActionContext, ActionError, ApiResult, Settings};
 use hmac::{Hmac, Mac};
@@ -98,7 +98,7 @@ async fn set_status(
         )
         .await?;
     ctx.events.notify();
-    Ok(Json(event.id))
+    Ok(Json(event.key))
 }
 
 // ---- receivers ----------------------------------------------------------------------

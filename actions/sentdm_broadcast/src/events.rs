@@ -1,7 +1,7 @@
 //! Outbound events the action emits (the host's webhook outbox re-publishes them to
 //! subscribers), each written in the same transaction as the change it reports.
 
-use graphagent::events::EventType;
+use graphagent::plugin::EventType;
 use serde_json::json;
 
 /// The outbound event for a message that reached `status`, if that status has one.

@@ -1087,7 +1087,7 @@ impl Action for SentDmBroadcast {
         routes::private()
     }
 
-    fn event_types() -> Vec<graphagent::events::EventType> {
+    fn event_types() -> Vec<graphagent::plugin::EventType> {
         events::event_types()
     }
 

@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use graphagent::events::{EventPublisher, INSERT_OUTBOX};
 use graphagent::graph::{Graph, GraphError};
+use graphagent::plugin::{EventPublisher, INSERT_OUTBOX};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

@@ -316,7 +316,7 @@ async fn systematic_errors(p: &Probe<'_>, ids: &HashMap<&str, String>, non_admin
             let unknown = Body::Json(json!({"no_such_field": 1}));
             p.expect(422, m.clone(), &path, Auth::Admin, unknown).await;
             let mut big = b"{\"pad\": \"".to_vec();
-            big.resize(graphagent::http::DEFAULT_MAX_BODY_BYTES + 16, b'x');
+            big.resize(graphagent::settings::DEFAULT_MAX_BODY_BYTES + 16, b'x');
             big.extend_from_slice(b"\"}");
             let big = Body::Raw("application/json", big);
             p.expect(413, m.clone(), &path, Auth::Admin, big).await;

@@ -8,12 +8,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AttemptRow, DeliveryRow, ManualError, SubRow, ms_to_rfc3339, new_secret, now_ms};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events::EventType;
-use crate::http::HostState;
+use crate::outbox::{EventType, OutboxEvent};
 use crate::plugin::{Json, Paging, Path, Query};
+use crate::state::HostState;
+use crate::time::{ms_to_rfc3339, now_ms};
+use crate::webhooks::{AttemptRow, DeliveryRow, ManualError, SubRow, Webhooks, new_secret};
 
 /// A subscription (never its secret).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -366,7 +367,7 @@ pub(crate) fn router() -> OpenApiRouter<HostState> {
         .routes(routes!(stats))
 }
 
-fn webhooks(state: &HostState) -> &super::Webhooks {
+fn webhooks(state: &HostState) -> &Webhooks {
     state.webhooks()
 }
 
@@ -386,7 +387,7 @@ fn check_event_types(state: &HostState, types: &[String]) -> ApiResult<()> {
 /// The URL's shape and destination: an address literal, or every address its host name
 /// resolves to now (it is judged again at every attempt). 422 naming `url` when refused.
 async fn check_url(state: &HostState, raw: &str) -> ApiResult<String> {
-    let policy = &webhooks(state).policy;
+    let policy = webhooks(state).policy();
     let url = policy
         .check_url(raw)
         .map_err(|e| ApiError::invalid_field("url", e.to_string()))?;
@@ -589,7 +590,7 @@ pub(crate) async fn update_subscription(
         .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("no subscription `{id}`")))?;
     if body.enabled == Some(true) {
-        state.webhooks().publisher.notify();
+        state.webhooks().publisher().notify();
     }
     Ok(Json(Subscription::from(&row)))
 }
@@ -626,7 +627,7 @@ pub(crate) async fn rotate_secret(
     let secret = new_secret();
     let now = now_ms();
     let grace =
-        i64::try_from(webhooks(&state).settings.rotation_grace.as_millis()).unwrap_or(i64::MAX);
+        i64::try_from(webhooks(&state).settings().rotation_grace.as_millis()).unwrap_or(i64::MAX);
     let row: Option<SubRow> = state
         .graph()
         .query_opt(
@@ -697,7 +698,7 @@ pub(crate) async fn recover_subscription(
         .and_then(Value::as_u64)
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0);
-    webhooks(&state).publisher.notify();
+    webhooks(&state).publisher().notify();
     Ok(Json(RecoverResult { requeued }))
 }
 
@@ -790,7 +791,7 @@ pub(crate) async fn get_delivery(
         .next();
     let delivery = delivery.ok_or_else(|| ApiError::not_found(format!("no delivery `{id}`")))?;
     let attempts: Vec<AttemptRow> = crate::graph::rows_from(out.next().unwrap_or(Value::Null))?;
-    let event: Option<super::EventRow> = state
+    let event: Option<OutboxEvent> = state
         .graph()
         .query_opt(
             "SELECT * FROM type::record('outbox_event', $id);",
