@@ -14,7 +14,10 @@ use crate::outbox::{EventType, OutboxEvent};
 use crate::plugin::{Json, Paging, Path, Query};
 use crate::state::HostState;
 use crate::time::{ms_to_rfc3339, now_ms};
-use crate::webhooks::{AttemptRow, DeliveryRow, ManualError, SubRow, Webhooks, new_secret};
+use crate::webhooks::{
+    AttemptRow, AttemptTrigger, DeliveryRow, DeliveryStatus, ManualError, SubRow, Webhooks,
+    new_secret,
+};
 
 /// A subscription (never its secret).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -132,8 +135,8 @@ pub struct Attempt {
     pub event_type: String,
     /// 1 for the first attempt of the delivery.
     pub attempt: u32,
-    /// `scheduled` or `manual`.
-    pub trigger: String,
+    /// What started it.
+    pub trigger: AttemptTrigger,
     /// The URL called.
     pub url: String,
     /// HTTP status, when the endpoint answered.
@@ -182,8 +185,8 @@ pub struct Delivery {
     pub subscription_id: String,
     /// The event type.
     pub event_type: String,
-    /// `pending`, `succeeded` or `failed`.
-    pub status: String,
+    /// Where it stands (`sending` only while a test event's one attempt runs).
+    pub status: DeliveryStatus,
     /// Attempts made (scheduled and manual).
     pub attempts: u32,
     /// When the next scheduled attempt is due (pending only).
@@ -203,7 +206,8 @@ pub struct Delivery {
 impl From<DeliveryRow> for Delivery {
     fn from(d: DeliveryRow) -> Self {
         Self {
-            next_attempt_at: (d.status == "pending").then(|| ms_to_rfc3339(d.next_attempt_at)),
+            next_attempt_at: (d.status == DeliveryStatus::Pending)
+                .then(|| ms_to_rfc3339(d.next_attempt_at)),
             id: d.key,
             event_id: d.event_id,
             subscription_id: d.subscription_id,
@@ -726,9 +730,9 @@ pub(crate) async fn list_deliveries(
     }
     if let Some(o) = f.outcome.as_deref() {
         let status = match o {
-            "success" => "succeeded",
-            "failure" => "failed",
-            "pending" => "pending",
+            "success" => DeliveryStatus::Succeeded,
+            "failure" => DeliveryStatus::Failed,
+            "pending" => DeliveryStatus::Pending,
             _ => {
                 return Err(ApiError::invalid_param(
                     "outcome",
