@@ -29,6 +29,8 @@ pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod webhooks;
 

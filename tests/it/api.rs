@@ -3,14 +3,14 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{ConfigDir, TestServer, settings};
+use crate::util::{ConfigDir, TestHost, builder, settings};
 
 const ONE: &str = "agent: acme/notifier\ncontext: { alias: Notifier }\nactions:\n  - action: echo\n    context: { greeting: hi }\n";
 
 #[tokio::test]
 async fn health_and_readiness() {
     let dir = ConfigDir::new(ONE);
-    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let s = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let res = s.http.get(s.url("/healthz")).send().await.expect("get");
     assert_eq!(res.status(), 200);
     assert_eq!(
@@ -42,7 +42,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn agents_and_actions_are_listed() {
     let dir = ConfigDir::new(ONE);
-    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let s = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let agent_id = graphagent::plugin::agent_id("acme/notifier");
     let action_id = graphagent::plugin::action_id("acme/notifier", "echo");
     let (status, agents) = s.admin_get("/api/agents").await;
@@ -78,7 +78,7 @@ async fn agents_and_actions_are_listed() {
 #[tokio::test]
 async fn action_routes_store_in_the_graph_and_need_admin() {
     let dir = ConfigDir::new(ONE);
-    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let s = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("acme/notifier", "echo");
     let path = format!("/api/actions/{id}/echo");
     let anonymous = s
@@ -114,7 +114,7 @@ async fn every_error_is_json_and_changes_nothing() {
     let dir = ConfigDir::new(ONE);
     let mut cfg = settings(Some(dir.path()), "mem://");
     cfg.max_body_bytes = 1024;
-    let s = TestServer::start(cfg).await;
+    let s = TestHost::start(builder(), cfg).await;
     let id = graphagent::plugin::action_id("acme/notifier", "echo");
     let path = format!("/api/actions/{id}/echo");
     let token = s.token().await;

@@ -6,11 +6,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::util::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, ConfigDir, JWT_SECRET, TestServer, builder, settings,
+    ADMIN_EMAIL, ADMIN_PASSWORD, ConfigDir, JWT_SECRET, TestHost, builder, settings,
 };
 
-async fn server() -> TestServer {
-    TestServer::start(settings(None, "mem://")).await
+async fn server() -> TestHost {
+    TestHost::start(builder(), settings(None, "mem://")).await
 }
 
 #[tokio::test]
@@ -236,7 +236,7 @@ async fn bad_key_requests_name_the_field_and_change_nothing() {
 async fn login_is_rate_limited_per_address() {
     let mut cfg = settings(None, "mem://");
     cfg.auth.login_per_minute = 3;
-    let s = TestServer::start(cfg).await;
+    let s = TestHost::start(builder(), cfg).await;
     let attempt = || {
         s.http
             .post(s.url("/api/auth/login"))
@@ -286,7 +286,7 @@ async fn derived_scoped_keys_survive_restarts_and_are_checked() {
 }
 
 /// `GET /api/agents` with `token`: status and body.
-async fn agents_with(s: &TestServer, token: &str) -> (u16, Value) {
+async fn agents_with(s: &TestHost, token: &str) -> (u16, Value) {
     s.get_with_token("/api/agents", token).await
 }
 
@@ -330,19 +330,19 @@ async fn a_changed_role_refuses_earlier_tokens() {
 async fn a_changed_admin_password_revokes_earlier_tokens() {
     let dir = ConfigDir::new("agent: x\nactions: []\n");
     let url = dir.graph_url();
-    let first = TestServer::start(settings(None, &url)).await;
+    let first = TestHost::start(builder(), settings(None, &url)).await;
     let old = first.token().await;
     first.stop().await.expect("stop");
 
     // The same password at the next start keeps tokens valid.
-    let second = TestServer::start(settings(None, &url)).await;
+    let second = TestHost::start(builder(), settings(None, &url)).await;
     assert_eq!(agents_with(&second, &old).await.0, 200);
     second.stop().await.expect("stop");
 
     let new_password = "a different, longer passphrase";
     let mut cfg = settings(None, &url);
     cfg.auth.admin_password = Some(new_password.to_owned());
-    let third = TestServer::start(cfg).await;
+    let third = TestHost::start(builder(), cfg).await;
     let (status, err) = agents_with(&third, &old).await;
     assert_eq!(status, 401);
     assert_eq!(
@@ -395,7 +395,7 @@ fn backoff_settings() -> graphagent::Settings {
 /// A login attempt from 127.0.0.`host` (loopback answers on all of 127/8): status,
 /// `Retry-After` and body.
 async fn login_from(
-    s: &TestServer,
+    s: &TestHost,
     host: u8,
     email: &str,
     password: &str,
@@ -421,7 +421,7 @@ async fn login_from(
 
 #[tokio::test]
 async fn failed_logins_back_off_per_account_across_client_addresses() {
-    let s = TestServer::start(backoff_settings()).await;
+    let s = TestHost::start(builder(), backoff_settings()).await;
     let wrong = "not the password";
     // One email, however it is written, from a new address each time.
     for (host, email) in [
@@ -460,7 +460,7 @@ async fn failed_logins_back_off_per_account_across_client_addresses() {
 
 #[tokio::test]
 async fn unknown_emails_back_off_like_known_ones() {
-    let s = TestServer::start(backoff_settings()).await;
+    let s = TestHost::start(builder(), backoff_settings()).await;
     let mut host = 1;
     let mut answers = Vec::new();
     for email in ["nobody@example.com", ADMIN_EMAIL] {

@@ -10,7 +10,7 @@ use graphagent::GraphOptions;
 use serde_json::{Value, json};
 
 use crate::util::{
-    ConfigDir, TestServer, builder, clear_hooks, hooks, settings, settings_with_graph,
+    ConfigDir, TestHost, builder, clear_hooks, hooks, settings, settings_with_graph,
 };
 
 const THREE: &str = "\
@@ -37,11 +37,10 @@ async fn hooks_run_in_order_on_start_and_reload() {
 pub async fn start_and_reload(graph_url: impl Fn(&ConfigDir) -> String, graph: &GraphOptions) {
     clear_hooks();
     let dir = ConfigDir::new(THREE);
-    let server = TestServer::start(settings_with_graph(
-        Some(dir.path()),
-        &graph_url(&dir),
-        graph,
-    ))
+    let server = TestHost::start(
+        builder(),
+        settings_with_graph(Some(dir.path()), &graph_url(&dir), graph),
+    )
     .await;
     assert_eq!(hooks(), ["on_register a a1", "on_register b b1"]);
 
@@ -108,7 +107,7 @@ async fn failing_hooks_do_not_stop_the_server() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: recorder\n    name: bad\n    context: { tag: t, fail: on_register }\n",
     );
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("x", "bad");
     let (status, action) = server.admin_get(&format!("/api/actions/{id}")).await;
     assert_eq!(status, 200);
@@ -142,7 +141,7 @@ async fn failing_hooks_do_not_stop_the_server() {
 async fn invalid_reload_changes_nothing() {
     clear_hooks();
     let dir = ConfigDir::new(THREE);
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     clear_hooks();
     dir.write("agent: acme/notifier\nactions:\n  - action: recorder\n    name: a\n    context: { tag: 5, colour: red }\n");
     let (status, body) = server
@@ -166,7 +165,7 @@ async fn sighup_reloads_the_config() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: recorder\n    name: a\n    context: { tag: one }\n",
     );
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("x", "a");
     let (_, tag) = server
         .admin_get(&format!("/api/actions/{id}/recorder/tag"))
@@ -203,7 +202,7 @@ async fn in_flight_requests_keep_the_old_instance() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: recorder\n    name: a\n    context: { tag: old }\n",
     );
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("x", "a");
     let token = server.token().await;
     let slow = server
@@ -241,12 +240,20 @@ async fn ids_are_stable_across_restarts_on_the_same_data_dir() {
 pub async fn restart_keeps_ids(graph_url: impl Fn(&ConfigDir) -> String, graph: &GraphOptions) {
     let dir = ConfigDir::new(THREE);
     let url = graph_url(&dir);
-    let first = TestServer::start(settings_with_graph(Some(dir.path()), &url, graph)).await;
+    let first = TestHost::start(
+        builder(),
+        settings_with_graph(Some(dir.path()), &url, graph),
+    )
+    .await;
     let (_, agents) = first.admin_get("/api/agents").await;
     let (_, actions) = first.admin_get("/api/agents/acme%2Fnotifier/actions").await;
     first.stop().await.expect("stop");
 
-    let second = TestServer::start(settings_with_graph(Some(dir.path()), &url, graph)).await;
+    let second = TestHost::start(
+        builder(),
+        settings_with_graph(Some(dir.path()), &url, graph),
+    )
+    .await;
     let (_, agents_again) = second.admin_get("/api/agents").await;
     let (_, actions_again) = second
         .admin_get("/api/agents/acme%2Fnotifier/actions")
@@ -315,7 +322,7 @@ async fn env_references_are_expanded() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: echo\n    context:\n      greeting: ${GA_TEST_UNSET_GREETING:-ahoy}\n      max_message_chars: ${GA_TEST_UNSET:-12}\n",
     );
-    let server = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let server = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("x", "echo");
     let (_, ping) = server
         .admin_get(&format!("/api/actions/{id}/echo/ping"))
@@ -336,7 +343,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: recorder\n    name: a\n    context: { tag: t }\n",
     );
-    let mut server = TestServer::start(settings(Some(dir.path()), &dir.graph_url())).await;
+    let mut server = TestHost::start(builder(), settings(Some(dir.path()), &dir.graph_url())).await;
     let id = graphagent::plugin::action_id("x", "a");
     let token = server.token().await;
     let slow = tokio::spawn(
@@ -365,7 +372,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!(res.json::<Value>().await.expect("json"), json!("t"));
     server.join().await.expect("server stops cleanly");
     // The graph was closed: the same data dir opens again.
-    let again = TestServer::start(settings(Some(dir.path()), &dir.graph_url())).await;
+    let again = TestHost::start(builder(), settings(Some(dir.path()), &dir.graph_url())).await;
     let (status, _) = again.admin_get("/api/agents").await;
     assert_eq!(status, 200);
 }

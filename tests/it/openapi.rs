@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::util::{ConfigDir, TestServer, builder, settings};
+use crate::util::{ConfigDir, TestHost, builder, settings};
 
-async fn doc(s: &TestServer) -> Value {
+async fn doc(s: &TestHost) -> Value {
     let res = s
         .http
         .get(s.url("/openapi.json"))
@@ -31,7 +31,7 @@ async fn document_is_complete_and_consistent() {
     let dir = ConfigDir::new(
         "agent: x\nactions:\n  - action: echo\n  - action: recorder\n    context: { tag: t }\n",
     );
-    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let s = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let doc = doc(&s).await;
     assert!(
         doc["openapi"]
@@ -179,7 +179,7 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn docs_uis_are_served_from_the_binary() {
-    let s = TestServer::start(settings(None, "mem://")).await;
+    let s = TestHost::start(builder(), settings(None, "mem://")).await;
     let page = s.http.get(s.url("/docs/")).send().await.expect("get");
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("text");
@@ -227,7 +227,7 @@ async fn docs_uis_are_served_from_the_binary() {
 }
 
 /// Validate `instance` against component `name` of the served document.
-pub async fn assert_matches_schema(s: &TestServer, name: &str, instance: &Value) {
+pub async fn assert_matches_schema(s: &TestHost, name: &str, instance: &Value) {
     let doc = doc(s).await;
     let schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -245,7 +245,7 @@ pub async fn assert_matches_schema(s: &TestServer, name: &str, instance: &Value)
 #[tokio::test]
 async fn an_action_without_a_status_of_its_own_matches_the_document() {
     let dir = ConfigDir::new("agent: x\nactions:\n  - action: recorder\n    context: { tag: t }\n");
-    let s = TestServer::start(settings(Some(dir.path()), "mem://")).await;
+    let s = TestHost::start(builder(), settings(Some(dir.path()), "mem://")).await;
     let id = graphagent::plugin::action_id("x", "recorder");
     let (status, detail) = s.admin_get(&format!("/api/actions/{id}")).await;
     assert_eq!(status, 200);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{ConfigDir, TestServer, settings};
+use crate::util::{ConfigDir, TestHost, builder, settings};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -131,7 +131,7 @@ async fn slow_request_heads_are_cut_off_and_others_are_still_served_past_the_cap
     let mut s = quiet();
     s.server.header_read_timeout = ms(500);
     s.server.max_connections = 4;
-    let server = TestServer::start(s).await;
+    let server = TestHost::start(builder(), s).await;
     // Twice the cap, each sending a byte every 150 ms: no head completes in 500 ms.
     let slow: Vec<_> = (0..8)
         .map(|_| tokio::spawn(slow_head(server.base.clone(), ms(150))))
@@ -167,7 +167,7 @@ fn secs(n: u64) -> Duration {
 async fn a_request_body_that_never_completes_is_408() {
     let mut s = quiet();
     s.server.body_timeout = ms(500);
-    let server = TestServer::start(s).await;
+    let server = TestHost::start(builder(), s).await;
     let head = "POST /api/auth/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n";
     let body = json!({"email": "nobody@example.com", "password": "wrong"}).to_string();
 
@@ -203,7 +203,7 @@ async fn idle_connections_close_after_the_idle_timeout_not_the_header_timeout() 
     let mut s = quiet();
     s.server.header_read_timeout = ms(300);
     s.server.idle_timeout = secs(3);
-    let server = TestServer::start(s).await;
+    let server = TestHost::start(builder(), s).await;
     let mut raw = Raw::connect(&server.base).await;
     raw.send(HEALTHZ).await;
     assert_eq!(raw.response(secs(10)).await.expect("first").0, 200);
@@ -229,7 +229,7 @@ async fn idle_connections_close_after_the_idle_timeout_not_the_header_timeout() 
 async fn no_more_than_max_connections_are_served_at_once() {
     let mut s = quiet();
     s.server.max_connections = 3;
-    let server = TestServer::start(s).await;
+    let server = TestHost::start(builder(), s).await;
     // Three connections in the middle of a request head: none idle, none to close.
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -255,7 +255,7 @@ async fn no_more_than_max_connections_are_served_at_once() {
 async fn at_the_cap_the_longest_idle_connection_makes_room() {
     let mut s = quiet();
     s.server.max_connections = 2;
-    let server = TestServer::start(s).await;
+    let server = TestHost::start(builder(), s).await;
     let mut idle = Vec::new();
     for _ in 0..2 {
         let mut raw = Raw::connect(&server.base).await;
@@ -289,7 +289,7 @@ async fn shutdown_ends_within_the_grace_period_despite_stuck_clients() {
     let mut s = settings(Some(dir.path()), &dir.graph_url());
     s.server.header_read_timeout = secs(60);
     s.server.shutdown_grace = secs(1);
-    let mut server = TestServer::start(s).await;
+    let mut server = TestHost::start(builder(), s).await;
     let id = graphagent::plugin::action_id("x", "a");
     let token = server.token().await;
     // A request whose handler takes a minute, and a client that never finishes its head.
@@ -318,13 +318,13 @@ async fn shutdown_ends_within_the_grace_period_despite_stuck_clients() {
         .await
         .expect("the half-sent head was closed");
     // The graph was closed: the same data dir opens again.
-    let again = TestServer::start(settings(Some(dir.path()), &dir.graph_url())).await;
+    let again = TestHost::start(builder(), settings(Some(dir.path()), &dir.graph_url())).await;
     assert_eq!(again.admin_get("/api/agents").await.0, 200);
 }
 
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_served() {
-    let server = TestServer::start(quiet()).await;
+    let server = TestHost::start(builder(), quiet()).await;
     let tcp = TcpStream::connect(server.base.trim_start_matches("http://"))
         .await
         .expect("connect");

@@ -1,5 +1,6 @@
-//! Test harness: a real host on a loopback port with a real SurrealDB engine, plus a
-//! `recorder` action that logs its hooks so lifecycle order can be asserted.
+//! Test harness: the host's own test support (`graphagent::testing`: a real host on a
+//! loopback port with a real SurrealDB engine), the echo and `recorder` action types, and
+//! the `recorder` action itself, which logs its hooks so lifecycle order can be asserted.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -7,16 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use graphagent::plugin::{ActionRef, ActionState, Json, Query};
-use graphagent::{Action, ActionContext, ActionError, Graph, GraphOptions, HostBuilder, Settings};
+use graphagent::{Action, ActionContext, ActionError, GraphOptions, HostBuilder, Settings};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
-pub const ADMIN_EMAIL: &str = "admin@example.com";
-pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+pub use graphagent::testing::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, TestHost};
 
 /// Hook calls, `"{hook} {action_name} {tag}"`, in call order. Each nextest test runs in
 /// its own process, so one global log per test.
@@ -105,16 +102,9 @@ pub fn builder() -> HostBuilder {
         .action::<Recorder>()
 }
 
+/// Test settings: the test admin seeded, agents from `config`, the graph at `graph_url`.
 pub fn settings(config: Option<PathBuf>, graph_url: &str) -> Settings {
-    let mut s = Settings {
-        config_path: config,
-        graph_url: graph_url.to_owned(),
-        ..Settings::default()
-    };
-    s.auth.jwt_secret = Some(JWT_SECRET.to_owned());
-    s.auth.admin_email = Some(ADMIN_EMAIL.to_owned());
-    s.auth.admin_password = Some(ADMIN_PASSWORD.to_owned());
-    s
+    graphagent::testing::test_settings(config, graph_url)
 }
 
 /// [`settings`] with connection options for the graph (a remote server's credentials,
@@ -149,130 +139,5 @@ impl ConfigDir {
     }
     pub fn graph_url(&self) -> String {
         format!("surrealkv://{}", self.dir.path().join("graph").display())
-    }
-}
-
-/// A running host.
-pub struct TestServer {
-    pub base: String,
-    pub http: reqwest::Client,
-    pub graph: Graph,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), graphagent::HostError>>>,
-}
-
-impl TestServer {
-    pub async fn start(settings: Settings) -> Self {
-        Self::start_with(builder(), settings).await
-    }
-
-    pub async fn start_with(builder: HostBuilder, settings: Settings) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,surrealdb=warn")
-            .with_test_writer()
-            .try_init();
-        let host = builder
-            .settings(settings)
-            .build()
-            .await
-            .expect("host builds");
-        let graph = host.graph().clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(host.serve(listener, async move {
-            let _ = rx.await;
-        }));
-        Self {
-            base,
-            http: reqwest::Client::new(),
-            graph,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Ask for a graceful stop and wait for the server to finish.
-    pub async fn stop(mut self) -> Result<(), graphagent::HostError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await.expect("server task"),
-            None => Ok(()),
-        }
-    }
-
-    pub fn trigger_stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    pub async fn join(mut self) -> Result<(), graphagent::HostError> {
-        match self.task.take() {
-            Some(task) => task.await.expect("server task"),
-            None => Ok(()),
-        }
-    }
-
-    pub async fn token(&self) -> String {
-        let res = self
-            .http
-            .post(self.url("/api/auth/login"))
-            .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(res.status(), 200);
-        let body: Value = res.json().await.expect("json");
-        body["access_token"].as_str().expect("token").to_owned()
-    }
-
-    /// GET with admin credentials; returns status and JSON body.
-    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
-        let token = self.token().await;
-        self.get_with_token(path, &token).await
-    }
-
-    /// GET with `token` as the bearer token; returns status and JSON body.
-    pub async fn get_with_token(&self, path: &str, token: &str) -> (u16, Value) {
-        let res = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("get");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let token = self.token().await;
-        let res = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }

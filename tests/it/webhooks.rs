@@ -2,14 +2,13 @@
 //! the same transaction, real receivers (axum on 127.0.0.1), real signatures checked with
 //! an independent Standard Webhooks verifier written here.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::HeaderMap;
-use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use graphagent::plugin::EventType;
@@ -22,7 +21,8 @@ use sha2::Sha256;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::util::{ConfigDir, TestServer, builder, settings};
+use crate::util::{ConfigDir, TestHost, builder, settings};
+use graphagent::testing::WebhookReceiver;
 
 // ---- a test action that emits events ----------------------------------------------
 
@@ -103,92 +103,6 @@ async fn set_status(
 
 // ---- receivers ----------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-struct Hit {
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    answered: u16,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    hits: Arc<Mutex<Vec<Hit>>>,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    default_status: Arc<AtomicU16>,
-}
-
-impl Receiver {
-    fn new(default_status: u16) -> Self {
-        Self {
-            hits: Arc::default(),
-            script: Arc::default(),
-            default_status: Arc::new(AtomicU16::new(default_status)),
-        }
-    }
-    fn script(&self, statuses: &[u16]) {
-        self.script
-            .lock()
-            .expect("lock")
-            .extend(statuses.iter().copied());
-    }
-    fn set_default(&self, status: u16) {
-        self.default_status.store(status, Ordering::SeqCst);
-    }
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().expect("lock").clone()
-    }
-    fn hits_on(&self, path: &str) -> Vec<Hit> {
-        self.hits().into_iter().filter(|h| h.path == path).collect()
-    }
-
-    async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        self.serve(listener);
-        format!("http://{addr}")
-    }
-
-    fn serve(&self, listener: tokio::net::TcpListener) {
-        let me = self.clone();
-        let app = axum::Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let me = me.clone();
-                async move {
-                    let status = me
-                        .script
-                        .lock()
-                        .expect("lock")
-                        .pop_front()
-                        .unwrap_or_else(|| me.default_status.load(Ordering::SeqCst));
-                    me.hits.lock().expect("lock").push(Hit {
-                        path: uri.path().to_owned(),
-                        headers,
-                        body: body.to_vec(),
-                        answered: status,
-                    });
-                    let code = axum::http::StatusCode::from_u16(status).expect("status");
-                    let mut res = (code, "ok").into_response();
-                    if status == 307 {
-                        res.headers_mut()
-                            .insert("location", "/other".parse().expect("header"));
-                    }
-                    if status == 429 {
-                        res.headers_mut()
-                            .insert("retry-after", "0".parse().expect("header"));
-                    }
-                    res
-                }
-            },
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-    }
-}
-
 // ---- an independent Standard Webhooks verifier -------------------------------------
 
 /// Which of `secrets` produced a valid `v1` signature in the headers (by index).
@@ -234,20 +148,20 @@ fn wh_settings(s: &mut Settings) {
     s.webhooks.timeout = Duration::from_secs(5);
 }
 
-async fn start(dir: &ConfigDir, graph_url: &str, tweak: impl FnOnce(&mut Settings)) -> TestServer {
+async fn start(dir: &ConfigDir, graph_url: &str, tweak: impl FnOnce(&mut Settings)) -> TestHost {
     let mut s = settings(Some(dir.path()), graph_url);
     wh_settings(&mut s);
     tweak(&mut s);
-    TestServer::start_with(builder().action::<Emitter>(), s).await
+    TestHost::start(builder().action::<Emitter>(), s).await
 }
 
 struct Api<'a> {
-    s: &'a TestServer,
+    s: &'a TestHost,
     token: String,
 }
 
 impl<'a> Api<'a> {
-    async fn new(s: &'a TestServer) -> Self {
+    async fn new(s: &'a TestHost) -> Self {
         Self {
             token: s.token().await,
             s,
@@ -322,7 +236,7 @@ where
     }
 }
 
-async fn count(s: &TestServer, sql: &str) -> u64 {
+async fn count(s: &TestHost, sql: &str) -> u64 {
     let out = s.graph.query(sql, Value::Null).await.expect("query");
     out[0].as_u64().unwrap_or(0)
 }
@@ -334,9 +248,9 @@ async fn status_change_emits_one_signed_event_per_subscription() {
     let dir = ConfigDir::new(AGENT);
     let s = start(&dir, "mem://", |_| {}).await;
     let api = Api::new(&s).await;
-    let a = Receiver::new(200);
-    let b = Receiver::new(200);
-    let c = Receiver::new(200);
+    let a = WebhookReceiver::new(200);
+    let b = WebhookReceiver::new(200);
+    let c = WebhookReceiver::new(200);
     let (a_url, b_url, c_url) = (a.start().await, b.start().await, c.start().await);
     let (_, secret_a) = api.subscribe(&format!("{a_url}/hook"), &[ITEM_EVENT]).await;
     let (_, secret_b) = api.subscribe(&format!("{b_url}/hook"), &[]).await;
@@ -405,7 +319,7 @@ async fn a_failed_transaction_emits_nothing() {
     let dir = ConfigDir::new(AGENT);
     let s = start(&dir, "mem://", |_| {}).await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     api.subscribe(&format!("{url}/hook"), &[]).await;
     let (st, body) = api.emit("item2", "done", true).await;
@@ -477,7 +391,7 @@ async fn receiver_down_then_up_gets_everything_after_retries() {
     assert!(detail["next_attempt_at"].is_string());
 
     // Up, answering 429 and 503 once, then 200.
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     r.script(&[429, 503]);
     r.serve(tokio::net::TcpListener::bind(addr).await.expect("rebind"));
     eventually("all three delivered", || async {
@@ -509,7 +423,7 @@ async fn receiver_down_then_up_gets_everything_after_retries() {
 async fn pending_retries_survive_a_restart_and_nothing_is_sent_twice() {
     let dir = ConfigDir::new(AGENT);
     let graph = dir.graph_url();
-    let r = Receiver::new(503);
+    let r = WebhookReceiver::new(503);
     let url = r.start().await;
     let schedule = |w: &mut Settings| {
         w.webhooks.retry_schedule = vec![Duration::from_millis(150); 10];
@@ -570,8 +484,8 @@ async fn client_errors_are_final_and_failing_subscriptions_get_disabled() {
     })
     .await;
     let api = Api::new(&s).await;
-    let bad = Receiver::new(400);
-    let ops = Receiver::new(200);
+    let bad = WebhookReceiver::new(400);
+    let ops = WebhookReceiver::new(200);
     let bad_url = bad.start().await;
     let ops_url = ops.start().await;
     let (sub, _) = api
@@ -657,7 +571,7 @@ async fn private_destinations_are_refused_unless_allowed() {
     })
     .await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     let port = url.rsplit(':').next().expect("port").to_owned();
     for refused in [
@@ -716,7 +630,7 @@ async fn ipv4_carrying_forms_and_special_ranges_are_refused_naming_url() {
     let dir = ConfigDir::new(AGENT);
     let s = start(&dir, "mem://", |_| {}).await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
     for (refused, range) in [
@@ -801,7 +715,7 @@ async fn ipv4_carrying_forms_and_special_ranges_are_refused_naming_url() {
 async fn a_delivery_refused_by_the_policy_fails_at_once_and_is_not_retried() {
     let dir = ConfigDir::new(AGENT);
     let graph = dir.graph_url();
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     let port = url.rsplit(':').next().expect("port").to_owned();
     let targets = [
@@ -897,7 +811,7 @@ async fn redirects_are_not_followed() {
     let dir = ConfigDir::new(AGENT);
     let s = start(&dir, "mem://", |_| {}).await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(307);
+    let r = WebhookReceiver::new(307);
     let url = r.start().await;
     let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
     let (st, attempt) = api
@@ -933,7 +847,7 @@ async fn secret_is_shown_once_and_rotation_signs_with_both() {
     })
     .await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     let (sub, old) = api.subscribe(&format!("{url}/hook"), &[]).await;
     assert!(old.starts_with("whsec_"));
@@ -1043,7 +957,7 @@ async fn delivery_log_redeliver_recover_and_stats() {
     })
     .await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(500);
+    let r = WebhookReceiver::new(500);
     let url = r.start().await;
     let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
     for i in 0..2 {
@@ -1139,7 +1053,7 @@ async fn the_cleaner_expires_payloads_and_keeps_attempts() {
     })
     .await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(200);
+    let r = WebhookReceiver::new(200);
     let url = r.start().await;
     api.subscribe(&format!("{url}/hook"), &[]).await;
     api.emit("old", "x", false).await;
@@ -1204,7 +1118,7 @@ async fn a_subscription_failing_for_too_long_is_disabled() {
     })
     .await;
     let api = Api::new(&s).await;
-    let r = Receiver::new(410);
+    let r = WebhookReceiver::new(410);
     let url = r.start().await;
     let (sub, _) = api.subscribe(&format!("{url}/hook"), &[]).await;
     api.emit("p1", "x", false).await;
@@ -1302,7 +1216,7 @@ async fn attempt_in_flight(
     graph: &str,
     delay: Duration,
     tweak: impl FnOnce(&mut Settings),
-) -> (TestServer, SlowReceiver) {
+) -> (TestHost, SlowReceiver) {
     let r = SlowReceiver::default();
     let url = r.start(delay).await;
     let server = start(dir, graph, tweak).await;
@@ -1382,7 +1296,7 @@ async fn deleting_a_busy_subscription_answers_promptly_and_fails_its_pending_del
     })
     .await;
     let api = Api::new(&s).await;
-    let down = Receiver::new(503);
+    let down = WebhookReceiver::new(503);
     let base = down.start().await;
     let (sub, _) = api.subscribe(&format!("{base}/hook"), &[ITEM_EVENT]).await;
     for i in 0..150 {

@@ -186,16 +186,9 @@ async fn serve_runs_the_example_and_stops_gracefully_on_sigterm() {
     for _ in 0..2 {
         let mut server = serve(data.path());
         wait_ready(&http, &server.base).await;
-        let login: Value = http
-            .post(format!("{}/api/auth/login", server.base))
-            .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
-            .send()
+        let token = graphagent::testing::login(&http, &server.base, "ops@example.com", PASSWORD)
             .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        let token = login["access_token"].as_str().expect("token").to_owned();
+            .expect("login");
         let actions: Value = http
             .get(format!(
                 "{}/api/agents/acme%2Fnotifier/actions",
@@ -317,16 +310,9 @@ async fn webhook_deliveries_ignore_proxy_environment_variables() {
         .build()
         .expect("client");
     wait_ready(&http, &server.base).await;
-    let login: Value = http
-        .post(format!("{}/api/auth/login", server.base))
-        .json(&json!({"email": "ops@example.com", "password": PASSWORD}))
-        .send()
+    let token = graphagent::testing::login(&http, &server.base, "ops@example.com", PASSWORD)
         .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["access_token"].as_str().expect("token").to_owned();
+        .expect("login");
     let sub: Value = http
         .post(format!("{}/api/webhooks/subscriptions", server.base))
         .bearer_auth(&token)

@@ -507,16 +507,9 @@ async fn interactive_menu(base: &str, key: &str) {
 
 async fn admin_key(base: &str) -> String {
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": EMAIL, "password": PASSWORD}))
-        .send()
+    let token = graphagent::testing::login(&http, base, EMAIL, PASSWORD)
         .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["access_token"].as_str().expect("token");
+        .expect("login");
     let created: Value = http
         .post(format!("{base}/api/auth/api-keys"))
         .bearer_auth(token)

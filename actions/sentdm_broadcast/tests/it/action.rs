@@ -391,7 +391,7 @@ async fn deliveries_that_fail_verification_are_401_and_write_nothing() {
     // A valid key for another action's scope: 403.
     let other_key = {
         let settings = graphagent::AuthSettings {
-            jwt_secret: Some(crate::app::JWT_SECRET.into()),
+            jwt_secret: Some(graphagent::testing::JWT_SECRET.into()),
             ..Default::default()
         };
         let auth =

@@ -4,15 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use graphagent::{Graph, HostBuilder, Settings};
+use graphagent::testing::{JWT_SECRET, TestHost, test_settings};
+use graphagent::{Graph, HostBuilder};
 use graphagent_sentdm::SentDmBroadcast;
 use sentdm_client::signing::SigningSecret;
 use sentdm_sim::SimHandle;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-pub const JWT_SECRET: &str = "sentdm-test-secret-sentdm-test-secret";
-pub const ADMIN: (&str, &str) = ("ops@example.com", "ops password for tests");
 
 /// A running host with SentDM actions configured against `sim`.
 pub struct App {
@@ -26,8 +23,7 @@ pub struct App {
     /// Webhook id and secret by action name, read once (deliveries during an injected
     /// graph outage still need them).
     states: std::sync::Mutex<std::collections::HashMap<String, (String, SigningSecret)>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), graphagent::HostError>>>,
+    host: TestHost,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -69,59 +65,29 @@ pub fn agent_yaml(sim: &SimHandle, o: &AppOptions<'_>) -> String {
 
 impl App {
     pub async fn start(sim: &SimHandle, o: AppOptions<'_>) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,surrealdb=warn")
-            .with_test_writer()
-            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("agent.yaml");
         std::fs::write(&config, agent_yaml(sim, &o)).expect("write config");
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", o.port.unwrap_or(0)))
             .await
             .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let base = format!("http://{addr}");
-        let mut settings = Settings {
-            config_path: Some(config),
-            graph_url: o.graph_url.clone().unwrap_or_else(|| "mem://".into()),
-            public_base_url: Some(base.clone()),
-            ..Settings::default()
-        };
-        settings.auth.jwt_secret = Some(JWT_SECRET.into());
-        settings.auth.admin_email = Some(ADMIN.0.into());
-        settings.auth.admin_password = Some(ADMIN.1.into());
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let graph_url = o.graph_url.clone().unwrap_or_else(|| "mem://".into());
+        let mut settings = test_settings(Some(config), &graph_url);
+        settings.public_base_url = Some(base.clone());
         // Outbound webhooks to receivers on loopback, retried within milliseconds.
         settings.webhooks.allow_http_loopback = true;
         settings.webhooks.retry_schedule = vec![Duration::from_millis(50); 3];
         settings.webhooks.poll_interval = Duration::from_millis(50);
-        let host = HostBuilder::new()
-            .action::<SentDmBroadcast>()
-            .settings(settings)
-            .build()
-            .await
-            .expect("host builds");
-        let graph = host.graph().clone();
-        let host_agent = host.agent("acme/notifier").expect("agent");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(host.serve(listener, async move {
-            let _ = rx.await;
-        }));
-        let http = reqwest::Client::new();
-        let token: Value = http
-            .post(format!("{base}/api/auth/login"))
-            .json(&json!({"email": ADMIN.0, "password": ADMIN.1}))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
+        let builder = HostBuilder::new().action::<SentDmBroadcast>();
+        let host = TestHost::start_on(builder, settings, listener).await;
+        let token = host.token().await;
         Self {
-            base,
-            http,
-            graph,
-            token: token["access_token"].as_str().expect("token").to_owned(),
-            host_agent,
+            base: host.base.clone(),
+            http: host.http.clone(),
+            graph: host.graph.clone(),
+            token,
+            host_agent: host.agent("acme/notifier").expect("agent"),
             keys: graphagent::auth::Auth::new(
                 Graph::memory().await.expect("graph"),
                 &graphagent::AuthSettings {
@@ -132,8 +98,7 @@ impl App {
             .await
             .expect("auth"),
             states: Default::default(),
-            shutdown: Some(tx),
-            task: Some(task),
+            host,
             _dir: Some(dir),
         }
     }
@@ -156,13 +121,8 @@ impl App {
             .expect("action")
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("join").expect("clean stop");
-        }
+    pub async fn stop(self) {
+        self.host.stop().await.expect("clean stop");
     }
 
     /// Admin call under the action's prefix; returns status and JSON.
@@ -331,14 +291,6 @@ impl App {
             .await
             .expect("count");
         out[0].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -9,8 +9,10 @@ use std::sync::Mutex;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::app::{ADMIN, App, AppOptions};
-use crate::util::{Receiver, start_sim};
+use crate::app::{App, AppOptions};
+use crate::util::start_sim;
+use graphagent::testing::WebhookReceiver;
+use graphagent::testing::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
 /// How a probe authenticates.
 #[derive(Clone, Copy)]
@@ -369,9 +371,15 @@ async fn every_route_answers_as_documented() {
     .await;
 
     // Auth: log in, API keys.
-    let login = |password: &str| Body::Json(json!({"email": ADMIN.0, "password": password}));
-    p.expect(200, M::POST, "/api/auth/login", Auth::None, login(ADMIN.1))
-        .await;
+    let login = |password: &str| Body::Json(json!({"email": ADMIN_EMAIL, "password": password}));
+    p.expect(
+        200,
+        M::POST,
+        "/api/auth/login",
+        Auth::None,
+        login(ADMIN_PASSWORD),
+    )
+    .await;
     p.expect(401, M::POST, "/api/auth/login", Auth::None, login("wrong"))
         .await;
     let keys = "/api/auth/api-keys";
@@ -650,7 +658,8 @@ async fn every_route_answers_as_documented() {
     .await;
 
     // Outbound webhooks.
-    let hook = Receiver::start().await;
+    let hook = WebhookReceiver::new(200);
+    let hook_url = format!("{}/hook", hook.start().await);
     let subs = "/api/webhooks/subscriptions";
     let sub = p
         .expect(
@@ -658,12 +667,12 @@ async fn every_route_answers_as_documented() {
             M::POST,
             subs,
             Auth::Admin,
-            Body::Json(json!({"url": hook.url, "event_types": ["sentdm.message.delivered"]})),
+            Body::Json(json!({"url": hook_url, "event_types": ["sentdm.message.delivered"]})),
         )
         .await;
     for bad in [
         json!({"url": "ftp://example.com/"}),
-        json!({"url": hook.url, "event_types": ["no.such"]}),
+        json!({"url": hook_url, "event_types": ["no.such"]}),
     ] {
         p.expect(422, M::POST, subs, Auth::Admin, Body::Json(bad))
             .await;
