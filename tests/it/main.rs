@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod layers;
 mod lifecycle;
 mod openapi;
 mod remote;
