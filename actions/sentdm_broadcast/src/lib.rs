@@ -138,7 +138,7 @@ pub struct BroadcastRequest {
     pub profile_id: Option<String>,
 }
 
-/// What [`valid_e164`] accepts, for the document.
+/// What `valid_e164` accepts, for the document.
 pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{6,14}$";
 
 fn recipients_schema() -> utoipa::openapi::schema::Array {
