@@ -675,32 +675,18 @@ fn broadcast_request(s: SendArgs) -> Result<BroadcastRequest, CliError> {
     })
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns without borders, wrapped to the terminal's width when output
+/// goes to a terminal (ids and descriptions wrap instead of pushing columns off screen).
 fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+        t.add_row(row.iter().map(String::as_str));
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
-                out.push_str(cell);
-                out.push_str(&" ".repeat(pad));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    for line in t.lines() {
+        println!("{}", line.trim_end());
     }
 }
 
