@@ -20,7 +20,7 @@ fn event(i: usize, messages: usize) -> FoldEvent {
         rid: format!("a_m{m}"),
         message_id: format!("m{m}"),
         create_if_missing: true,
-        status: Some(status.into()),
+        status: Some(sentdm_client::model::MessageStatus::parse(status)),
         t_ms: Some(i as i64),
         occurred_at: Some("2026-05-14T18:49:20Z".into()),
         error: None,

@@ -4,26 +4,21 @@
 use std::collections::BTreeMap;
 
 use graphagent::FieldError;
+use sentdm_client::model::MessageStatus;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Channels SentDM accepts in `channel` (`sent` = SentDM picks).
 pub const CHANNELS: &[&str] = &["sms", "whatsapp", "rcs", "mms", "sent"];
 /// Event families a SentDM webhook can subscribe to.
 pub const EVENT_TYPES: &[&str] = &["message", "templates"];
-/// Sub-types usable in `webhook_event_filters.message`.
-pub const MESSAGE_FILTERS: &[&str] = &[
-    "queued",
-    "routed",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "blocked",
-    "filtered",
-    "scheduled",
-    "cancelled",
-    "received",
-];
+/// Sub-types usable in `webhook_event_filters.message`: the statuses SentDM reports by
+/// webhook, lowercase.
+pub fn message_filters() -> impl Iterator<Item = &'static str> {
+    MessageStatus::ALL
+        .iter()
+        .filter(|s| s.has_webhook())
+        .map(MessageStatus::lowercase)
+}
 
 /// A secret from config: compared and used as is, but serialized as a short fingerprint
 /// (the effective config is stored on the action node and shown by the API).
@@ -201,12 +196,12 @@ impl SentDmConfig {
             }
             if family == "message" {
                 for (i, s) in subs.iter().enumerate() {
-                    if !MESSAGE_FILTERS.contains(&s.as_str()) {
+                    if !MessageStatus::from_lowercase(s).is_some_and(|s| s.has_webhook()) {
                         p.push(FieldError::new(
                             format!("webhook_event_filters.message[{i}]"),
                             format!(
                                 "unknown sub-type `{s}`; one of {}",
-                                MESSAGE_FILTERS.join(", ")
+                                message_filters().collect::<Vec<_>>().join(", ")
                             ),
                         ));
                     }

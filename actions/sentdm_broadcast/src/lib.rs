@@ -32,8 +32,8 @@ pub use config::SentDmConfig;
 pub use inbound::ReplyEvent;
 use sentdm_client::client::{self, ApiKey, Client, ClientConfig, IdempotencyKey};
 use sentdm_client::model::{
-    Account, MessageActivities, Page, PageRequest, SendMessageRequest, Template, TemplateQuery,
-    TemplateRef,
+    Account, MessageActivities, MessageStatus, Page, PageRequest, SendMessageRequest, Template,
+    TemplateQuery, TemplateRef,
 };
 use sentdm_client::signing::SigningSecret;
 use store::{FoldOutcome, FoldWriter, Record, RecordFilter, Store};
@@ -930,7 +930,7 @@ impl SentDmBroadcast {
         }));
         let rid = store::record_key(&self.ctx.action_id, &e.message_id);
         // Written by the fold only if this event changes the status (same transaction).
-        let outbox = e.status.as_deref().and_then(events::message_event_type).map(|event_type| {
+        let outbox = e.status.as_ref().and_then(events::message_event_type).map(|event_type| {
             self.ctx
                 .events
                 .event(
@@ -940,7 +940,7 @@ impl SentDmBroadcast {
                     without_nulls(json!({
                         "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id, "record_id": rid,
                         "sentdm_message_id": e.message_id, "to": e.to, "channel": e.channel,
-                        "status": e.status, "occurred_at": e.occurred_at, "source": source,
+                        "status": e.status.as_ref().map(MessageStatus::lowercase), "occurred_at": e.occurred_at, "source": source,
                         "error": if event_type == "sentdm.message.failed" { error.clone() } else { None },
                     })),
                 )

@@ -18,7 +18,7 @@ use crate::{
     BroadcastRequest, BroadcastResult, Health, ReconcileReport, SentDmBroadcast, SentDmError,
     WebhookAck, WebhookRejection,
 };
-use sentdm_client::model::{Message, MessageActivities, Page, Template};
+use sentdm_client::model::{Message, MessageActivities, MessageStatus, Page, Template};
 
 const TAG: &str = "SentDM";
 
@@ -278,7 +278,12 @@ pub struct RecordParams {
 fn status_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(crate::inbound::KNOWN_STATUSES.iter().copied()))
+        .enum_values(Some(
+            MessageStatus::ALL
+                .iter()
+                .filter(|s| s.is_ranked())
+                .map(MessageStatus::lowercase),
+        ))
         .description(Some("Current status, e.g. `delivered`."))
         .build()
 }
@@ -308,16 +313,18 @@ async fn list_records(
     Query(q): Query<RecordParams>,
 ) -> ApiResult<Json<RecordPage>> {
     let paging = paging(q.page, q.page_size)?;
-    if let Some(s) = &q.status
-        && !crate::inbound::KNOWN_STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid_param(
-            "status",
-            format!("unknown status `{s}`"),
-        ));
-    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(word) => Some(
+            MessageStatus::from_lowercase(word)
+                .filter(MessageStatus::is_ranked)
+                .ok_or_else(|| {
+                    ApiError::invalid_param("status", format!("unknown status `{word}`"))
+                })?,
+        ),
+    };
     let filter = RecordFilter {
-        status: q.status,
+        status,
         to: q.to,
         sentdm_message_id: q.sentdm_message_id,
         broadcast_id: q.broadcast_id,

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::inbound;
+use sentdm_client::model::MessageStatus;
 
 /// Schema of the action's tables and the status fold.
 pub const SCHEMA: &str = include_str!("schema.surql");
@@ -60,8 +61,8 @@ pub struct FoldEvent {
     pub message_id: String,
     /// Create a minimal record when there is none (webhooks; not refreshes).
     pub create_if_missing: bool,
-    /// Known lowercase status, or `None` (logged, no status change).
-    pub status: Option<String>,
+    /// A status the fold ranks, or `None` (logged, no status change).
+    pub status: Option<MessageStatus>,
     /// When it happened, unix ms (for the rule's "later").
     pub t_ms: Option<i64>,
     /// When it happened, as SentDM wrote it.
@@ -277,7 +278,8 @@ const FOLD_FILL: &str = "
 #[derive(Deserialize)]
 struct Current {
     rid: String,
-    status: Option<String>,
+    /// Stored lowercase; read in any case, an unknown word ranks as nothing known.
+    status: Option<MessageStatus>,
     status_at_ms: Option<i64>,
     /// Absent on records written before this field (and on send records).
     event_keys: Option<Vec<String>>,
@@ -295,7 +297,7 @@ struct Current {
 struct Folded<'a> {
     /// Not in the graph before this batch.
     created: bool,
-    status: Option<String>,
+    status: Option<MessageStatus>,
     status_at_ms: Option<i64>,
     /// The status moved (so the status fields are written).
     advanced: bool,
@@ -360,16 +362,16 @@ impl<'a> Folded<'a> {
             self.fill = true;
         }
         let changed = inbound::advances(
-            self.status.as_deref(),
+            self.status.as_ref(),
             self.status_at_ms,
-            e.status.as_deref(),
+            e.status.as_ref(),
             e.t_ms,
         );
         if changed {
             self.status = e.status.clone();
             self.status_at_ms = e.t_ms;
             self.last_status_at = e.occurred_at.as_deref();
-            self.error = if inbound::status_rank(e.status.as_deref()) < 0 {
+            self.error = if e.status.as_ref().is_some_and(MessageStatus::is_failure) {
                 e.error.as_ref()
             } else {
                 None
@@ -390,10 +392,15 @@ impl<'a> Folded<'a> {
             "template_id": self.first.template_id, "template_name": self.first.template_name,
             "events": &self.entries[skip..], "event_keys": &self.keys[skip_keys..],
             "event_count": self.entries.len(),
-            "status": self.status, "status_at_ms": self.status_at_ms,
+            "status": self.stored_status(), "status_at_ms": self.status_at_ms,
             "last_status_at": self.last_status_at, "error": self.error,
             "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
         }))
+    }
+
+    /// The status as the graph keeps it: lowercase.
+    fn stored_status(&self) -> Option<&str> {
+        self.status.as_ref().map(MessageStatus::lowercase)
     }
 
     /// What to append to an existing record (and its new status, if it moved).
@@ -404,7 +411,7 @@ impl<'a> Folded<'a> {
             "payload": e.payload,
         });
         if self.advanced {
-            row["status"] = json!(self.status);
+            row["status"] = json!(self.stored_status());
             row["status_at_ms"] = json!(self.status_at_ms);
             row["last_status_at"] = json!(self.last_status_at);
             row["error"] = json!(self.error);
@@ -510,7 +517,7 @@ async fn fold_in(
         outcomes.push(FoldOutcome {
             outcome: if duplicate { "duplicate" } else { "received" }.into(),
             record: Some(e.rid.clone()),
-            status: record.status.clone(),
+            status: record.stored_status().map(str::to_owned),
             changed,
             reason: None,
         });
@@ -723,7 +730,7 @@ const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id,
 /// Filters for listing records.
 #[derive(Debug, Clone)]
 pub struct RecordFilter {
-    pub status: Option<String>,
+    pub status: Option<MessageStatus>,
     pub to: Option<String>,
     pub sentdm_message_id: Option<String>,
     pub broadcast_id: Option<String>,
@@ -840,7 +847,7 @@ impl Store {
              RETURN count(SELECT id FROM sentdm_message WHERE {cond});"
         );
         let vars = json!({
-            "action": self.action_id, "status": f.status, "to": f.to,
+            "action": self.action_id, "status": f.status.as_ref().map(MessageStatus::lowercase), "to": f.to,
             "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
             "limit": f.paging.page_size, "start": f.paging.offset(),
         });
@@ -895,12 +902,12 @@ impl Store {
             .query_rows(
                 &format!(
                     "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE action_id = $action
-                       AND (status = NONE OR status IN ['accepted', 'queued', 'scheduled', 'processed', 'routed', 'sent'])
+                       AND (status = NONE OR status IN $pending)
                        AND (sandbox = NONE OR sandbox = false)
                        AND updated_at < time::now() - type::duration($age)
                      ORDER BY updated_at ASC LIMIT $limit;"
                 ),
-                json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit}),
+                json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit, "pending": pending_words()}),
                 0,
             )
             .await
@@ -986,6 +993,15 @@ impl Store {
     }
 }
 
+/// The stored words of the statuses a record waits in for a webhook.
+fn pending_words() -> Vec<&'static str> {
+    MessageStatus::ALL
+        .iter()
+        .filter(|s| s.is_pending())
+        .map(MessageStatus::lowercase)
+        .collect()
+}
+
 /// What the action keeps about its SentDM webhook. The secret is stored because every
 /// delivery must be verified with it; it never leaves the process otherwise.
 #[derive(Clone, Deserialize)]
@@ -1041,7 +1057,7 @@ mod tests {
             rid: record_key("a", m),
             message_id: m.into(),
             create_if_missing: true,
-            status: status.map(str::to_owned),
+            status: status.map(MessageStatus::parse),
             t_ms: Some(t),
             occurred_at: Some(format!("t{t}")),
             error: status
