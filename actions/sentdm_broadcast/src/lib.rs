@@ -8,6 +8,7 @@
 pub mod config;
 pub mod events;
 pub mod inbound;
+pub mod record;
 pub mod routes;
 pub mod store;
 mod webhook;
@@ -30,13 +31,14 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use config::SentDmConfig;
 pub use inbound::ReplyEvent;
+use record::{LogEntry, MessageRecord, RecordError};
 use sentdm_client::client::{self, ApiKey, Client, ClientConfig, IdempotencyKey};
 use sentdm_client::model::{
     Account, MessageActivities, MessageStatus, Page, PageRequest, SendMessageRequest, Template,
     TemplateQuery, TemplateRef,
 };
 use sentdm_client::signing::SigningSecret;
-use store::{FoldOutcome, FoldWriter, Record, RecordFilter, Store};
+use store::{FoldOutcome, FoldWriter, RecordFilter, Store};
 pub use webhook::{ReconcileReport, WebhookAck, WebhookRejection};
 
 /// Recipients per SentDM request (SentDM publishes no maximum; this keeps one request's
@@ -692,32 +694,45 @@ impl SentDmBroadcast {
             // Set once: a retry with the same idempotency key keeps the first time.
             "created_at": now,
         });
-        let records: Vec<Value> = result
+        let send = LogEntry {
+            source: "send".into(),
+            status: Some(MessageStatus::Accepted.lowercase().to_owned()),
+            occurred_at: Some(now.clone()),
+            broadcast_id: Some(result.broadcast_id.clone()),
+            ..LogEntry::default()
+        };
+        let records: Vec<MessageRecord> = result
             .messages
             .iter()
-            .map(|m| {
-                let key = store::record_key(&self.ctx.action_id, &m.message_id);
-                let send_event = json!({"source": "send", "status": "accepted", "occurred_at": now, "broadcast_id": result.broadcast_id});
-                json!({
-                    "key": key,
-                    "limit": limit,
-                    "send_event": send_event,
-                    "fields": without_nulls(json!({
-                        "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
-                        "sentdm_message_id": m.message_id, "broadcast_id": result.broadcast_id,
-                        "to": m.to, "channel": m.channel, "template_id": template.id, "template_name": template.name,
-                        "parameters": template.parameters, "idempotency_key": req.idempotency_key,
-                        "profile_id": req.profile_id.clone().or_else(|| self.config.profile_id.clone()),
-                        "sandbox": result.sandbox, "status": "accepted", "events": [send_event], "event_count": 1,
-                        "error": null, "created_at": now, "updated_at": now,
-                    })),
-                })
+            .map(|m| MessageRecord {
+                id: store::record_key(&self.ctx.action_id, &m.message_id),
+                sentdm_message_id: m.message_id.clone(),
+                action_id: self.ctx.action_id.clone(),
+                agent_id: Some(self.ctx.agent_id.clone()),
+                broadcast_id: Some(result.broadcast_id.clone()),
+                to: Some(m.to.clone()),
+                channel: m.channel.clone(),
+                template_id: template.id.clone(),
+                template_name: template.name.clone(),
+                parameters: Some(template.parameters.clone()),
+                idempotency_key: req.idempotency_key.clone(),
+                profile_id: req
+                    .profile_id
+                    .clone()
+                    .or_else(|| self.config.profile_id.clone()),
+                sandbox: Some(result.sandbox),
+                status: Some(MessageStatus::Accepted),
+                events: vec![send.clone()],
+                event_count: Some(1),
+                created_at: Some(now.clone()),
+                updated_at: Some(now.clone()),
+                ..MessageRecord::default()
             })
             .collect();
         let accepted = self.broadcast_event(result, channels, template);
         match self
             .store
-            .persist_send(&broadcast, &records, Some(&accepted))
+            .persist_send(&broadcast, &records, limit, Some(&accepted))
             .await
         {
             Ok(()) => {
@@ -834,12 +849,12 @@ impl SentDmBroadcast {
     pub async fn list_records(
         &self,
         filter: &RecordFilter,
-    ) -> Result<(Vec<Record>, u64), SentDmError> {
+    ) -> Result<(Vec<MessageRecord>, u64), SentDmError> {
         Ok(self.store.list_records(filter).await?)
     }
 
     /// One record.
-    pub async fn get_record(&self, record_id: &str) -> Result<Record, SentDmError> {
+    pub async fn get_record(&self, record_id: &str) -> Result<MessageRecord, SentDmError> {
         self.store
             .get_record(record_id)
             .await?
@@ -859,7 +874,7 @@ impl SentDmBroadcast {
 
     /// Read the message from SentDM and fold it in as a `refresh` event (recovers
     /// records whose webhooks were lost).
-    pub async fn refresh_record(&self, record_id: &str) -> Result<Record, SentDmError> {
+    pub async fn refresh_record(&self, record_id: &str) -> Result<MessageRecord, SentDmError> {
         let record = self.get_record(record_id).await?;
         if record.sandbox == Some(true) {
             return Err(SentDmError::invalid(
@@ -919,15 +934,21 @@ impl SentDmBroadcast {
         event_id: Option<&str>,
         create: bool,
     ) -> store::FoldEvent {
-        let error = e
-            .reason_code
-            .as_ref()
-            .or(e.reason.as_ref())
-            .map(|_| json!({"code": e.reason_code, "reason": e.reason}));
-        let entry = without_nulls(json!({
-            "source": source, "sub_type": e.sub_type, "status": e.raw_status, "occurred_at": e.occurred_at,
-            "received_at": now_rfc3339(), "event_id": event_id, "reason_code": e.reason_code, "reason": e.reason,
-        }));
+        let error = (e.reason_code.is_some() || e.reason.is_some()).then(|| RecordError {
+            code: e.reason_code.clone(),
+            reason: e.reason.clone(),
+        });
+        let entry = LogEntry {
+            source: source.to_owned(),
+            status: e.raw_status,
+            sub_type: e.sub_type,
+            occurred_at: e.occurred_at.clone(),
+            received_at: Some(now_rfc3339()),
+            event_id: event_id.map(str::to_owned),
+            reason_code: e.reason_code,
+            reason: e.reason,
+            broadcast_id: None,
+        };
         let rid = store::record_key(&self.ctx.action_id, &e.message_id);
         // Written by the fold only if this event changes the status (same transaction).
         let outbox = e.status.as_ref().and_then(events::message_event_type).map(|event_type| {

@@ -12,7 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::store::{BroadcastSummary, Record, RecordFilter};
+use crate::record::MessageRecord;
+use crate::store::{BroadcastSummary, RecordFilter};
 use crate::webhook::webhook_scope;
 use crate::{
     BroadcastRequest, BroadcastResult, Health, ReconcileReport, SentDmBroadcast, SentDmError,
@@ -293,7 +294,7 @@ fn status_schema() -> utoipa::openapi::Object {
 #[schema(as = SentDmRecordPage)]
 pub struct RecordPage {
     /// Records, newest first.
-    pub items: Vec<Record>,
+    pub items: Vec<MessageRecord>,
     /// This page.
     pub page: u32,
     /// Its size.
@@ -343,13 +344,13 @@ async fn list_records(
 #[utoipa::path(get, path = "/sentdm/broadcasts/{record_id}", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
     responses(
-        (status = 200, body = Record),
+        (status = 200, body = MessageRecord),
         (status = 404, description = "No such action, or no such record of this action", body = ErrorBody),
     ))]
 async fn get_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
-) -> ApiResult<Json<Record>> {
+) -> ApiResult<Json<MessageRecord>> {
     Ok(Json(action.get_record(&ids.1).await?))
 }
 
@@ -357,7 +358,7 @@ async fn get_record(
 #[utoipa::path(post, path = "/sentdm/broadcasts/{record_id}/refresh", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
     responses(
-        (status = 200, description = "The record after the refresh", body = Record),
+        (status = 200, description = "The record after the refresh", body = MessageRecord),
         (status = 404, description = "No such action or record, or SentDM knows no such message", body = ErrorBody),
         (status = 422, description = "A sandbox record (SentDM keeps no such message)", body = ErrorBody),
         (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
@@ -367,7 +368,7 @@ async fn get_record(
 async fn refresh_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
-) -> ApiResult<Json<Record>> {
+) -> ApiResult<Json<MessageRecord>> {
     Ok(Json(action.refresh_record(&ids.1).await?))
 }
 

@@ -7,6 +7,7 @@
 //! transaction ([`apply_batch`]), then answers each caller.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use graphagent::graph::{Graph, GraphError};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::inbound;
+use crate::record::{LogEntry, MessageRecord, RECORD_PROJECTION, RecordError, ReplyRecord};
 use sentdm_client::model::MessageStatus;
 
 /// Schema of the action's tables and the status fold.
@@ -67,10 +69,10 @@ pub struct FoldEvent {
     pub t_ms: Option<i64>,
     /// When it happened, as SentDM wrote it.
     pub occurred_at: Option<String>,
-    /// `{code, reason}` kept when a failure becomes the status.
-    pub error: Option<Value>,
+    /// Kept when a failure becomes the status.
+    pub error: Option<RecordError>,
     /// The audit log entry.
-    pub entry: Value,
+    pub entry: LogEntry,
     /// Kept as `last_event_payload`.
     pub payload: Value,
     pub to: Option<String>,
@@ -293,6 +295,15 @@ struct Current {
     keyed: usize,
 }
 
+/// A record the fold creates: the record, and what only the fold reads back.
+#[derive(Serialize)]
+struct CreatedRow<'a> {
+    #[serde(flatten)]
+    record: MessageRecord,
+    status_at_ms: Option<i64>,
+    event_keys: Vec<&'a str>,
+}
+
 /// A record as the batch leaves it.
 struct Folded<'a> {
     /// Not in the graph before this batch.
@@ -302,7 +313,7 @@ struct Folded<'a> {
     /// The status moved (so the status fields are written).
     advanced: bool,
     last_status_at: Option<&'a str>,
-    error: Option<&'a Value>,
+    error: Option<&'a RecordError>,
     /// Recipient and channel: known on the record, or learnt from this batch's events.
     to: Option<&'a str>,
     channel: Option<&'a str>,
@@ -314,7 +325,7 @@ struct Folded<'a> {
     keyed: usize,
     known_keys: HashSet<&'a str>,
     keys: Vec<&'a str>,
-    entries: Vec<&'a Value>,
+    entries: Vec<&'a LogEntry>,
     first: &'a FoldEvent,
     last: &'a FoldEvent,
 }
@@ -381,21 +392,35 @@ impl<'a> Folded<'a> {
         changed
     }
 
-    /// A whole new record.
+    /// A whole new record, with the fold's bookkeeping beside it.
     fn created_row(&self, scope: &FoldScope) -> Value {
         let e = self.last;
         let skip = self.entries.len().saturating_sub(scope.limit);
         let skip_keys = self.keys.len().saturating_sub(scope.keys_kept());
-        without_nulls(json!({
-            "id": e.rid, "action_id": scope.action_id, "agent_id": scope.agent_id,
-            "sentdm_message_id": e.message_id, "to": self.to, "channel": self.channel,
-            "template_id": self.first.template_id, "template_name": self.first.template_name,
-            "events": &self.entries[skip..], "event_keys": &self.keys[skip_keys..],
-            "event_count": self.entries.len(),
-            "status": self.stored_status(), "status_at_ms": self.status_at_ms,
-            "last_status_at": self.last_status_at, "error": self.error,
-            "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
-        }))
+        let row = CreatedRow {
+            record: MessageRecord {
+                id: e.rid.clone(),
+                sentdm_message_id: e.message_id.clone(),
+                action_id: scope.action_id.clone(),
+                agent_id: Some(scope.agent_id.clone()),
+                to: self.to.map(str::to_owned),
+                channel: self.channel.map(str::to_owned),
+                template_id: self.first.template_id.clone(),
+                template_name: self.first.template_name.clone(),
+                status: self.status.clone(),
+                last_status_at: self.last_status_at.map(str::to_owned),
+                error: self.error.cloned(),
+                events: self.entries.iter().skip(skip).map(|&e| e.clone()).collect(),
+                event_count: Some(self.entries.len() as u64),
+                last_event_field: Some("message".into()),
+                last_event_payload: Some(e.payload.clone()),
+                minimal: Some(true),
+                ..MessageRecord::default()
+            },
+            status_at_ms: self.status_at_ms,
+            event_keys: self.keys.iter().skip(skip_keys).copied().collect(),
+        };
+        without_nulls(serde_json::to_value(row).unwrap_or(Value::Null))
     }
 
     /// The status as the graph keeps it: lowercase.
@@ -606,78 +631,6 @@ pub fn record_key(action_id: &str, message_id: &str) -> String {
     format!("{action_id}_{message_id}")
 }
 
-/// One record as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = SentDmRecord)]
-pub struct Record {
-    /// Record id.
-    #[schema(example = "act_0c9d2e7f1b3a4c5d6e7f_8ba7b830-9dad-11d1-80b4-00c04fd430c8")]
-    pub id: String,
-    /// SentDM message id.
-    pub sentdm_message_id: String,
-    /// Owning action.
-    pub action_id: String,
-    /// Owning agent.
-    pub agent_id: Option<String>,
-    /// Broadcast it belongs to (absent for records created from an unknown webhook).
-    #[serde(default)]
-    pub broadcast_id: Option<String>,
-    /// Recipient (E.164).
-    pub to: Option<String>,
-    /// Channel.
-    pub channel: Option<String>,
-    /// Template id.
-    #[serde(default)]
-    pub template_id: Option<String>,
-    /// Template name.
-    #[serde(default)]
-    pub template_name: Option<String>,
-    /// Template parameters.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    /// Idempotency key of the send request it came from.
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-    /// SentDM profile it was sent as.
-    #[serde(default)]
-    pub profile_id: Option<String>,
-    /// Sent in sandbox mode.
-    #[serde(default)]
-    pub sandbox: Option<bool>,
-    /// Current status: accepted, queued, routed, sent, delivered, read, failed, blocked,
-    /// filtered, cancelled (never goes backwards).
-    pub status: Option<String>,
-    /// When the current status happened (SentDM's time).
-    #[serde(default)]
-    pub last_status_at: Option<String>,
-    /// `{code, reason}` of a failure.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub error: Option<Value>,
-    /// Bounded audit log, oldest first.
-    #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<Value>,
-    /// Events ever applied (the log may have dropped old ones).
-    #[serde(default)]
-    pub event_count: Option<u64>,
-    /// `field` of the last event.
-    #[serde(default)]
-    pub last_event_field: Option<String>,
-    /// Payload of the last event.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub last_event_payload: Option<Value>,
-    /// Created from a webhook before (or without) our own send record.
-    #[serde(default)]
-    pub minimal: Option<bool>,
-    /// When the record was created.
-    pub created_at: Option<String>,
-    /// Last change.
-    pub updated_at: Option<String>,
-}
-
 /// A broadcast (one `send_broadcast` call) as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = SentDmBroadcastSummary)]
@@ -725,7 +678,25 @@ pub struct BroadcastSummary {
     pub funnel: std::collections::BTreeMap<String, u64>,
 }
 
-const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id, agent_id, broadcast_id, to, channel, template_id, template_name, parameters, idempotency_key, profile_id, sandbox, status, last_status_at, error, events, event_count, last_event_field, last_event_payload, minimal, created_at, updated_at";
+/// One record of this action.
+static GET_RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM type::record('sentdm_message', $key) WHERE action_id = $action;",
+        *RECORD_PROJECTION
+    )
+});
+
+/// Records stuck in a pending status, oldest change first.
+static STALE_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM sentdm_message WHERE action_id = $action
+           AND (status = NONE OR status IN $pending)
+           AND (sandbox = NONE OR sandbox = false)
+           AND updated_at < time::now() - type::duration($age)
+         ORDER BY updated_at ASC LIMIT $limit;",
+        *RECORD_PROJECTION
+    )
+});
 
 /// Filters for listing records.
 #[derive(Debug, Clone)]
@@ -776,7 +747,8 @@ impl Store {
     pub async fn persist_send(
         &self,
         broadcast: &Value,
-        records: &[Value],
+        records: &[MessageRecord],
+        limit: u32,
         outbox: Option<&Value>,
     ) -> Result<(), GraphError> {
         self.graph
@@ -793,36 +765,45 @@ impl Store {
             )
             .await?;
         for chunk in records.chunks(PERSIST_BATCH) {
+            let rows: Vec<Value> = chunk
+                .iter()
+                .map(|r| serde_json::to_value(r).map(without_nulls))
+                .collect::<Result<_, _>>()
+                .map_err(|e| GraphError {
+                    kind: graphagent::graph::GraphErrorKind::Decode,
+                    message: format!("record: {e}"),
+                })?;
+            // A record's first log entry is its send.
             self.graph
                 .transaction(
                     "FOR $r IN $records {
-                        LET $rec = type::record('sentdm_message', $r.key);
+                        LET $rec = type::record('sentdm_message', $r.id);
                         IF !record::exists($rec) {
-                            CREATE $rec CONTENT $r.fields;
-                            RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
-                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
-                        } ELSE IF $rec.broadcast_id != $r.fields.broadcast_id {
-                            UPDATE $rec SET broadcast_id = $r.fields.broadcast_id, template_id = $r.fields.template_id,
-                                template_name = $r.fields.template_name, parameters = $r.fields.parameters,
-                                idempotency_key = $r.fields.idempotency_key, profile_id = $r.fields.profile_id,
-                                sandbox = $r.fields.sandbox, to = $r.fields.to ?? to, channel = $r.fields.channel ?? channel,
-                                events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
+                            INSERT INTO sentdm_message $r RETURN NONE;
+                            RELATE (type::record('action', $r.action_id))->tracks->$rec;
+                            RELATE (type::record('broadcast', $r.broadcast_id))->includes->$rec;
+                        } ELSE IF $rec.broadcast_id != $r.broadcast_id {
+                            UPDATE $rec SET broadcast_id = $r.broadcast_id, template_id = $r.template_id,
+                                template_name = $r.template_name, parameters = $r.parameters,
+                                idempotency_key = $r.idempotency_key, profile_id = $r.profile_id,
+                                sandbox = $r.sandbox, to = $r.to ?? to, channel = $r.channel ?? channel,
+                                events = array::slice(array::prepend(events ?? [], $r.events[0]), -$limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
-                                status = status ?? 'accepted', updated_at = time::now();
-                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
+                                status = status ?? $r.status, updated_at = time::now();
+                            RELATE (type::record('broadcast', $r.broadcast_id))->includes->$rec;
                         };
                     };",
-                    json!({ "records": chunk }),
+                    json!({ "records": rows, "limit": limit }),
                 )
                 .await?;
         }
         Ok(())
     }
 
-    pub async fn get_record(&self, key: &str) -> Result<Option<Record>, GraphError> {
+    pub async fn get_record(&self, key: &str) -> Result<Option<MessageRecord>, GraphError> {
         self.graph
             .query_opt(
-                &format!("SELECT {RECORD_FIELDS} FROM type::record('sentdm_message', $key) WHERE action_id = $action;"),
+                &GET_RECORD,
                 json!({"key": key, "action": self.action_id}),
                 0,
             )
@@ -830,7 +811,10 @@ impl Store {
     }
 
     /// Records of this action, newest first, with the total matching.
-    pub async fn list_records(&self, f: &RecordFilter) -> Result<(Vec<Record>, u64), GraphError> {
+    pub async fn list_records(
+        &self,
+        f: &RecordFilter,
+    ) -> Result<(Vec<MessageRecord>, u64), GraphError> {
         let mut cond = String::from("action_id = $action");
         for (field, present) in [
             ("status", f.status.is_some()),
@@ -843,8 +827,9 @@ impl Store {
             }
         }
         let sql = format!(
-            "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE {cond} ORDER BY created_at DESC LIMIT $limit START $start;
-             RETURN count(SELECT id FROM sentdm_message WHERE {cond});"
+            "SELECT {} FROM sentdm_message WHERE {cond} ORDER BY created_at DESC LIMIT $limit START $start;
+             RETURN count(SELECT id FROM sentdm_message WHERE {cond});",
+            *RECORD_PROJECTION
         );
         let vars = json!({
             "action": self.action_id, "status": f.status.as_ref().map(MessageStatus::lowercase), "to": f.to,
@@ -897,16 +882,10 @@ impl Store {
         &self,
         older_than: Duration,
         limit: u32,
-    ) -> Result<Vec<Record>, GraphError> {
+    ) -> Result<Vec<MessageRecord>, GraphError> {
         self.graph
             .query_rows(
-                &format!(
-                    "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE action_id = $action
-                       AND (status = NONE OR status IN $pending)
-                       AND (sandbox = NONE OR sandbox = false)
-                       AND updated_at < time::now() - type::duration($age)
-                     ORDER BY updated_at ASC LIMIT $limit;"
-                ),
+                &STALE_RECORDS,
                 json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit, "pending": pending_words()}),
                 0,
             )
@@ -917,8 +896,7 @@ impl Store {
     pub async fn store_reply(
         &self,
         key: &str,
-        reply: &Value,
-        answers: Option<&str>,
+        reply: &ReplyRecord,
         outbox: &Value,
     ) -> Result<bool, GraphError> {
         let out = self
@@ -937,7 +915,7 @@ impl Store {
                  }};
                  RETURN $fresh;
                  COMMIT;"),
-                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers, "outbox": outbox})),
+                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": reply.answers_record, "outbox": outbox})),
             )
             .await?;
         Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
@@ -1060,10 +1038,16 @@ mod tests {
             status: status.map(MessageStatus::parse),
             t_ms: Some(t),
             occurred_at: Some(format!("t{t}")),
-            error: status
-                .filter(|s| *s == "failed")
-                .map(|_| json!({"code": "DELIVERY_007", "reason": "unreachable"})),
-            entry: json!({ "key": key, "status": status }),
+            error: status.filter(|s| *s == "failed").map(|_| RecordError {
+                code: Some("DELIVERY_007".into()),
+                reason: Some("unreachable".into()),
+            }),
+            entry: LogEntry {
+                source: "webhook".into(),
+                status: status.map(str::to_owned),
+                event_id: Some(key.into()),
+                ..LogEntry::default()
+            },
             payload: json!({ "status": status }),
             to: Some("+14155550100".into()),
             channel: Some("sms".into()),
@@ -1194,7 +1178,7 @@ mod tests {
             .as_array()
             .expect("log")
             .iter()
-            .map(|e| e["key"].clone())
+            .map(|e| e["event_id"].clone())
             .collect();
         assert_eq!(keys, vec![json!("k3"), json!("k4"), json!("k5")]);
         assert_eq!(r["event_count"], 6);

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::inbound::{self, Parsed};
+use crate::record::ReplyRecord;
 use crate::{SentDmBroadcast, SentDmError, Verifier, now_rfc3339, store};
 use sentdm_client::model::{Webhook, WebhookRequest};
 use sentdm_client::signing::{self, SignedParts, SigningSecret};
@@ -521,12 +522,19 @@ impl SentDmBroadcast {
                 None => None,
             },
         };
-        let node = crate::without_nulls(json!({
-            "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
-            "sentdm_message_id": reply.message_id, "from": reply.from, "to": reply.to,
-            "channel": reply.channel, "text": reply.text, "received_at": reply.received_at,
-            "in_reply_to": reply.in_reply_to, "answers_record": answers, "created_at": now_rfc3339(),
-        }));
+        let node = ReplyRecord {
+            action_id: self.ctx.action_id.clone(),
+            agent_id: self.ctx.agent_id.clone(),
+            sentdm_message_id: reply.message_id.clone(),
+            from: reply.from.clone(),
+            to: reply.to.clone(),
+            channel: reply.channel.clone(),
+            text: reply.text.clone(),
+            received_at: reply.received_at.clone(),
+            in_reply_to: reply.in_reply_to.clone(),
+            answers_record: answers,
+            created_at: now_rfc3339(),
+        };
         let outbox = self
             .ctx
             .events
@@ -534,12 +542,12 @@ impl SentDmBroadcast {
                 "sentdm.message.received",
                 &self.ctx.agent_id,
                 &self.ctx.action_id,
-                node.clone(),
+                serde_json::to_value(&node).unwrap_or(Value::Null),
             )
             .into_row();
         let fresh = self
             .store
-            .store_reply(&key, &node, answers.as_deref(), &outbox)
+            .store_reply(&key, &node, &outbox)
             .await
             .map_err(WebhookRejection::Storage)?;
         if fresh {

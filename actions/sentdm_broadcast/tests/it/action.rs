@@ -1411,3 +1411,68 @@ async fn a_repeated_send_is_idempotent_all_the_way_to_the_records() {
         assert_eq!(item["events"][0]["source"], "send");
     }
 }
+
+/// One `MessageRecord` shape both ways: what the send persists is exactly what the
+/// records routes read back, field by field, through the real embedded graph.
+#[tokio::test]
+async fn a_sent_record_reads_back_as_written() {
+    use graphagent_sentdm::record::{LogEntry, MessageRecord};
+    use sentdm_client::model::MessageStatus;
+
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (status, result) = app
+        .broadcast(json!({"to": ["+14155550100"], "channels": ["whatsapp"], "idempotency_key": "round-trip-1",
+                          "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    assert_eq!(status, 202, "{result}");
+    let (mid, rid) = (
+        result["messages"][0]["message_id"].as_str().expect("mid"),
+        result["messages"][0]["record_id"].as_str().expect("rid"),
+    );
+    let (status, one) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(status, 200, "{one}");
+    let read: MessageRecord = serde_json::from_value(one.clone()).expect("a MessageRecord");
+    let created = read.created_at.clone().expect("created_at");
+    let expected = MessageRecord {
+        id: rid.to_owned(),
+        sentdm_message_id: mid.to_owned(),
+        action_id: App::action_id("sentdm"),
+        agent_id: Some(graphagent::plugin::agent_id("acme/notifier")),
+        broadcast_id: result["broadcast_id"].as_str().map(str::to_owned),
+        to: Some("+14155550100".into()),
+        channel: Some("whatsapp".into()),
+        template_name: Some("order_confirmation".into()),
+        parameters: Some(BTreeMap::from([
+            ("name".into(), "Jane".into()),
+            ("order_id".into(), "12345".into()),
+        ])),
+        idempotency_key: Some("round-trip-1".into()),
+        sandbox: Some(false),
+        status: Some(MessageStatus::Accepted),
+        events: vec![LogEntry {
+            source: "send".into(),
+            status: Some("accepted".into()),
+            occurred_at: Some(created.clone()),
+            broadcast_id: result["broadcast_id"].as_str().map(str::to_owned),
+            ..LogEntry::default()
+        }],
+        event_count: Some(1),
+        created_at: Some(created.clone()),
+        updated_at: Some(created),
+        ..MessageRecord::default()
+    };
+    assert_eq!(read, expected);
+    assert_eq!(one["status"], "accepted", "stored and shown lowercase");
+    // The list reads the same shape.
+    let (status, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?status=accepted", None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<MessageRecord> =
+        serde_json::from_value(page["items"].clone()).expect("records");
+    assert_eq!(listed, [expected]);
+    app.stop().await;
+}
