@@ -238,7 +238,7 @@ const FOLD_SIBLINGS: &str = "SELECT VALUE sentdm_message_id FROM sentdm_message
 /// Records created by this batch (events for messages we have no record of yet).
 const FOLD_CREATE: &str = "
     INSERT INTO sentdm_message $created.map(|$r| object::extend($r, { created_at: time::now(), updated_at: time::now() })) RETURN NONE;
-    INSERT RELATION INTO tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
+    INSERT RELATION INTO sentdm_tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
 
 /// Existing records whose status changes. The log, keys and count are appended by the
 /// database, the status is the rule's. Plain `SET`s of precomputed values: every
@@ -754,12 +754,12 @@ impl Store {
         self.graph
             .transaction(
                 &format!("BEGIN;
-                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {{
+                 IF $outbox != NONE AND !record::exists(type::record('sentdm_broadcast', $b.id)) {{
                     {INSERT_OUTBOX}
                  }};
-                 UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
-                 UPDATE type::record('broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
-                 INSERT RELATION INTO sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
+                 UPSERT type::record('sentdm_broadcast', $b.id) MERGE $b.fields;
+                 UPDATE type::record('sentdm_broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
+                 INSERT RELATION INTO sentdm_sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('sentdm_broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
                  COMMIT;"),
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
@@ -780,8 +780,8 @@ impl Store {
                         LET $rec = type::record('sentdm_message', $r.id);
                         IF !record::exists($rec) {
                             INSERT INTO sentdm_message $r RETURN NONE;
-                            RELATE (type::record('action', $r.action_id))->tracks->$rec;
-                            RELATE (type::record('broadcast', $r.broadcast_id))->includes->$rec;
+                            RELATE (type::record('action', $r.action_id))->sentdm_tracks->$rec;
+                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
                         } ELSE IF $rec.broadcast_id != $r.broadcast_id {
                             UPDATE $rec SET broadcast_id = $r.broadcast_id, template_id = $r.template_id,
                                 template_name = $r.template_name, parameters = $r.parameters,
@@ -790,7 +790,7 @@ impl Store {
                                 events = array::slice(array::prepend(events ?? [], $r.events[0]), -$limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
                                 status = status ?? $r.status, updated_at = time::now();
-                            RELATE (type::record('broadcast', $r.broadcast_id))->includes->$rec;
+                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
                         };
                     };",
                     json!({ "records": rows, "limit": limit }),
@@ -850,7 +850,7 @@ impl Store {
         let out = self
             .graph
             .query(
-                "SELECT *, record::id(id) AS id FROM type::record('broadcast', $b) WHERE action_id = $action;
+                "SELECT *, record::id(id) AS id FROM type::record('sentdm_broadcast', $b) WHERE action_id = $action;
                  SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status;",
                 json!({"b": broadcast_id, "action": self.action_id}),
             )
@@ -907,9 +907,9 @@ impl Store {
                  LET $fresh = !record::exists($node);
                  IF $fresh {{
                     CREATE $node CONTENT $reply;
-                    RELATE (type::record('action', $action))->received->$node;
+                    RELATE (type::record('action', $action))->sentdm_received->$node;
                     IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
-                        RELATE $node->replies_to->(type::record('sentdm_message', $answers));
+                        RELATE $node->sentdm_replies_to->(type::record('sentdm_message', $answers));
                     }};
                     {INSERT_OUTBOX}
                  }};
@@ -1107,7 +1107,7 @@ mod tests {
         // Linked to its action; one outbound event per status change, none for the rest.
         let more = g
             .query(
-                "RETURN count(SELECT id FROM tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
+                "RETURN count(SELECT id FROM sentdm_tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
                 Value::Null,
             )
             .await

@@ -182,9 +182,9 @@ async fn a_broadcast_to_n_recipients_on_two_channels_ends_final_in_the_graph() {
     let linked = app
         .graph
         .query(
-            "RETURN count(SELECT id FROM type::record('action', $a)->tracks->sentdm_message);
-             RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
-             RETURN count(SELECT id FROM type::record('action', $a)->sent->broadcast);",
+            "RETURN count(SELECT id FROM type::record('action', $a)->sentdm_tracks->sentdm_message);
+             RETURN count(SELECT id FROM type::record('sentdm_broadcast', $b)->sentdm_includes->sentdm_message);
+             RETURN count(SELECT id FROM type::record('action', $a)->sentdm_sent->sentdm_broadcast);",
             json!({"a": App::action_id("sentdm"), "b": broadcast_id}),
         )
         .await
@@ -858,7 +858,7 @@ async fn replies_are_stored_apart_and_streamed_to_agent_code() {
     let rows = app
         .graph
         .query(
-            "SELECT text, ->replies_to->sentdm_message.sentdm_message_id AS answers FROM sentdm_inbound;
+            "SELECT text, ->sentdm_replies_to->sentdm_message.sentdm_message_id AS answers FROM sentdm_inbound;
              RETURN count(SELECT id FROM sentdm_message);",
             Value::Null,
         )
@@ -1384,9 +1384,9 @@ async fn a_repeated_send_is_idempotent_all_the_way_to_the_records() {
     let node = |graph: graphagent::Graph, b: String| async move {
         graph
             .query(
-                "SELECT VALUE created_at FROM type::record('broadcast', $b);
-                 RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
-                 RETURN count(SELECT id FROM tracks);",
+                "SELECT VALUE created_at FROM type::record('sentdm_broadcast', $b);
+                 RETURN count(SELECT id FROM type::record('sentdm_broadcast', $b)->sentdm_includes->sentdm_message);
+                 RETURN count(SELECT id FROM sentdm_tracks);",
                 json!({ "b": b }),
             )
             .await
