@@ -11,7 +11,7 @@ use graphagent_sentdm::config::CHANNELS;
 use graphagent_sentdm::record::MessageRecord;
 use graphagent_sentdm::routes::{RecordPage, WebhookInfo};
 use graphagent_sentdm::{BroadcastRequest, BroadcastResult};
-use graphagent_sentdm::{Health, ReconcileReport, TemplateInput};
+use graphagent_sentdm::{ReconcileReport, SentDmHealth, TemplateInput};
 use reqwest::{Method, Url};
 use sentdm_client::model::{Message, MessageActivities, MessageStatus, Pagination, Template};
 use serde::Deserialize;
@@ -712,7 +712,7 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn show_health(h: &Health) {
+fn show_health(h: &SentDmHealth) {
     println!("configured      {}", yes_no(h.configured));
     match &h.reachable_error {
         Some(e) if !h.reachable => println!("reachable       no ({e})"),

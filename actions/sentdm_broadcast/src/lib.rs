@@ -61,7 +61,7 @@ pub enum SentDmError {
     Invalid { field: String, message: String },
     /// SentDM answered with an error (after retries where retrying is safe).
     #[error("SentDM: {0}")]
-    SentDm(Box<client::ApiError>),
+    SentDm(Box<client::ErrorResponse>),
     /// SentDM could not be reached.
     #[error("SentDM unreachable: {0}")]
     Unreachable(String),
@@ -263,8 +263,7 @@ pub struct BroadcastResult {
 
 /// `healthcheck` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = SentDmHealth)]
-pub struct Health {
+pub struct SentDmHealth {
     /// An API key is set.
     pub configured: bool,
     /// `GET /v3/me` answered.
@@ -798,7 +797,7 @@ impl SentDmBroadcast {
     }
 
     /// Configured? Reachable? Webhook registered and verifiable?
-    pub async fn healthcheck(&self) -> Health {
+    pub async fn healthcheck(&self) -> SentDmHealth {
         let (reachable, reachable_error, channels) = match &self.client {
             None => (false, Some("not configured".to_owned()), None),
             Some(c) => match c.me().await {
@@ -821,7 +820,7 @@ impl SentDmBroadcast {
         health
     }
 
-    fn local_health(&self) -> Health {
+    fn local_health(&self) -> SentDmHealth {
         let verifier = self
             .verifier
             .read()
@@ -832,7 +831,7 @@ impl SentDmBroadcast {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Health {
+        SentDmHealth {
             configured: self.client.is_some(),
             reachable: false,
             reachable_error: None,

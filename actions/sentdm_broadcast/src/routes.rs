@@ -16,7 +16,7 @@ use crate::record::MessageRecord;
 use crate::store::{BroadcastSummary, RecordFilter};
 use crate::webhook::webhook_scope;
 use crate::{
-    BroadcastRequest, BroadcastResult, Health, ReconcileReport, SentDmBroadcast, SentDmError,
+    BroadcastRequest, BroadcastResult, ReconcileReport, SentDmBroadcast, SentDmError, SentDmHealth,
     WebhookAck, WebhookRejection,
 };
 use sentdm_client::model::{Message, MessageActivities, MessageStatus, Page, Template};
@@ -205,8 +205,8 @@ async fn list_templates(
 
 /// Health: configured, SentDM reachable, account channels, webhook registered.
 #[utoipa::path(get, path = "/sentdm/status", tag = TAG,
-    responses((status = 200, description = "Whether SentDM can be used; never fails because SentDM is down", body = Health)))]
-async fn status(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<Health> {
+    responses((status = 200, description = "Whether SentDM can be used; never fails because SentDM is down", body = SentDmHealth)))]
+async fn status(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<SentDmHealth> {
     Json(action.healthcheck().await)
 }
 

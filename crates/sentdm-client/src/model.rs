@@ -513,19 +513,19 @@ pub struct WebhookTestResult {
 /// One entry of `GET /v3/webhooks/event-types`; `sub_types` nest recursively.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
-pub struct EventType {
+pub struct WebhookEventType {
     pub name: String,
     pub display_name: Option<String>,
     pub description: Option<String>,
     pub is_active: Option<bool>,
-    pub sub_types: Vec<EventType>,
+    pub sub_types: Vec<WebhookEventType>,
 }
 
-impl EventType {
+impl WebhookEventType {
     /// Every `name` in a (possibly nested, possibly flat) list, depth first.
-    pub fn flatten_names(types: &[EventType]) -> Vec<String> {
+    pub fn flatten_names(types: &[WebhookEventType]) -> Vec<String> {
         let mut out = Vec::new();
-        fn walk(types: &[EventType], out: &mut Vec<String>) {
+        fn walk(types: &[WebhookEventType], out: &mut Vec<String>) {
             for t in types {
                 out.push(t.name.clone());
                 walk(&t.sub_types, out);
@@ -662,12 +662,12 @@ mod tests {
 
     #[test]
     fn event_types_flatten_nested_and_flat() {
-        let nested: Vec<EventType> = serde_json::from_str(
+        let nested: Vec<WebhookEventType> = serde_json::from_str(
             r#"[{"name":"message","sub_types":[{"name":"message.sent"},{"name":"message.read","extra":1}]},{"name":"templates"}]"#,
         )
         .unwrap();
         assert_eq!(
-            EventType::flatten_names(&nested),
+            WebhookEventType::flatten_names(&nested),
             ["message", "message.sent", "message.read", "templates"]
         );
     }
