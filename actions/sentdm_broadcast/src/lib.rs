@@ -380,6 +380,11 @@ impl SentDmBroadcast {
         &self.ctx.action_id
     }
 
+    /// Fold writer tasks running (`fold_writers`, or one per core).
+    pub fn fold_writers(&self) -> usize {
+        self.writer.writers()
+    }
+
     fn client(&self) -> Result<&Client, SentDmError> {
         self.client.as_ref().ok_or(SentDmError::NotConfigured)
     }
@@ -1065,6 +1070,7 @@ impl Action for SentDmBroadcast {
                 agent_id: ctx.agent_id.clone(),
                 limit: config.record_event_history_limit as usize,
             },
+            config.fold_writer_count(),
         );
         Ok(Self {
             ctx,

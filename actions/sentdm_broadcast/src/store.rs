@@ -117,10 +117,15 @@ pub struct FoldWriter {
 }
 
 impl FoldWriter {
-    /// Start the writer tasks on `graph`; `publisher` is woken after a batch that wrote
-    /// outbound events.
-    pub fn spawn(graph: Graph, publisher: EventPublisher, scope: FoldScope) -> Self {
-        let shards = (0..writer_shards())
+    /// Start `writers` writer tasks (at least one) on `graph`; `publisher` is woken
+    /// after a batch that wrote outbound events.
+    pub fn spawn(
+        graph: Graph,
+        publisher: EventPublisher,
+        scope: FoldScope,
+        writers: usize,
+    ) -> Self {
+        let shards = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<(FoldEvent, Reply)>(MAX_BATCH * 8);
                 tokio::spawn(run_writer(
@@ -135,6 +140,11 @@ impl FoldWriter {
         Self { shards }
     }
 
+    /// How many writer tasks run.
+    pub fn writers(&self) -> usize {
+        self.shards.len()
+    }
+
     /// Apply one event; resolves after the commit of the batch it went into.
     pub async fn apply(&self, event: FoldEvent) -> Result<FoldOutcome, GraphError> {
         let (reply, wait) = oneshot::channel();
@@ -145,16 +155,6 @@ impl FoldWriter {
             .map_err(|_| writer_gone())?;
         wait.await.map_err(|_| writer_gone())?
     }
-}
-
-/// Writers per action: one per core (at least 1), so batches of different records
-/// commit in parallel; `GRAPHAGENT_SENTDM_FOLD_WRITERS` overrides.
-fn writer_shards() -> usize {
-    std::env::var("GRAPHAGENT_SENTDM_FOLD_WRITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, 64)
 }
 
 /// FNV-1a: cheap and stable, for picking a shard.

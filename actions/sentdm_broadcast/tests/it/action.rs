@@ -1476,3 +1476,58 @@ async fn a_sent_record_reads_back_as_written() {
     assert_eq!(listed, [expected]);
     app.stop().await;
 }
+
+/// `fold_writers` from agent.yaml sets the writer count; out of range, and a webhook
+/// filter word SentDM does not report, are refused with 422 naming each key, and the
+/// running action is left as it was.
+#[tokio::test]
+async fn fold_writers_and_filter_words_from_agent_yaml_are_honoured_or_refused() {
+    let sim = start_sim().await;
+    let app = App::start(
+        &sim,
+        AppOptions {
+            extra: "      fold_writers: 3\n",
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(app.action("sentdm").fold_writers(), 3);
+    let (status, body) = app
+        .reload(
+            &sim,
+            "      fold_writers: 0\n      webhook_event_filters:\n        message: [delivered, opened]\n",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_config");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("actions[0].context.fold_writers: must be 1 to 64"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "actions[0].context.webhook_event_filters.message[1]: unknown sub-type `opened`"
+        ),
+        "{message}"
+    );
+    // `accepted` is a status, but SentDM never reports it by webhook.
+    let (status, body) = app
+        .reload(
+            &sim,
+            "      webhook_event_filters:\n        message: [accepted]\n",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("webhook_event_filters.message[0]")),
+        "{body}"
+    );
+    assert_eq!(app.action("sentdm").fold_writers(), 3, "nothing changed");
+    let (status, body) = app.reload(&sim, "      fold_writers: 2\n").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.action("sentdm").fold_writers(), 2);
+    app.stop().await;
+}
