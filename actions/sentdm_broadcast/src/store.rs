@@ -277,6 +277,80 @@ const FOLD_FILL: &str = "
         UPDATE type::record('sentdm_message', $r.id) SET to = $r.to ?? to, channel = $r.channel ?? channel RETURN NONE;
     };";
 
+/// Every write of a batch, one fixed statement over [`FoldWrites`]: a `FOR` over an
+/// empty list does nothing, and the two that would still cost (the insert, and the
+/// outbox's subscription read) run only when they have rows.
+static FOLD_WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "LET $now = time::now();
+        IF array::len($created) > 0 {{ {FOLD_CREATE} }};
+        {FOLD_ADVANCE}{FOLD_APPEND}{FOLD_FILL}{FOLD_TRIM}
+        IF array::len($outbox) > 0 {{ {INSERT_OUTBOX} }};"
+    )
+});
+
+/// What [`FOLD_WRITE`] binds.
+#[derive(Serialize)]
+struct FoldWrites<'a> {
+    /// [`CreatedRow`]s, nulls dropped.
+    created: Vec<Value>,
+    advanced: Vec<AdvanceRow<'a>>,
+    appended: Vec<AppendRow<'a>>,
+    filled: Vec<FillRow<'a>>,
+    trimmed: Vec<&'a str>,
+    outbox: Vec<&'a Value>,
+    limit: usize,
+    keys_kept: usize,
+    action: &'a str,
+}
+
+impl FoldWrites<'_> {
+    fn is_empty(&self) -> bool {
+        self.created.is_empty()
+            && self.advanced.is_empty()
+            && self.appended.is_empty()
+            && self.filled.is_empty()
+            && self.trimmed.is_empty()
+            && self.outbox.is_empty()
+    }
+}
+
+/// What a batch appends to an existing record.
+#[derive(Serialize)]
+struct AppendRow<'a> {
+    id: &'a str,
+    entries: &'a [&'a LogEntry],
+    keys: &'a [&'a str],
+    n: usize,
+    payload: &'a Value,
+}
+
+/// An append whose status moved. An absent field is written as NONE (the error of a
+/// record that recovers from a failure goes away).
+#[derive(Serialize)]
+struct AdvanceRow<'a> {
+    #[serde(flatten)]
+    append: AppendRow<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_status_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RecordError>,
+}
+
+/// A recipient or channel learnt for a record that lacked it.
+#[derive(Serialize)]
+struct FillRow<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+}
+
 #[derive(Deserialize)]
 struct Current {
     rid: String,
@@ -428,20 +502,26 @@ impl<'a> Folded<'a> {
         self.status.as_ref().map(MessageStatus::lowercase)
     }
 
-    /// What to append to an existing record (and its new status, if it moved).
-    fn update_row(&self) -> Value {
-        let e = self.last;
-        let mut row = json!({
-            "id": e.rid, "entries": self.entries, "keys": self.keys, "n": self.entries.len(),
-            "payload": e.payload,
-        });
-        if self.advanced {
-            row["status"] = json!(self.stored_status());
-            row["status_at_ms"] = json!(self.status_at_ms);
-            row["last_status_at"] = json!(self.last_status_at);
-            row["error"] = json!(self.error);
+    /// What to append to an existing record.
+    fn append_row(&self) -> AppendRow<'_> {
+        AppendRow {
+            id: &self.last.rid,
+            entries: &self.entries,
+            keys: &self.keys,
+            n: self.entries.len(),
+            payload: &self.last.payload,
         }
-        without_nulls(row)
+    }
+
+    /// The append with the record's new status.
+    fn advance_row(&self) -> AdvanceRow<'_> {
+        AdvanceRow {
+            append: self.append_row(),
+            status: self.stored_status(),
+            status_at_ms: self.status_at_ms,
+            last_status_at: self.last_status_at,
+            error: self.error,
+        }
     }
 }
 
@@ -548,57 +628,49 @@ async fn fold_in(
         });
     }
 
-    let (mut created, mut advanced, mut appended, mut filled, mut trimmed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut writes = FoldWrites {
+        created: Vec::new(),
+        advanced: Vec::new(),
+        appended: Vec::new(),
+        filled: Vec::new(),
+        trimmed: Vec::new(),
+        outbox,
+        limit: scope.limit,
+        keys_kept: scope.keys_kept(),
+        action: &scope.action_id,
+    };
     for record in rids.iter().filter_map(|rid| records.get(rid)) {
         if record.entries.is_empty() {
             continue; // only duplicates: nothing to write
         }
         if record.created {
-            created.push(record.created_row(scope));
+            writes.created.push(record.created_row(scope));
             continue;
         }
         if record.logged + record.entries.len() > scope.limit
             || record.keyed + record.keys.len() > scope.keys_kept()
         {
-            trimmed.push(record.last.rid.as_str());
+            writes.trimmed.push(record.last.rid.as_str());
         }
         if record.fill {
-            filled.push(without_nulls(
-                json!({ "id": record.last.rid, "to": record.to, "channel": record.channel }),
-            ));
+            writes.filled.push(FillRow {
+                id: &record.last.rid,
+                to: record.to,
+                channel: record.channel,
+            });
         }
         if record.advanced {
-            advanced.push(record.update_row());
+            writes.advanced.push(record.advance_row());
         } else {
-            appended.push(record.update_row());
+            writes.appended.push(record.append_row());
         }
     }
-    let mut sql = String::new();
-    for (rows, statement) in [
-        (&created, FOLD_CREATE),
-        (&advanced, FOLD_ADVANCE),
-        (&appended, FOLD_APPEND),
-        (&filled, FOLD_FILL),
-    ] {
-        if !rows.is_empty() {
-            sql.push_str(statement);
-        }
-    }
-    if !trimmed.is_empty() {
-        sql.push_str(FOLD_TRIM);
-    }
-    if !outbox.is_empty() {
-        sql.push_str(INSERT_OUTBOX);
-    }
-    if !sql.is_empty() {
-        let vars = json!({
-            "created": created, "advanced": advanced, "appended": appended, "filled": filled,
-            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit,
-            "keys_kept": scope.keys_kept(), "action": scope.action_id,
-        });
-        txn.query(&format!("LET $now = time::now();{sql}"), vars)
-            .await?;
+    if !writes.is_empty() {
+        let vars = serde_json::to_value(&writes).map_err(|e| GraphError {
+            kind: graphagent::graph::GraphErrorKind::Decode,
+            message: format!("fold rows: {e}"),
+        })?;
+        txn.query(&FOLD_WRITE, vars).await?;
     }
     Ok(outcomes)
 }
@@ -678,6 +750,40 @@ pub struct BroadcastSummary {
     pub funnel: std::collections::BTreeMap<String, u64>,
 }
 
+/// The broadcast node of a send, its edge, and (the first time) its outbound event.
+static PERSIST_BROADCAST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "BEGIN;
+         IF $outbox != NONE AND !record::exists(type::record('sentdm_broadcast', $b.id)) {{
+            {INSERT_OUTBOX}
+         }};
+         UPSERT type::record('sentdm_broadcast', $b.id) MERGE $b.fields;
+         UPDATE type::record('sentdm_broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
+         INSERT RELATION INTO sentdm_sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('sentdm_broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
+         COMMIT;"
+    )
+});
+
+/// An inbound reply, once: linked to the action and the record it answers, with its
+/// outbound event; returns whether it was new.
+static STORE_REPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "BEGIN;
+         LET $node = type::record('sentdm_inbound', $key);
+         LET $fresh = !record::exists($node);
+         IF $fresh {{
+            CREATE $node CONTENT $reply;
+            RELATE (type::record('action', $action))->sentdm_received->$node;
+            IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
+                RELATE $node->sentdm_replies_to->(type::record('sentdm_message', $answers));
+            }};
+            {INSERT_OUTBOX}
+         }};
+         RETURN $fresh;
+         COMMIT;"
+    )
+});
+
 /// One record of this action.
 static GET_RECORD: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -694,6 +800,22 @@ static STALE_RECORDS: LazyLock<String> = LazyLock::new(|| {
            AND (sandbox = NONE OR sandbox = false)
            AND updated_at < time::now() - type::duration($age)
          ORDER BY updated_at ASC LIMIT $limit;",
+        *RECORD_PROJECTION
+    )
+});
+
+/// The filter of [`LIST_RECORDS`]: each optional filter matches anything when unbound.
+const RECORD_FILTER: &str = "action_id = $action
+    AND ($status = NONE OR status = $status)
+    AND ($to = NONE OR to = $to)
+    AND ($sentdm_message_id = NONE OR sentdm_message_id = $sentdm_message_id)
+    AND ($broadcast_id = NONE OR broadcast_id = $broadcast_id)";
+
+/// A page of this action's records, newest first, and how many match.
+static LIST_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM sentdm_message WHERE {RECORD_FILTER} ORDER BY created_at DESC LIMIT $limit START $start;
+         RETURN count(SELECT id FROM sentdm_message WHERE {RECORD_FILTER});",
         *RECORD_PROJECTION
     )
 });
@@ -753,14 +875,7 @@ impl Store {
     ) -> Result<(), GraphError> {
         self.graph
             .transaction(
-                &format!("BEGIN;
-                 IF $outbox != NONE AND !record::exists(type::record('sentdm_broadcast', $b.id)) {{
-                    {INSERT_OUTBOX}
-                 }};
-                 UPSERT type::record('sentdm_broadcast', $b.id) MERGE $b.fields;
-                 UPDATE type::record('sentdm_broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
-                 INSERT RELATION INTO sentdm_sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('sentdm_broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
-                 COMMIT;"),
+                &PERSIST_BROADCAST,
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
             .await?;
@@ -815,30 +930,15 @@ impl Store {
         &self,
         f: &RecordFilter,
     ) -> Result<(Vec<MessageRecord>, u64), GraphError> {
-        let mut cond = String::from("action_id = $action");
-        for (field, present) in [
-            ("status", f.status.is_some()),
-            ("to", f.to.is_some()),
-            ("sentdm_message_id", f.sentdm_message_id.is_some()),
-            ("broadcast_id", f.broadcast_id.is_some()),
-        ] {
-            if present {
-                cond.push_str(&format!(" AND {field} = ${field}"));
-            }
-        }
-        let sql = format!(
-            "SELECT {} FROM sentdm_message WHERE {cond} ORDER BY created_at DESC LIMIT $limit START $start;
-             RETURN count(SELECT id FROM sentdm_message WHERE {cond});",
-            *RECORD_PROJECTION
-        );
-        let vars = json!({
-            "action": self.action_id, "status": f.status.as_ref().map(MessageStatus::lowercase), "to": f.to,
-            "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
+        // Unset filters stay unbound (NONE), which the statement reads as "any".
+        let vars = without_nulls(json!({
+            "action": self.action_id, "status": f.status.as_ref().map(MessageStatus::lowercase),
+            "to": f.to, "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
             "limit": f.paging.page_size, "start": f.paging.offset(),
-        });
-        let mut out = self.graph.query(&sql, vars).await?;
-        let total = out.get(1).and_then(Value::as_u64).unwrap_or(0);
-        let rows = graphagent::graph::rows_from(out.swap_remove(0))?;
+        }));
+        let mut out = self.graph.query(&LIST_RECORDS, vars).await?.into_iter();
+        let rows = graphagent::graph::rows_from(out.next().unwrap_or(Value::Null))?;
+        let total = out.next().and_then(|v| v.as_u64()).unwrap_or(0);
         Ok((rows, total))
     }
 
@@ -902,19 +1002,7 @@ impl Store {
         let out = self
             .graph
             .transaction(
-                &format!("BEGIN;
-                 LET $node = type::record('sentdm_inbound', $key);
-                 LET $fresh = !record::exists($node);
-                 IF $fresh {{
-                    CREATE $node CONTENT $reply;
-                    RELATE (type::record('action', $action))->sentdm_received->$node;
-                    IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
-                        RELATE $node->sentdm_replies_to->(type::record('sentdm_message', $answers));
-                    }};
-                    {INSERT_OUTBOX}
-                 }};
-                 RETURN $fresh;
-                 COMMIT;"),
+                &STORE_REPLY,
                 without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": reply.answers_record, "outbox": outbox})),
             )
             .await?;

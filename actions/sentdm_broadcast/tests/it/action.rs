@@ -1531,3 +1531,52 @@ async fn fold_writers_and_filter_words_from_agent_yaml_are_honoured_or_refused()
     assert_eq!(app.action("sentdm").fold_writers(), 2);
     app.stop().await;
 }
+
+/// Every records filter narrows the page and the total; unset filters match anything.
+#[tokio::test]
+async fn record_filters_narrow_the_page_and_the_total() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (_, first) = app
+        .broadcast(json!({"to": ["+14155550100", "+14155550111"], "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    let (_, second) = app
+        .broadcast(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    let b1 = first["broadcast_id"].as_str().expect("b1");
+    let b2 = second["broadcast_id"].as_str().expect("b2");
+    let mid = first["messages"][0]["message_id"].as_str().expect("mid");
+    let list = |query: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app
+                .call(Method::GET, &format!("/sentdm/broadcasts?{query}"), None)
+                .await;
+            assert_eq!(status, 200, "{query}: {page}");
+            let ids: Vec<String> = page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|r| r["broadcast_id"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(page["total"].as_u64(), Some(ids.len() as u64), "{query}");
+            ids
+        }
+    };
+    assert_eq!(list(String::new()).await.len(), 3);
+    assert_eq!(list("to=%2B14155550100".into()).await, [b2, b1]);
+    assert_eq!(list(format!("broadcast_id={b1}")).await, [b1, b1]);
+    assert_eq!(list(format!("sentdm_message_id={mid}")).await, [b1]);
+    assert_eq!(
+        list(format!("to=%2B14155550111&broadcast_id={b2}"))
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(
+        list(format!("status=accepted&broadcast_id={b2}")).await,
+        [b2]
+    );
+    assert_eq!(list("status=delivered".into()).await.len(), 0);
+    app.stop().await;
+}
