@@ -8,6 +8,7 @@
 pub mod config;
 pub mod events;
 pub mod inbound;
+pub mod plan;
 pub mod record;
 pub mod routes;
 pub mod store;
@@ -31,11 +32,12 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use config::SentDmConfig;
 pub use inbound::ReplyEvent;
+use plan::BroadcastPlan;
 use record::{LogEntry, MessageRecord, RecordError};
-use sentdm_client::client::{self, ApiKey, Client, ClientConfig, IdempotencyKey};
+use sentdm_client::client::{self, ApiKey, Client, ClientConfig};
 use sentdm_client::model::{
     Account, MessageActivities, MessageStatus, Page, PageRequest, SendMessageRequest, Template,
-    TemplateQuery, TemplateRef,
+    TemplateQuery,
 };
 use sentdm_client::signing::SigningSecret;
 use store::{FoldOutcome, FoldWriter, RecordFilter, Store};
@@ -140,7 +142,7 @@ pub struct BroadcastRequest {
     pub profile_id: Option<String>,
 }
 
-/// What [`valid_e164`] accepts, for the document.
+/// What the recipient check (`plan::valid_e164`) accepts, for the document.
 pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{6,14}$";
 
 fn recipients_schema() -> utoipa::openapi::schema::Array {
@@ -348,19 +350,6 @@ impl Drop for SentDmBroadcast {
     }
 }
 
-fn valid_e164(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or("");
-    (7..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
-
-fn valid_key(k: &str) -> bool {
-    (1..=200).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 use store::without_nulls;
 
 fn now_rfc3339() -> String {
@@ -404,127 +393,21 @@ impl SentDmBroadcast {
     ) -> Result<BroadcastResult, SentDmError> {
         let client = self.client()?;
         // Validation first: nothing leaves the process for a bad request.
-        if req.to.is_empty() {
-            return Err(SentDmError::invalid("to", "give at least one recipient"));
-        }
-        let mut to: Vec<String> = Vec::with_capacity(req.to.len());
-        for (i, number) in req.to.iter().enumerate() {
-            let n = number.trim();
-            if !valid_e164(n) {
-                return Err(SentDmError::invalid(
-                    format!("to[{i}]"),
-                    format!("`{number}` is not an E.164 phone number (+ and 7-15 digits)"),
-                ));
-            }
-            if !to.iter().any(|t| t == n) {
-                to.push(n.to_owned());
-            }
-        }
-        if to.len() > MAX_RECIPIENTS {
-            return Err(SentDmError::invalid(
-                "to",
-                format!("at most {MAX_RECIPIENTS} recipients per broadcast"),
-            ));
-        }
-        let channels = req
-            .channels
-            .clone()
-            .unwrap_or_else(|| self.config.default_channels.clone());
-        if channels.is_empty() {
-            return Err(SentDmError::invalid(
-                "channels",
-                "give at least one channel",
-            ));
-        }
-        for (i, c) in channels.iter().enumerate() {
-            if !config::CHANNELS.contains(&c.as_str()) {
-                return Err(SentDmError::invalid(
-                    format!("channels[{i}]"),
-                    format!(
-                        "unknown channel `{c}`; one of {}",
-                        config::CHANNELS.join(", ")
-                    ),
-                ));
-            }
-        }
-        let mut template = req.template.clone().unwrap_or_default();
-        let blank = |s: &Option<String>| s.as_deref().is_none_or(|s| s.trim().is_empty());
-        if blank(&template.id) && blank(&template.name) {
-            // No template named: the default one, with the parameters given (if any).
-            template.id = self.config.default_template_id.clone();
-            template.name = self.config.default_template_name.clone();
-        }
-        let template_id = template
-            .id
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        let template_name = template
-            .name
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        if template_id.is_none() && template_name.is_none() {
-            return Err(SentDmError::invalid(
-                "template",
-                "give template.id or template.name (no default template is configured)",
-            ));
-        }
-        if let Some(k) = &req.idempotency_key
-            && !valid_key(k)
-        {
-            return Err(SentDmError::invalid(
-                "idempotency_key",
-                "use 1 to 200 of A-Z a-z 0-9 _ -",
-            ));
-        }
-        let sandbox = req.sandbox.unwrap_or(self.config.sandbox);
+        let plan = BroadcastPlan::parse(req, &self.config, &self.ctx.action_id)?;
         let client = client
-            .with_options(sandbox, req.profile_id.clone())
+            .with_options(plan.sandbox, plan.profile_id.clone())
             .map_err(|_| SentDmError::invalid("profile_id", "must not be empty"))?;
-
-        let broadcast_id = match &req.idempotency_key {
-            Some(k) => format!(
-                "bc_{}",
-                &store::digest(&[self.ctx.action_id.as_bytes(), k.as_bytes()])[..32]
-            ),
-            None => format!("bc_{}", uuid::Uuid::now_v7().simple()),
-        };
-        // Send exactly one of id / name (CONTRACT §2.2), id preferred.
-        let template_ref = TemplateRef {
-            id: template_id.map(str::to_owned),
-            name: if template_id.is_some() {
-                None
-            } else {
-                template_name.map(str::to_owned)
-            },
-            parameters: template.parameters.clone(),
-        };
-        let chunks: Vec<Vec<String>> = to
-            .chunks(RECIPIENTS_PER_REQUEST)
-            .map(<[String]>::to_vec)
-            .collect();
-        let chunk_count = chunks.len();
-        let sends = chunks.into_iter().enumerate().map(|(index, recipients)| {
-            let key = match &req.idempotency_key {
-                Some(k) if chunk_count == 1 => IdempotencyKey::new(k.clone()),
-                Some(k) => IdempotencyKey::new(format!("{k}-{index}")),
-                None => Ok(IdempotencyKey::derive(&[
-                    &self.ctx.action_id,
-                    &broadcast_id,
-                    &index.to_string(),
-                ])),
-            };
-            let count = recipients.len();
+        // Owned chunks: the futures must not borrow from the closure's argument.
+        let sends = plan.chunks.clone().into_iter().map(|chunk| {
+            let count = chunk.recipients.len();
             let request = SendMessageRequest {
-                to: recipients,
-                channel: Some(channels.clone()),
-                template: Some(template_ref.clone()),
+                to: chunk.recipients,
+                channel: Some(plan.channels.clone()),
+                template: Some(plan.template.clone()),
                 text: None,
             };
-            let client = client.clone();
+            let (client, key, index) = (client.clone(), chunk.key, chunk.index);
             async move {
-                let key = key.map_err(SentDmError::from)?;
                 let key_text = key.as_str().to_owned();
                 let outcome = client.send_message(&request, Some(key)).await;
                 Ok::<_, SentDmError>((index, count, key_text, outcome))
@@ -575,7 +458,7 @@ impl SentDmBroadcast {
                             details: BTreeMap::new(),
                         },
                     };
-                    tracing::warn!(action.id = %self.ctx.action_id, broadcast.id = %broadcast_id, request = index, error = %info.message, "SentDM rejected a broadcast request");
+                    tracing::warn!(action.id = %self.ctx.action_id, broadcast.id = %plan.broadcast_id, request = index, error = %info.message, "SentDM rejected a broadcast request");
                     requests.push(RequestOutcome {
                         index,
                         recipients,
@@ -596,7 +479,7 @@ impl SentDmBroadcast {
             // not the deployment's credentials (which 403 otherwise means).
             if let client::Error::Api(api) = &e
                 && api.status == 403
-                && req.profile_id.is_some()
+                && plan.profile_id.is_some()
             {
                 return Err(SentDmError::invalid(
                     "profile_id",
@@ -608,9 +491,9 @@ impl SentDmBroadcast {
         }
         let all = requests.iter().all(|r| r.accepted);
         let mut result = BroadcastResult {
-            broadcast_id,
+            broadcast_id: plan.broadcast_id.clone(),
             status: if all { "accepted" } else { "partial" }.into(),
-            sandbox,
+            sandbox: plan.sandbox,
             messages,
             requests,
             persisted: Persisted {
@@ -620,9 +503,9 @@ impl SentDmBroadcast {
                 error: None,
             },
         };
-        if !self.config.persist_records && !sandbox {
+        if !self.config.persist_records && !plan.sandbox {
             // Nothing is stored, but subscribers still hear that SentDM accepted the send.
-            let accepted = self.broadcast_event(&result, &channels, &template_ref);
+            let accepted = self.broadcast_event(&result, &plan);
             match self.store.emit(&accepted).await {
                 Ok(()) => self.ctx.events.notify(),
                 Err(e) => {
@@ -637,7 +520,7 @@ impl SentDmBroadcast {
                 skipped: Some("persist_records is false".into()),
                 error: None,
             }
-        } else if sandbox && !self.config.persist_sandbox_sends {
+        } else if plan.sandbox && !self.config.persist_sandbox_sends {
             Persisted {
                 ok: false,
                 records: 0,
@@ -645,19 +528,13 @@ impl SentDmBroadcast {
                 error: None,
             }
         } else {
-            self.persist(&mut result, &req, &channels, &template_ref)
-                .await
+            self.persist(&mut result, &plan).await
         };
         Ok(result)
     }
 
     /// The `sentdm.broadcast.accepted` outbox row of a send.
-    fn broadcast_event(
-        &self,
-        result: &BroadcastResult,
-        channels: &[String],
-        template: &TemplateRef,
-    ) -> Value {
+    fn broadcast_event(&self, result: &BroadcastResult, plan: &BroadcastPlan) -> Value {
         let recipients: std::collections::BTreeSet<&str> =
             result.messages.iter().map(|m| m.to.as_str()).collect();
         self.ctx
@@ -668,20 +545,15 @@ impl SentDmBroadcast {
                 &self.ctx.action_id,
                 json!({
                     "action_id": self.ctx.action_id, "broadcast_id": result.broadcast_id,
-                    "messages": result.messages.len(), "recipients": recipients, "channels": channels,
-                    "template_id": template.id, "template_name": template.name, "status": result.status,
+                    "messages": result.messages.len(), "recipients": recipients, "channels": plan.channels,
+                    "template_id": plan.template.id, "template_name": plan.template.name, "status": result.status,
                 }),
             )
             .into_row()
     }
 
-    async fn persist(
-        &self,
-        result: &mut BroadcastResult,
-        req: &BroadcastRequest,
-        channels: &[String],
-        template: &TemplateRef,
-    ) -> Persisted {
+    async fn persist(&self, result: &mut BroadcastResult, plan: &BroadcastPlan) -> Persisted {
+        let template = &plan.template;
         let now = now_rfc3339();
         let limit = self.config.record_event_history_limit;
         let broadcast = json!({
@@ -690,8 +562,8 @@ impl SentDmBroadcast {
             "fields": without_nulls(json!({
                 "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
                 "recipients": result.messages.iter().map(|m| m.to.clone()).collect::<std::collections::BTreeSet<_>>(),
-                "channels": channels, "template_id": template.id, "template_name": template.name,
-                "idempotency_key": req.idempotency_key, "sandbox": result.sandbox,
+                "channels": plan.channels, "template_id": template.id, "template_name": template.name,
+                "idempotency_key": plan.idempotency_key, "sandbox": result.sandbox,
                 "message_count": result.messages.len(), "status": result.status,
                 "request_ids": result.requests.iter().filter_map(|r| r.request_id.clone()).collect::<Vec<_>>(),
             })),
@@ -719,11 +591,8 @@ impl SentDmBroadcast {
                 template_id: template.id.clone(),
                 template_name: template.name.clone(),
                 parameters: Some(template.parameters.clone()),
-                idempotency_key: req.idempotency_key.clone(),
-                profile_id: req
-                    .profile_id
-                    .clone()
-                    .or_else(|| self.config.profile_id.clone()),
+                idempotency_key: plan.idempotency_key.clone(),
+                profile_id: plan.sent_as_profile.clone(),
                 sandbox: Some(result.sandbox),
                 status: Some(MessageStatus::Accepted),
                 events: vec![send.clone()],
@@ -733,7 +602,7 @@ impl SentDmBroadcast {
                 ..MessageRecord::default()
             })
             .collect();
-        let accepted = self.broadcast_event(result, channels, template);
+        let accepted = self.broadcast_event(result, plan);
         match self
             .store
             .persist_send(&broadcast, &records, limit, Some(&accepted))
@@ -1131,18 +1000,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phone_numbers() {
-        assert!(valid_e164("+14155551234"));
-        assert!(valid_e164("+4915112345678"));
-        assert!(!valid_e164("14155551234"));
-        assert!(!valid_e164("+0123456789"));
-        assert!(!valid_e164("+141555"));
-        assert!(valid_e164("+1415555"));
-        assert!(!valid_e164("+1234567890123456"));
-        assert!(!valid_e164("+1 415 555 1234"));
-    }
-
-    #[test]
     fn the_documented_phone_pattern_is_the_check() {
         let schema = json!({"type": "string", "pattern": E164_PATTERN});
         let documented = jsonschema::validator_for(&schema).expect("the pattern compiles");
@@ -1159,7 +1016,7 @@ mod tests {
             "+١٤١٥٥٥٥١٢٣٤",
             "",
         ] {
-            assert_eq!(documented.is_valid(&json!(n)), valid_e164(n), "`{n}`");
+            assert_eq!(documented.is_valid(&json!(n)), plan::valid_e164(n), "`{n}`");
         }
     }
 
