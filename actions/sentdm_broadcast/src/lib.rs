@@ -369,6 +369,29 @@ impl SentDmBroadcast {
         &self.ctx.action_id
     }
 
+    /// The URL SentDM calls (machine key redacted), or why there is none.
+    pub fn get_webhook_url(&self) -> Result<String, String> {
+        webhook::get_webhook_url(self)
+    }
+
+    /// Make SentDM hold exactly one webhook for this action, pointing at our URL with
+    /// our settings, whose signing secret we have. Idempotent: with nothing to change it
+    /// only lists. Never touches webhooks of other actions or other origins.
+    pub async fn reconcile_webhook_endpoint(&self) -> ReconcileReport {
+        webhook::reconcile_webhook_endpoint(self).await
+    }
+
+    /// Handle one delivery whose machine key the caller already checked: verify the
+    /// signature, timestamp and webhook id, then parse, de-duplicate and fold in one
+    /// transaction; `Ok` only after commit.
+    pub async fn receive_webhook(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookAck, WebhookRejection> {
+        webhook::receive_webhook(self, headers, body).await
+    }
+
     /// Fold writer tasks running (`fold_writers`, or one per core).
     pub fn fold_writers(&self) -> usize {
         self.writer.writers()
@@ -712,7 +735,7 @@ impl SentDmBroadcast {
             channels: None,
             webhook_registered: verifier.is_some(),
             signing_secret_on_record: verifier.is_some(),
-            webhook_url: self.webhook_url_redacted(),
+            webhook_url: webhook::webhook_url_redacted(self),
             last_reconcile: last,
             counters: self.counters.snapshot(),
         }
@@ -956,11 +979,11 @@ impl Action for SentDmBroadcast {
     }
 
     async fn on_register(&self) -> Result<(), ActionError> {
-        self.load_verifier().await;
+        webhook::load_verifier(self).await;
         if self.client.is_none() {
             tracing::warn!(action.id = %self.ctx.action_id, "SentDM action loaded without an API key: set SENTDM_API_KEY");
         }
-        self.spawn_sweeper();
+        webhook::spawn_sweeper(self);
         let report = self.reconcile_webhook_endpoint().await;
         if report.outcome == "failed" {
             return Err(ActionError::new(format!(
@@ -973,7 +996,7 @@ impl Action for SentDmBroadcast {
 
     async fn on_deregister(&self) -> Result<(), ActionError> {
         self.stop.cancel();
-        self.remove_webhook()
+        webhook::remove_webhook(self)
             .await
             .map_err(|e| ActionError::new(format!("webhook removal: {e}")))
     }
