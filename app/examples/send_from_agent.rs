@@ -10,6 +10,7 @@ use graphagent_sentdm::TemplateInput;
 use graphagent_sentdm::store::RecordFilter;
 use graphagent_sentdm::{BroadcastRequest, SentDmBroadcast};
 use sentdm_client::client::{ApiKey, Client, ClientConfig};
+use sentdm_client::model::MessageStatus;
 use sentdm_sim::{SimHandle, Simulator};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -122,13 +123,13 @@ async fn main() -> anyhow::Result<()> {
         let (records, _) = sentdm.list_records(&filter).await?;
         let done = records
             .iter()
-            .all(|r| matches!(r.status.as_deref(), Some("read" | "failed")));
+            .all(|r| r.status.as_ref().is_some_and(MessageStatus::is_terminal));
         if done || tokio::time::Instant::now() >= deadline {
             for r in &records {
                 println!(
                     "  {} is {}",
                     r.to.as_deref().unwrap_or("-"),
-                    r.status.as_deref().unwrap_or("-")
+                    r.status.as_ref().map_or("-", MessageStatus::lowercase)
                 );
             }
             break;

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use graphagent::{HostBuilder, Settings};
 use graphagent_sentdm::TemplateInput;
-use graphagent_sentdm::store::{Record, RecordFilter};
+use graphagent_sentdm::record::MessageRecord;
+use graphagent_sentdm::store::RecordFilter;
 use graphagent_sentdm::{BroadcastRequest, SentDmBroadcast};
 use rand::distr::{Alphanumeric, SampleString};
+use sentdm_client::model::MessageStatus;
 use sentdm_sim::Simulator;
 use tokio::sync::oneshot;
 
@@ -44,11 +46,11 @@ const CHANNELS: &[&str] = &["sms", "whatsapp"];
 
 /// No further change is expected: the terminal statuses, and `delivered` on channels
 /// without read receipts.
-fn is_final(r: &Record) -> bool {
-    match r.status.as_deref() {
-        Some("read" | "failed" | "blocked" | "filtered" | "cancelled") => true,
-        Some("delivered") => !matches!(r.channel.as_deref(), Some("whatsapp" | "rcs")),
-        _ => false,
+fn is_final(r: &MessageRecord) -> bool {
+    match &r.status {
+        Some(MessageStatus::Delivered) => !matches!(r.channel.as_deref(), Some("whatsapp" | "rcs")),
+        Some(s) => s.is_terminal(),
+        None => false,
     }
 }
 
@@ -200,7 +202,7 @@ async fn watch(
     };
     let deadline = started + Duration::from_secs(args.timeout);
     let mut shown: HashMap<String, usize> = HashMap::new();
-    let mut records: Vec<Record>;
+    let mut records: Vec<MessageRecord>;
     loop {
         records = action.list_records(&filter).await?.0;
         records.sort_by(|a, b| (&a.to, &a.channel).cmp(&(&b.to, &b.channel)));
@@ -228,12 +230,7 @@ async fn watch(
     println!("\nStatus timelines:");
     for r in &records {
         let mut line = timeline(r).join(" → ");
-        if let Some(code) = r
-            .error
-            .as_ref()
-            .and_then(|e| e.get("code"))
-            .and_then(|c| c.as_str())
-        {
+        if let Some(code) = r.error.as_ref().and_then(|e| e.code.as_deref()) {
             line.push_str(&format!("  ({code})"));
         }
         println!(

@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use graphagent_sentdm::config::CHANNELS;
+use graphagent_sentdm::record::MessageRecord;
 use graphagent_sentdm::routes::{RecordPage, WebhookInfo};
-use graphagent_sentdm::store::Record;
 use graphagent_sentdm::{BroadcastRequest, BroadcastResult};
-use graphagent_sentdm::{Health, ReconcileReport, TemplateInput};
+use graphagent_sentdm::{ReconcileReport, SentDmHealth, TemplateInput};
 use reqwest::{Method, Url};
-use sentdm_client::model::{Message, MessageActivities, Pagination, Template};
+use sentdm_client::model::{Message, MessageActivities, MessageStatus, Pagination, Template};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -698,7 +698,7 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn show_health(h: &Health) {
+fn show_health(h: &SentDmHealth) {
     println!("configured      {}", yes_no(h.configured));
     match &h.reachable_error {
         Some(e) if !h.reachable => println!("reachable       no ({e})"),
@@ -962,7 +962,7 @@ fn show_records(p: &RecordPage) {
                 r.id.clone(),
                 or_dash(r.to.as_deref()),
                 or_dash(r.channel.as_deref()),
-                or_dash(r.status.as_deref()),
+                or_dash(r.status.as_ref().map(MessageStatus::lowercase)),
                 or_dash(r.updated_at.as_deref()),
             ]
         })
@@ -975,10 +975,10 @@ fn show_records(p: &RecordPage) {
 }
 
 /// Statuses in the order the record's log saw them, without repeats.
-pub fn timeline(r: &Record) -> Vec<String> {
+pub fn timeline(r: &MessageRecord) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for e in &r.events {
-        let Some(s) = e.get("status").and_then(Value::as_str) else {
+        let Some(s) = e.status.as_deref() else {
             continue;
         };
         let word = s
@@ -994,7 +994,7 @@ pub fn timeline(r: &Record) -> Vec<String> {
     out
 }
 
-fn show_record(r: &Record) {
+fn show_record(r: &MessageRecord) {
     println!("record     {}", r.id);
     println!("message    {}", r.sentdm_message_id);
     println!("broadcast  {}", or_dash(r.broadcast_id.as_deref()));
@@ -1009,22 +1009,30 @@ fn show_record(r: &Record) {
     );
     println!(
         "status     {}{}",
-        or_dash(r.status.as_deref()),
+        or_dash(r.status.as_ref().map(MessageStatus::lowercase)),
         r.last_status_at
             .as_deref()
             .map(|t| format!(" at {t}"))
             .unwrap_or_default()
     );
     if let Some(e) = &r.error {
-        println!("error      {e}");
+        println!(
+            "error      {} {}",
+            or_dash(e.code.as_deref()),
+            or_dash(e.reason.as_deref())
+        );
     }
     println!("timeline   {}", timeline(r).join(" → "));
     let rows: Vec<Vec<String>> = r
         .events
         .iter()
         .map(|e| {
-            let s = |k: &str| or_dash(e.get(k).and_then(Value::as_str));
-            vec![s("occurred_at"), s("source"), s("status"), s("reason_code")]
+            vec![
+                or_dash(e.occurred_at.as_deref()),
+                or_dash(Some(e.source.as_str())),
+                or_dash(e.status.as_deref()),
+                or_dash(e.reason_code.as_deref()),
+            ]
         })
         .collect();
     table(&["OCCURRED", "SOURCE", "STATUS", "REASON"], &rows);

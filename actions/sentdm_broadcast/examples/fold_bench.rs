@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use graphagent::{Graph, GraphOptions};
+use graphagent_sentdm::record::LogEntry;
 use graphagent_sentdm::store::{FoldEvent, FoldScope, SCHEMA, apply_batch};
 use serde_json::json;
 
@@ -20,11 +21,16 @@ fn event(i: usize, messages: usize) -> FoldEvent {
         rid: format!("a_m{m}"),
         message_id: format!("m{m}"),
         create_if_missing: true,
-        status: Some(status.into()),
+        status: Some(sentdm_client::model::MessageStatus::parse(status)),
         t_ms: Some(i as i64),
         occurred_at: Some("2026-05-14T18:49:20Z".into()),
         error: None,
-        entry: json!({"source": "webhook", "status": status.to_uppercase(), "occurred_at": "2026-05-14T18:49:20Z"}),
+        entry: LogEntry {
+            source: "webhook".into(),
+            status: Some(status.to_uppercase()),
+            occurred_at: Some("2026-05-14T18:49:20Z".into()),
+            ..LogEntry::default()
+        },
         payload: json!({"message_id": format!("m{m}"), "message_status": status}),
         to: Some("+14155550100".into()),
         channel: Some("sms".into()),

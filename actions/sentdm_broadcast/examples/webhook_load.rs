@@ -54,6 +54,9 @@ struct Args {
     /// It listens for `webhook.test` only, so nothing is delivered during the run.
     #[arg(long)]
     subscribed: bool,
+    /// The action's `fold_writers` (1-64); one per core when not given.
+    #[arg(long)]
+    fold_writers: Option<u32>,
 }
 
 const STATUSES: [&str; 5] = ["QUEUED", "SENT", "DELIVERED", "READ", "ROUTED"];
@@ -263,9 +266,12 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "agent: bench\nactions:\n  - action: sentdm_broadcast\n    name: sentdm\n    context:\n      api_base: {}\n      api_key: {}\n      sweep_interval_seconds: 0\n      record_event_history_limit: 25\n",
+            "agent: bench\nactions:\n  - action: sentdm_broadcast\n    name: sentdm\n    context:\n      api_base: {}\n      api_key: {}\n      sweep_interval_seconds: 0\n      record_event_history_limit: 25\n{}",
             sim.base_url(),
-            sim.api_key()
+            sim.api_key(),
+            args.fold_writers
+                .map(|n| format!("      fold_writers: {n}\n"))
+                .unwrap_or_default()
         ),
     )
     .expect("config");

@@ -4,26 +4,24 @@
 use std::collections::BTreeMap;
 
 use graphagent::FieldError;
+use sentdm_client::model::MessageStatus;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Channels SentDM accepts in `channel` (`sent` = SentDM picks).
 pub const CHANNELS: &[&str] = &["sms", "whatsapp", "rcs", "mms", "sent"];
+/// Most fold writers an action runs: more writers than cores only add conflicts (two
+/// writers on two cores measured best; see docs/BENCHMARKS.md).
+pub const MAX_FOLD_WRITERS: u32 = 64;
 /// Event families a SentDM webhook can subscribe to.
 pub const EVENT_TYPES: &[&str] = &["message", "templates"];
-/// Sub-types usable in `webhook_event_filters.message`.
-pub const MESSAGE_FILTERS: &[&str] = &[
-    "queued",
-    "routed",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "blocked",
-    "filtered",
-    "scheduled",
-    "cancelled",
-    "received",
-];
+/// Sub-types usable in `webhook_event_filters.message`: the statuses SentDM reports by
+/// webhook, lowercase.
+pub fn message_filters() -> impl Iterator<Item = &'static str> {
+    MessageStatus::ALL
+        .iter()
+        .filter(|s| s.has_webhook())
+        .map(MessageStatus::lowercase)
+}
 
 /// A secret from config: compared and used as is, but serialized as a short fingerprint
 /// (the effective config is stored on the action node and shown by the API).
@@ -95,6 +93,9 @@ pub struct SentDmConfig {
     pub sweep_interval_seconds: u64,
     /// How long a record may sit in a non-final status before the sweeper refreshes it.
     pub sweep_stale_after_seconds: u64,
+    /// Fold writer tasks (1–64): webhook events are sharded by record over this many
+    /// writers, each committing its own batches. Absent: one per core.
+    pub fold_writers: Option<u32>,
 }
 
 impl Default for SentDmConfig {
@@ -123,11 +124,21 @@ impl Default for SentDmConfig {
             record_event_history_limit: 25,
             sweep_interval_seconds: 300,
             sweep_stale_after_seconds: 900,
+            fold_writers: None,
         }
     }
 }
 
 impl SentDmConfig {
+    /// How many fold writers to run: `fold_writers`, else one per core (at most
+    /// [`MAX_FOLD_WRITERS`]).
+    pub fn fold_writer_count(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.fold_writers
+            .map_or(cores, |n| n as usize)
+            .clamp(1, MAX_FOLD_WRITERS as usize)
+    }
+
     /// Range and cross-field checks.
     pub fn problems(&self) -> Vec<FieldError> {
         let mut p = Vec::new();
@@ -201,12 +212,12 @@ impl SentDmConfig {
             }
             if family == "message" {
                 for (i, s) in subs.iter().enumerate() {
-                    if !MESSAGE_FILTERS.contains(&s.as_str()) {
+                    if !MessageStatus::from_lowercase(s).is_some_and(|s| s.has_webhook()) {
                         p.push(FieldError::new(
                             format!("webhook_event_filters.message[{i}]"),
                             format!(
                                 "unknown sub-type `{s}`; one of {}",
-                                MESSAGE_FILTERS.join(", ")
+                                message_filters().collect::<Vec<_>>().join(", ")
                             ),
                         ));
                     }
@@ -229,6 +240,15 @@ impl SentDmConfig {
             p.push(FieldError::new(
                 "record_event_history_limit",
                 "must be 1 to 1000",
+            ));
+        }
+        if self
+            .fold_writers
+            .is_some_and(|n| !(1..=MAX_FOLD_WRITERS).contains(&n))
+        {
+            p.push(FieldError::new(
+                "fold_writers",
+                format!("must be 1 to {MAX_FOLD_WRITERS} (or absent: one per core)"),
             ));
         }
         if self.sweep_interval_seconds != 0 && self.sweep_stale_after_seconds == 0 {
@@ -259,12 +279,26 @@ mod tests {
     }
 
     #[test]
+    fn fold_writers_default_to_the_cores_and_take_a_setting() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(SentDmConfig::default().fold_writer_count(), cores.min(64));
+        let set = |n| SentDmConfig {
+            fold_writers: Some(n),
+            ..SentDmConfig::default()
+        };
+        assert_eq!(set(3).fold_writer_count(), 3);
+        assert!(set(64).problems().is_empty());
+        assert_eq!(set(65).problems()[0].key, "fold_writers");
+    }
+
+    #[test]
     fn ranges_name_their_keys() {
         let c = SentDmConfig {
             webhook_retry_count: 0,
             webhook_timeout_seconds: 300,
             default_channels: vec!["sms".into(), "fax".into()],
             webhook_event_filters: BTreeMap::from([("message".into(), vec!["opened".into()])]),
+            fold_writers: Some(0),
             ..SentDmConfig::default()
         };
         let keys: Vec<String> = c.problems().into_iter().map(|p| p.key).collect();
@@ -274,7 +308,8 @@ mod tests {
                 "default_channels[1]",
                 "webhook_event_filters.message[0]",
                 "webhook_retry_count",
-                "webhook_timeout_seconds"
+                "webhook_timeout_seconds",
+                "fold_writers"
             ]
         );
     }

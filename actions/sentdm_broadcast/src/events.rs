@@ -2,34 +2,37 @@
 //! subscribers), each written in the same transaction as the change it reports.
 
 use graphagent::plugin::EventType;
+use sentdm_client::model::MessageStatus;
 use serde_json::json;
 
-/// The outbound event for a message that reached `status`, if that status has one.
-/// Negative terminals (`blocked`, `filtered`, `cancelled`) are reported as `failed`
-/// with the real status in `data.status`.
-pub fn message_event_type(status: &str) -> Option<&'static str> {
+/// The outbound event for a message that reached `status`, if that status has one:
+/// the milestones a subscriber acts on. Every failure (`blocked`, `filtered`,
+/// `cancelled` too) is reported as `failed`, with the real status in `data.status`.
+pub fn message_event_type(status: &MessageStatus) -> Option<&'static str> {
+    if status.is_failure() {
+        return Some("sentdm.message.failed");
+    }
     Some(match status {
-        "queued" => "sentdm.message.queued",
-        "sent" => "sentdm.message.sent",
-        "delivered" => "sentdm.message.delivered",
-        "read" => "sentdm.message.read",
-        "failed" | "blocked" | "filtered" | "cancelled" => "sentdm.message.failed",
+        MessageStatus::Queued => "sentdm.message.queued",
+        MessageStatus::Sent => "sentdm.message.sent",
+        MessageStatus::Delivered => "sentdm.message.delivered",
+        MessageStatus::Read => "sentdm.message.read",
         _ => return None,
     })
 }
 
 /// The catalogue entries of this action type.
 pub fn event_types() -> Vec<EventType> {
-    let message = |status: &str| {
+    let message = |status: MessageStatus| {
         json!({
             "action_id": "act_0c9d2e7f1b3a4c5d6e7f", "agent_id": "agt_6f1c0e5ab2d94c7e1a33",
             "record_id": "act_0c9d2e7f1b3a4c5d6e7f_8ba7b830-9dad-11d1-80b4-00c04fd430c8",
             "sentdm_message_id": "8ba7b830-9dad-11d1-80b4-00c04fd430c8",
-            "to": "+14155551234", "channel": "sms", "status": status,
+            "to": "+14155551234", "channel": "sms", "status": status.lowercase(),
             "occurred_at": "2026-05-14T18:49:20Z", "source": "webhook"
         })
     };
-    let mut failed = message("failed");
+    let mut failed = message(MessageStatus::Failed);
     failed["error"] = json!({"code": "DELIVERY_007", "reason": "The recipient is not registered on this channel"});
     vec![
         EventType::new(
@@ -42,22 +45,22 @@ pub fn event_types() -> Vec<EventType> {
         EventType::new(
             "sentdm.message.queued",
             "SentDM queued a message.",
-            message("queued"),
+            message(MessageStatus::Queued),
         ),
         EventType::new(
             "sentdm.message.sent",
             "A message was handed to the carrier or channel.",
-            message("sent"),
+            message(MessageStatus::Sent),
         ),
         EventType::new(
             "sentdm.message.delivered",
             "A message reached the recipient.",
-            message("delivered"),
+            message(MessageStatus::Delivered),
         ),
         EventType::new(
             "sentdm.message.read",
             "The recipient read the message (WhatsApp, RCS).",
-            message("read"),
+            message(MessageStatus::Read),
         ),
         EventType::new(
             "sentdm.message.failed",
@@ -93,20 +96,29 @@ mod tests {
     #[test]
     fn every_emitted_type_is_catalogued() {
         let names: Vec<String> = event_types().into_iter().map(|t| t.name).collect();
-        for s in [
-            "queued",
-            "sent",
-            "delivered",
-            "read",
-            "failed",
-            "blocked",
-            "filtered",
-            "cancelled",
-        ] {
-            let t = message_event_type(s).expect("has an event");
-            assert!(names.iter().any(|n| n == t), "{t}");
+        let mut emitting = Vec::new();
+        for s in MessageStatus::ALL {
+            if let Some(t) = message_event_type(s) {
+                assert!(names.iter().any(|n| n == t), "{t}");
+                emitting.push(s.lowercase());
+            }
         }
-        assert_eq!(message_event_type("routed"), None);
-        assert_eq!(message_event_type("accepted"), None);
+        assert_eq!(
+            emitting,
+            [
+                "queued",
+                "sent",
+                "delivered",
+                "read",
+                "failed",
+                "blocked",
+                "filtered",
+                "cancelled"
+            ]
+        );
+        assert_eq!(
+            message_event_type(&MessageStatus::Other("exploded".into())),
+            None
+        );
     }
 }

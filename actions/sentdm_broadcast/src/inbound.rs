@@ -6,63 +6,35 @@
 //! from it is bounded here ([`Bounds`]) before it can reach the graph, so no delivery can
 //! make a record grow without bound or nest deeper than the store can take.
 
+use sentdm_client::model::MessageStatus;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Statuses the fold knows (lowercase, as stored).
-pub const KNOWN_STATUSES: &[&str] = &[
-    "accepted",
-    "queued",
-    "scheduled",
-    "processed",
-    "routed",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "blocked",
-    "filtered",
-    "cancelled",
-];
-
-/// Rank of a status in the fold (CONTRACT §3.3): the positive ladder 1–6, -1 for the
-/// negative terminals, 0 for absent or unknown (no status change).
-pub fn status_rank(status: Option<&str>) -> i64 {
-    match status {
-        Some("accepted" | "queued" | "scheduled") => 1,
-        Some("processed") => 2,
-        Some("routed") => 3,
-        Some("sent") => 4,
-        Some("delivered") => 5,
-        Some("read") => 6,
-        Some("failed" | "blocked" | "filtered" | "cancelled") => -1,
-        _ => 0,
-    }
-}
-
 /// The fold rule (CONTRACT §3.3): does event status `new`, which happened at `t_new`
-/// (unix ms), replace the current status `cur`, which happened at `cur_at`? Both
-/// statuses lowercase; `None` or an unknown word ranks 0. A later time is only "later"
-/// when both times are known.
+/// (unix ms), replace the current status `cur`, which happened at `cur_at`? `None` or
+/// an unranked status ([`MessageStatus::rank`] 0) is "nothing known". A later time is
+/// only "later" when both times are known.
 pub fn advances(
-    cur: Option<&str>,
+    cur: Option<&MessageStatus>,
     cur_at: Option<i64>,
-    new: Option<&str>,
+    new: Option<&MessageStatus>,
     t_new: Option<i64>,
 ) -> bool {
-    let (rn, rc) = (status_rank(new), status_rank(cur));
+    let rank = |s: Option<&MessageStatus>| s.map_or(0, MessageStatus::rank);
+    let (rn, rc) = (rank(new), rank(cur));
     let later = matches!((t_new, cur_at), (Some(t), Some(c)) if t > c);
-    if rn == 0 {
-        // 2. unknown or absent: no status change.
-        false
-    } else if rc == 0 {
-        // Nothing known yet (a record created from a webhook): take it.
-        true
-    } else if matches!(cur, Some("read" | "filtered" | "cancelled")) {
+    let (Some(cur), Some(new)) = (cur.filter(|_| rc != 0), new.filter(|_| rn != 0)) else {
+        // 2. unknown or absent: no status change; nothing known yet (a record created
+        // from a webhook): take any known status.
+        return rn != 0;
+    };
+    if cur.is_final() {
         // 3. final.
         false
-    } else if cur == Some("accepted") && matches!(new, Some("queued" | "scheduled")) {
+    } else if *cur == MessageStatus::Accepted
+        && matches!(new, MessageStatus::Queued | MessageStatus::Scheduled)
+    {
         // Same rank, but SentDM's own word for the step after our `accepted`.
         true
     } else if rn > 0 {
@@ -70,17 +42,17 @@ pub fn advances(
         if rc > 0 {
             rn > rc
         } else {
-            matches!(cur, Some("blocked" | "failed")) && later
+            cur.is_resendable() && later
         }
     } else if new == cur {
         // 6. equal.
         false
-    } else if rc <= 4 {
+    } else if rc <= MessageStatus::Sent.rank() {
         // 5. negative over a positive status not yet delivered.
         rc > 0
     } else {
         // 5. a failure after delivery, when it happened later.
-        cur == Some("delivered") && new == Some("failed") && later
+        *cur == MessageStatus::Delivered && *new == MessageStatus::Failed && later
     }
 }
 
@@ -102,8 +74,8 @@ pub enum Parsed {
 pub struct StatusEvent {
     /// SentDM message id.
     pub message_id: String,
-    /// Lowercase known status, or `None` when absent/unknown (logged, no status change).
-    pub status: Option<String>,
+    /// A status the fold ranks, or `None` when absent/unknown (logged, no status change).
+    pub status: Option<MessageStatus>,
     /// The status word as sent, for the audit log.
     pub raw_status: Option<String>,
     /// `sub_type` / `event`, e.g. `message.delivered`.
@@ -273,15 +245,9 @@ fn pick(roots: &[&Value], paths: &[&str]) -> Option<String> {
     None
 }
 
-/// Lowercase known status from a word such as `DELIVERED` or `message.delivered`.
-pub fn normalize_status(word: &str) -> Option<String> {
-    let w = word.trim().rsplit('.').next()?.to_ascii_lowercase();
-    let w = if w == "canceled" {
-        "cancelled".to_owned()
-    } else {
-        w
-    };
-    KNOWN_STATUSES.contains(&w.as_str()).then_some(w)
+/// The status the fold ranks from a word such as `DELIVERED` or `message.delivered`.
+pub fn normalize_status(word: &str) -> Option<MessageStatus> {
+    MessageStatus::known(word.trim().rsplit('.').next()?).filter(MessageStatus::is_ranked)
 }
 
 /// Unix milliseconds of an ISO-8601 time as SentDM writes them (`Z` or `+00:00`, any
@@ -426,7 +392,7 @@ pub fn parse(body: &[u8]) -> Parsed {
     })
 }
 
-fn normalize_status_of_subtype(sub_type: &str) -> Option<String> {
+fn normalize_status_of_subtype(sub_type: &str) -> Option<MessageStatus> {
     // Only `message.<status>` names a status; `message.received` is not one.
     sub_type
         .contains('.')
@@ -439,6 +405,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The rule on status words, as SentDM and the tests spell them.
+    fn advances_w(
+        cur: Option<&str>,
+        cur_at: Option<i64>,
+        new: Option<&str>,
+        t: Option<i64>,
+    ) -> bool {
+        let parse = |w: Option<&str>| w.map(MessageStatus::parse);
+        advances(parse(cur).as_ref(), cur_at, parse(new).as_ref(), t)
+    }
+
+    fn rank(word: Option<&str>) -> i8 {
+        word.map_or(0, |w| MessageStatus::parse(w).rank())
+    }
+
     fn status(body: Value) -> StatusEvent {
         match parse(body.to_string().as_bytes()) {
             Parsed::Status(s) => s,
@@ -448,7 +429,7 @@ mod tests {
 
     #[test]
     fn fold_rule_follows_contract_3_3() {
-        let a = |cur, new| advances(cur, Some(100), new, Some(200));
+        let a = |cur, new| advances_w(cur, Some(100), new, Some(200));
         // Up the ladder only.
         assert!(a(Some("accepted"), Some("queued")));
         assert!(a(Some("queued"), Some("sent")));
@@ -476,13 +457,13 @@ mod tests {
         assert!(a(Some("routed"), Some("filtered")));
         // After delivery only a later `failed`.
         assert!(a(Some("delivered"), Some("failed")));
-        assert!(!advances(
+        assert!(!advances_w(
             Some("delivered"),
             Some(300),
             Some("failed"),
             Some(200)
         ));
-        assert!(!advances(
+        assert!(!advances_w(
             Some("delivered"),
             None,
             Some("failed"),
@@ -492,13 +473,13 @@ mod tests {
         // A resend after a failure: any positive status, if later.
         assert!(a(Some("failed"), Some("queued")));
         assert!(a(Some("blocked"), Some("delivered")));
-        assert!(!advances(
+        assert!(!advances_w(
             Some("failed"),
             Some(300),
             Some("sent"),
             Some(200)
         ));
-        assert!(!advances(Some("failed"), Some(100), Some("sent"), None));
+        assert!(!advances_w(Some("failed"), Some(100), Some("sent"), None));
         // Negative over negative: only a different one... which rule 5 does not allow.
         assert!(!a(Some("failed"), Some("failed")));
         assert!(!a(Some("failed"), Some("blocked")));
@@ -512,7 +493,10 @@ mod tests {
             "inbound_number":"unknown","outbound_number":"unknown","template_id":"t1"}}),
         );
         assert_eq!(s.message_id, "f06");
-        assert_eq!(s.status.as_deref(), Some("queued"));
+        assert_eq!(
+            s.status.as_ref().map(MessageStatus::lowercase),
+            Some("queued")
+        );
         assert_eq!(s.channel, None);
         assert_eq!(s.to, None);
         assert_eq!(s.template_id.as_deref(), Some("t1"));
@@ -528,7 +512,10 @@ mod tests {
             "reason_code":"DELIVERY_007","reason":"not registered","updated_at":"2026-05-14T18:49:21.1234567+00:00"}}),
         );
         assert_eq!(s.message_id, "m9");
-        assert_eq!(s.status.as_deref(), Some("failed"));
+        assert_eq!(
+            s.status.as_ref().map(MessageStatus::lowercase),
+            Some("failed")
+        );
         assert_eq!(s.sub_type.as_deref(), Some("message.failed"));
         assert_eq!(s.reason_code.as_deref(), Some("DELIVERY_007"));
         assert_eq!(s.to.as_deref(), Some("+14155551234"));
@@ -542,7 +529,10 @@ mod tests {
             "payload":{"message_id":"m1"}}),
         );
         assert_eq!(s.sub_type.as_deref(), Some("message.delivered"));
-        assert_eq!(s.status.as_deref(), Some("delivered"));
+        assert_eq!(
+            s.status.as_ref().map(MessageStatus::lowercase),
+            Some("delivered")
+        );
         let s = status(
             json!({"field":"message","payload":{"message_id":"m1","message_status":"unknown"}}),
         );
@@ -550,7 +540,10 @@ mod tests {
         let s = status(
             json!({"data":{"field":"message","sub_type":"message.read","payload":{"message_id":"m2","message_status":"READ"}}}),
         );
-        assert_eq!(s.status.as_deref(), Some("read"));
+        assert_eq!(
+            s.status.as_ref().map(MessageStatus::lowercase),
+            Some("read")
+        );
     }
 
     #[test]
@@ -590,22 +583,24 @@ mod tests {
     }
 
     #[test]
-    fn ranks_follow_the_contract() {
-        let ladder = ["queued", "processed", "routed", "sent", "delivered", "read"];
-        for pair in ladder.windows(2) {
-            assert!(
-                status_rank(Some(pair[0])) < status_rank(Some(pair[1])),
-                "{pair:?}"
-            );
+    fn only_ranked_statuses_are_folded() {
+        assert_eq!(
+            normalize_status("message.delivered"),
+            Some(MessageStatus::Delivered)
+        );
+        assert_eq!(
+            normalize_status(" CANCELED"),
+            Some(MessageStatus::Cancelled)
+        );
+        assert_eq!(
+            normalize_status("message.received"),
+            None,
+            "a reply, not a step"
+        );
+        assert_eq!(normalize_status("exploded"), None);
+        for s in MessageStatus::ALL.iter().filter(|s| s.is_ranked()) {
+            assert_eq!(normalize_status(s.as_str()).as_ref(), Some(s));
         }
-        assert_eq!(status_rank(Some("accepted")), status_rank(Some("queued")));
-        for s in ["failed", "blocked", "filtered", "cancelled"] {
-            assert_eq!(status_rank(Some(s)), -1);
-        }
-        assert_eq!(status_rank(None), 0);
-        assert_eq!(status_rank(Some("received")), 0);
-        // Every known status has a rank.
-        assert!(KNOWN_STATUSES.iter().all(|s| status_rank(Some(s)) != 0));
     }
 
     #[test]
@@ -721,6 +716,7 @@ mod tests {
         //! Whatever a peer sends, parsing neither panics nor lets anything unbounded
         //! through; the fold rule keeps its promises for every pair of statuses.
         use super::super::*;
+        use super::{advances_w, rank};
         use proptest::prelude::*;
         use serde_json::json;
 
@@ -779,8 +775,14 @@ mod tests {
             })
         }
 
+        /// Every documented word, and one SentDM might add.
         fn statuses() -> impl Strategy<Value = Option<&'static str>> {
-            prop::option::of(prop::sample::select(KNOWN_STATUSES.to_vec()))
+            let words: Vec<&'static str> = MessageStatus::ALL
+                .iter()
+                .map(MessageStatus::lowercase)
+                .chain(["exploded"])
+                .collect();
+            prop::option::of(prop::sample::select(words))
         }
 
         fn check_bounded(parsed: &Parsed) {
@@ -849,8 +851,8 @@ mod tests {
                 cur in statuses(), new in statuses(),
                 t_cur in prop::option::of(0i64..100), t_new in prop::option::of(0i64..100),
             ) {
-                let (rc, rn) = (status_rank(cur), status_rank(new));
-                if advances(cur, t_cur, new, t_new) {
+                let (rc, rn) = (rank(cur), rank(new));
+                if advances_w(cur, t_cur, new, t_new) {
                     prop_assert!(rn != 0, "an unknown status never replaces one");
                     prop_assert!(!matches!(cur, Some("read" | "filtered" | "cancelled")), "final");
                     if rc > 0 && rn > 0 {
@@ -860,7 +862,7 @@ mod tests {
                 }
                 // Known beats nothing.
                 if cur.is_none() && rn != 0 {
-                    prop_assert!(advances(cur, t_cur, new, t_new));
+                    prop_assert!(advances_w(cur, t_cur, new, t_new));
                 }
             }
 
@@ -870,8 +872,8 @@ mod tests {
             ) {
                 let (mut cur, mut at) = (None, None);
                 for (new, t) in events {
-                    if advances(cur, at, new, t) {
-                        let (rc, rn) = (status_rank(cur), status_rank(new));
+                    if advances_w(cur, at, new, t) {
+                        let (rc, rn) = (rank(cur), rank(new));
                         prop_assert!(!(rc > 0 && rn > 0 && rn < rc), "{cur:?} -> {new:?}");
                         prop_assert!(!matches!(cur, Some("read" | "filtered" | "cancelled")));
                         (cur, at) = (new, t);

@@ -8,6 +8,8 @@
 pub mod config;
 pub mod events;
 pub mod inbound;
+pub mod plan;
+pub mod record;
 pub mod routes;
 pub mod store;
 mod webhook;
@@ -30,13 +32,15 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use config::SentDmConfig;
 pub use inbound::ReplyEvent;
-use sentdm_client::client::{self, ApiKey, Client, ClientConfig, IdempotencyKey};
+use plan::BroadcastPlan;
+use record::{LogEntry, MessageRecord, RecordError};
+use sentdm_client::client::{self, ApiKey, Client, ClientConfig};
 use sentdm_client::model::{
-    Account, MessageActivities, Page, PageRequest, SendMessageRequest, Template, TemplateQuery,
-    TemplateRef,
+    Account, MessageActivities, MessageStatus, Page, PageRequest, SendMessageRequest, Template,
+    TemplateQuery,
 };
 use sentdm_client::signing::SigningSecret;
-use store::{FoldOutcome, FoldWriter, Record, RecordFilter, Store};
+use store::{FoldOutcome, FoldWriter, RecordFilter, Store};
 pub use webhook::{ReconcileReport, WebhookAck, WebhookRejection};
 
 /// Recipients per SentDM request (SentDM publishes no maximum; this keeps one request's
@@ -59,7 +63,7 @@ pub enum SentDmError {
     Invalid { field: String, message: String },
     /// SentDM answered with an error (after retries where retrying is safe).
     #[error("SentDM: {0}")]
-    SentDm(Box<client::ApiError>),
+    SentDm(Box<client::ErrorResponse>),
     /// SentDM could not be reached.
     #[error("SentDM unreachable: {0}")]
     Unreachable(String),
@@ -138,7 +142,7 @@ pub struct BroadcastRequest {
     pub profile_id: Option<String>,
 }
 
-/// What `valid_e164` accepts, for the document.
+/// What the recipient check (`plan::valid_e164`) accepts, for the document.
 pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{6,14}$";
 
 fn recipients_schema() -> utoipa::openapi::schema::Array {
@@ -261,8 +265,7 @@ pub struct BroadcastResult {
 
 /// `healthcheck` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = SentDmHealth)]
-pub struct Health {
+pub struct SentDmHealth {
     /// An API key is set.
     pub configured: bool,
     /// `GET /v3/me` answered.
@@ -347,19 +350,6 @@ impl Drop for SentDmBroadcast {
     }
 }
 
-fn valid_e164(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or("");
-    (7..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
-
-fn valid_key(k: &str) -> bool {
-    (1..=200).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 use store::without_nulls;
 
 fn now_rfc3339() -> String {
@@ -377,6 +367,34 @@ impl SentDmBroadcast {
     /// This action's id.
     pub fn action_id(&self) -> &str {
         &self.ctx.action_id
+    }
+
+    /// The URL SentDM calls (machine key redacted), or why there is none.
+    pub fn get_webhook_url(&self) -> Result<String, String> {
+        webhook::get_webhook_url(self)
+    }
+
+    /// Make SentDM hold exactly one webhook for this action, pointing at our URL with
+    /// our settings, whose signing secret we have. Idempotent: with nothing to change it
+    /// only lists. Never touches webhooks of other actions or other origins.
+    pub async fn reconcile_webhook_endpoint(&self) -> ReconcileReport {
+        webhook::reconcile_webhook_endpoint(self).await
+    }
+
+    /// Handle one delivery whose machine key the caller already checked: verify the
+    /// signature, timestamp and webhook id, then parse, de-duplicate and fold in one
+    /// transaction; `Ok` only after commit.
+    pub async fn receive_webhook(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookAck, WebhookRejection> {
+        webhook::receive_webhook(self, headers, body).await
+    }
+
+    /// Fold writer tasks running (`fold_writers`, or one per core).
+    pub fn fold_writers(&self) -> usize {
+        self.writer.writers()
     }
 
     fn client(&self) -> Result<&Client, SentDmError> {
@@ -398,127 +416,21 @@ impl SentDmBroadcast {
     ) -> Result<BroadcastResult, SentDmError> {
         let client = self.client()?;
         // Validation first: nothing leaves the process for a bad request.
-        if req.to.is_empty() {
-            return Err(SentDmError::invalid("to", "give at least one recipient"));
-        }
-        let mut to: Vec<String> = Vec::with_capacity(req.to.len());
-        for (i, number) in req.to.iter().enumerate() {
-            let n = number.trim();
-            if !valid_e164(n) {
-                return Err(SentDmError::invalid(
-                    format!("to[{i}]"),
-                    format!("`{number}` is not an E.164 phone number (+ and 7-15 digits)"),
-                ));
-            }
-            if !to.iter().any(|t| t == n) {
-                to.push(n.to_owned());
-            }
-        }
-        if to.len() > MAX_RECIPIENTS {
-            return Err(SentDmError::invalid(
-                "to",
-                format!("at most {MAX_RECIPIENTS} recipients per broadcast"),
-            ));
-        }
-        let channels = req
-            .channels
-            .clone()
-            .unwrap_or_else(|| self.config.default_channels.clone());
-        if channels.is_empty() {
-            return Err(SentDmError::invalid(
-                "channels",
-                "give at least one channel",
-            ));
-        }
-        for (i, c) in channels.iter().enumerate() {
-            if !config::CHANNELS.contains(&c.as_str()) {
-                return Err(SentDmError::invalid(
-                    format!("channels[{i}]"),
-                    format!(
-                        "unknown channel `{c}`; one of {}",
-                        config::CHANNELS.join(", ")
-                    ),
-                ));
-            }
-        }
-        let mut template = req.template.clone().unwrap_or_default();
-        let blank = |s: &Option<String>| s.as_deref().is_none_or(|s| s.trim().is_empty());
-        if blank(&template.id) && blank(&template.name) {
-            // No template named: the default one, with the parameters given (if any).
-            template.id = self.config.default_template_id.clone();
-            template.name = self.config.default_template_name.clone();
-        }
-        let template_id = template
-            .id
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        let template_name = template
-            .name
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        if template_id.is_none() && template_name.is_none() {
-            return Err(SentDmError::invalid(
-                "template",
-                "give template.id or template.name (no default template is configured)",
-            ));
-        }
-        if let Some(k) = &req.idempotency_key
-            && !valid_key(k)
-        {
-            return Err(SentDmError::invalid(
-                "idempotency_key",
-                "use 1 to 200 of A-Z a-z 0-9 _ -",
-            ));
-        }
-        let sandbox = req.sandbox.unwrap_or(self.config.sandbox);
+        let plan = BroadcastPlan::parse(req, &self.config, &self.ctx.action_id)?;
         let client = client
-            .with_options(sandbox, req.profile_id.clone())
+            .with_options(plan.sandbox, plan.profile_id.clone())
             .map_err(|_| SentDmError::invalid("profile_id", "must not be empty"))?;
-
-        let broadcast_id = match &req.idempotency_key {
-            Some(k) => format!(
-                "bc_{}",
-                &store::digest(&[self.ctx.action_id.as_bytes(), k.as_bytes()])[..32]
-            ),
-            None => format!("bc_{}", uuid::Uuid::now_v7().simple()),
-        };
-        // Send exactly one of id / name (CONTRACT §2.2), id preferred.
-        let template_ref = TemplateRef {
-            id: template_id.map(str::to_owned),
-            name: if template_id.is_some() {
-                None
-            } else {
-                template_name.map(str::to_owned)
-            },
-            parameters: template.parameters.clone(),
-        };
-        let chunks: Vec<Vec<String>> = to
-            .chunks(RECIPIENTS_PER_REQUEST)
-            .map(<[String]>::to_vec)
-            .collect();
-        let chunk_count = chunks.len();
-        let sends = chunks.into_iter().enumerate().map(|(index, recipients)| {
-            let key = match &req.idempotency_key {
-                Some(k) if chunk_count == 1 => IdempotencyKey::new(k.clone()),
-                Some(k) => IdempotencyKey::new(format!("{k}-{index}")),
-                None => Ok(IdempotencyKey::derive(&[
-                    &self.ctx.action_id,
-                    &broadcast_id,
-                    &index.to_string(),
-                ])),
-            };
-            let count = recipients.len();
+        // Owned chunks: the futures must not borrow from the closure's argument.
+        let sends = plan.chunks.clone().into_iter().map(|chunk| {
+            let count = chunk.recipients.len();
             let request = SendMessageRequest {
-                to: recipients,
-                channel: Some(channels.clone()),
-                template: Some(template_ref.clone()),
+                to: chunk.recipients,
+                channel: Some(plan.channels.clone()),
+                template: Some(plan.template.clone()),
                 text: None,
             };
-            let client = client.clone();
+            let (client, key, index) = (client.clone(), chunk.key, chunk.index);
             async move {
-                let key = key.map_err(SentDmError::from)?;
                 let key_text = key.as_str().to_owned();
                 let outcome = client.send_message(&request, Some(key)).await;
                 Ok::<_, SentDmError>((index, count, key_text, outcome))
@@ -569,7 +481,7 @@ impl SentDmBroadcast {
                             details: BTreeMap::new(),
                         },
                     };
-                    tracing::warn!(action.id = %self.ctx.action_id, broadcast.id = %broadcast_id, request = index, error = %info.message, "SentDM rejected a broadcast request");
+                    tracing::warn!(action.id = %self.ctx.action_id, broadcast.id = %plan.broadcast_id, request = index, error = %info.message, "SentDM rejected a broadcast request");
                     requests.push(RequestOutcome {
                         index,
                         recipients,
@@ -590,7 +502,7 @@ impl SentDmBroadcast {
             // not the deployment's credentials (which 403 otherwise means).
             if let client::Error::Api(api) = &e
                 && api.status == 403
-                && req.profile_id.is_some()
+                && plan.profile_id.is_some()
             {
                 return Err(SentDmError::invalid(
                     "profile_id",
@@ -602,9 +514,9 @@ impl SentDmBroadcast {
         }
         let all = requests.iter().all(|r| r.accepted);
         let mut result = BroadcastResult {
-            broadcast_id,
+            broadcast_id: plan.broadcast_id.clone(),
             status: if all { "accepted" } else { "partial" }.into(),
-            sandbox,
+            sandbox: plan.sandbox,
             messages,
             requests,
             persisted: Persisted {
@@ -614,9 +526,9 @@ impl SentDmBroadcast {
                 error: None,
             },
         };
-        if !self.config.persist_records && !sandbox {
+        if !self.config.persist_records && !plan.sandbox {
             // Nothing is stored, but subscribers still hear that SentDM accepted the send.
-            let accepted = self.broadcast_event(&result, &channels, &template_ref);
+            let accepted = self.broadcast_event(&result, &plan);
             match self.store.emit(&accepted).await {
                 Ok(()) => self.ctx.events.notify(),
                 Err(e) => {
@@ -631,7 +543,7 @@ impl SentDmBroadcast {
                 skipped: Some("persist_records is false".into()),
                 error: None,
             }
-        } else if sandbox && !self.config.persist_sandbox_sends {
+        } else if plan.sandbox && !self.config.persist_sandbox_sends {
             Persisted {
                 ok: false,
                 records: 0,
@@ -639,19 +551,13 @@ impl SentDmBroadcast {
                 error: None,
             }
         } else {
-            self.persist(&mut result, &req, &channels, &template_ref)
-                .await
+            self.persist(&mut result, &plan).await
         };
         Ok(result)
     }
 
     /// The `sentdm.broadcast.accepted` outbox row of a send.
-    fn broadcast_event(
-        &self,
-        result: &BroadcastResult,
-        channels: &[String],
-        template: &TemplateRef,
-    ) -> Value {
+    fn broadcast_event(&self, result: &BroadcastResult, plan: &BroadcastPlan) -> Value {
         let recipients: std::collections::BTreeSet<&str> =
             result.messages.iter().map(|m| m.to.as_str()).collect();
         self.ctx
@@ -662,20 +568,15 @@ impl SentDmBroadcast {
                 &self.ctx.action_id,
                 json!({
                     "action_id": self.ctx.action_id, "broadcast_id": result.broadcast_id,
-                    "messages": result.messages.len(), "recipients": recipients, "channels": channels,
-                    "template_id": template.id, "template_name": template.name, "status": result.status,
+                    "messages": result.messages.len(), "recipients": recipients, "channels": plan.channels,
+                    "template_id": plan.template.id, "template_name": plan.template.name, "status": result.status,
                 }),
             )
             .into_row()
     }
 
-    async fn persist(
-        &self,
-        result: &mut BroadcastResult,
-        req: &BroadcastRequest,
-        channels: &[String],
-        template: &TemplateRef,
-    ) -> Persisted {
+    async fn persist(&self, result: &mut BroadcastResult, plan: &BroadcastPlan) -> Persisted {
+        let template = &plan.template;
         let now = now_rfc3339();
         let limit = self.config.record_event_history_limit;
         let broadcast = json!({
@@ -684,40 +585,50 @@ impl SentDmBroadcast {
             "fields": without_nulls(json!({
                 "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
                 "recipients": result.messages.iter().map(|m| m.to.clone()).collect::<std::collections::BTreeSet<_>>(),
-                "channels": channels, "template_id": template.id, "template_name": template.name,
-                "idempotency_key": req.idempotency_key, "sandbox": result.sandbox,
+                "channels": plan.channels, "template_id": template.id, "template_name": template.name,
+                "idempotency_key": plan.idempotency_key, "sandbox": result.sandbox,
                 "message_count": result.messages.len(), "status": result.status,
                 "request_ids": result.requests.iter().filter_map(|r| r.request_id.clone()).collect::<Vec<_>>(),
             })),
             // Set once: a retry with the same idempotency key keeps the first time.
             "created_at": now,
         });
-        let records: Vec<Value> = result
+        let send = LogEntry {
+            source: "send".into(),
+            status: Some(MessageStatus::Accepted.lowercase().to_owned()),
+            occurred_at: Some(now.clone()),
+            broadcast_id: Some(result.broadcast_id.clone()),
+            ..LogEntry::default()
+        };
+        let records: Vec<MessageRecord> = result
             .messages
             .iter()
-            .map(|m| {
-                let key = store::record_key(&self.ctx.action_id, &m.message_id);
-                let send_event = json!({"source": "send", "status": "accepted", "occurred_at": now, "broadcast_id": result.broadcast_id});
-                json!({
-                    "key": key,
-                    "limit": limit,
-                    "send_event": send_event,
-                    "fields": without_nulls(json!({
-                        "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
-                        "sentdm_message_id": m.message_id, "broadcast_id": result.broadcast_id,
-                        "to": m.to, "channel": m.channel, "template_id": template.id, "template_name": template.name,
-                        "parameters": template.parameters, "idempotency_key": req.idempotency_key,
-                        "profile_id": req.profile_id.clone().or_else(|| self.config.profile_id.clone()),
-                        "sandbox": result.sandbox, "status": "accepted", "events": [send_event], "event_count": 1,
-                        "error": null, "created_at": now, "updated_at": now,
-                    })),
-                })
+            .map(|m| MessageRecord {
+                id: store::record_key(&self.ctx.action_id, &m.message_id),
+                sentdm_message_id: m.message_id.clone(),
+                action_id: self.ctx.action_id.clone(),
+                agent_id: Some(self.ctx.agent_id.clone()),
+                broadcast_id: Some(result.broadcast_id.clone()),
+                to: Some(m.to.clone()),
+                channel: m.channel.clone(),
+                template_id: template.id.clone(),
+                template_name: template.name.clone(),
+                parameters: Some(template.parameters.clone()),
+                idempotency_key: plan.idempotency_key.clone(),
+                profile_id: plan.sent_as_profile.clone(),
+                sandbox: Some(result.sandbox),
+                status: Some(MessageStatus::Accepted),
+                events: vec![send.clone()],
+                event_count: Some(1),
+                created_at: Some(now.clone()),
+                updated_at: Some(now.clone()),
+                ..MessageRecord::default()
             })
             .collect();
-        let accepted = self.broadcast_event(result, channels, template);
+        let accepted = self.broadcast_event(result, plan);
         match self
             .store
-            .persist_send(&broadcast, &records, Some(&accepted))
+            .persist_send(&broadcast, &records, limit, Some(&accepted))
             .await
         {
             Ok(()) => {
@@ -783,7 +694,7 @@ impl SentDmBroadcast {
     }
 
     /// Configured? Reachable? Webhook registered and verifiable?
-    pub async fn healthcheck(&self) -> Health {
+    pub async fn healthcheck(&self) -> SentDmHealth {
         let (reachable, reachable_error, channels) = match &self.client {
             None => (false, Some("not configured".to_owned()), None),
             Some(c) => match c.me().await {
@@ -806,7 +717,7 @@ impl SentDmBroadcast {
         health
     }
 
-    fn local_health(&self) -> Health {
+    fn local_health(&self) -> SentDmHealth {
         let verifier = self
             .verifier
             .read()
@@ -817,14 +728,14 @@ impl SentDmBroadcast {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Health {
+        SentDmHealth {
             configured: self.client.is_some(),
             reachable: false,
             reachable_error: None,
             channels: None,
             webhook_registered: verifier.is_some(),
             signing_secret_on_record: verifier.is_some(),
-            webhook_url: self.webhook_url_redacted(),
+            webhook_url: webhook::webhook_url_redacted(self),
             last_reconcile: last,
             counters: self.counters.snapshot(),
         }
@@ -834,12 +745,12 @@ impl SentDmBroadcast {
     pub async fn list_records(
         &self,
         filter: &RecordFilter,
-    ) -> Result<(Vec<Record>, u64), SentDmError> {
+    ) -> Result<(Vec<MessageRecord>, u64), SentDmError> {
         Ok(self.store.list_records(filter).await?)
     }
 
     /// One record.
-    pub async fn get_record(&self, record_id: &str) -> Result<Record, SentDmError> {
+    pub async fn get_record(&self, record_id: &str) -> Result<MessageRecord, SentDmError> {
         self.store
             .get_record(record_id)
             .await?
@@ -859,7 +770,7 @@ impl SentDmBroadcast {
 
     /// Read the message from SentDM and fold it in as a `refresh` event (recovers
     /// records whose webhooks were lost).
-    pub async fn refresh_record(&self, record_id: &str) -> Result<Record, SentDmError> {
+    pub async fn refresh_record(&self, record_id: &str) -> Result<MessageRecord, SentDmError> {
         let record = self.get_record(record_id).await?;
         if record.sandbox == Some(true) {
             return Err(SentDmError::invalid(
@@ -919,18 +830,24 @@ impl SentDmBroadcast {
         event_id: Option<&str>,
         create: bool,
     ) -> store::FoldEvent {
-        let error = e
-            .reason_code
-            .as_ref()
-            .or(e.reason.as_ref())
-            .map(|_| json!({"code": e.reason_code, "reason": e.reason}));
-        let entry = without_nulls(json!({
-            "source": source, "sub_type": e.sub_type, "status": e.raw_status, "occurred_at": e.occurred_at,
-            "received_at": now_rfc3339(), "event_id": event_id, "reason_code": e.reason_code, "reason": e.reason,
-        }));
+        let error = (e.reason_code.is_some() || e.reason.is_some()).then(|| RecordError {
+            code: e.reason_code.clone(),
+            reason: e.reason.clone(),
+        });
+        let entry = LogEntry {
+            source: source.to_owned(),
+            status: e.raw_status,
+            sub_type: e.sub_type,
+            occurred_at: e.occurred_at.clone(),
+            received_at: Some(now_rfc3339()),
+            event_id: event_id.map(str::to_owned),
+            reason_code: e.reason_code,
+            reason: e.reason,
+            broadcast_id: None,
+        };
         let rid = store::record_key(&self.ctx.action_id, &e.message_id);
         // Written by the fold only if this event changes the status (same transaction).
-        let outbox = e.status.as_deref().and_then(events::message_event_type).map(|event_type| {
+        let outbox = e.status.as_ref().and_then(events::message_event_type).map(|event_type| {
             self.ctx
                 .events
                 .event(
@@ -940,7 +857,7 @@ impl SentDmBroadcast {
                     without_nulls(json!({
                         "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id, "record_id": rid,
                         "sentdm_message_id": e.message_id, "to": e.to, "channel": e.channel,
-                        "status": e.status, "occurred_at": e.occurred_at, "source": source,
+                        "status": e.status.as_ref().map(MessageStatus::lowercase), "occurred_at": e.occurred_at, "source": source,
                         "error": if event_type == "sentdm.message.failed" { error.clone() } else { None },
                     })),
                 )
@@ -1045,6 +962,7 @@ impl Action for SentDmBroadcast {
                 agent_id: ctx.agent_id.clone(),
                 limit: config.record_event_history_limit as usize,
             },
+            config.fold_writer_count(),
         );
         Ok(Self {
             ctx,
@@ -1061,11 +979,11 @@ impl Action for SentDmBroadcast {
     }
 
     async fn on_register(&self) -> Result<(), ActionError> {
-        self.load_verifier().await;
+        webhook::load_verifier(self).await;
         if self.client.is_none() {
             tracing::warn!(action.id = %self.ctx.action_id, "SentDM action loaded without an API key: set SENTDM_API_KEY");
         }
-        self.spawn_sweeper();
+        webhook::spawn_sweeper(self);
         let report = self.reconcile_webhook_endpoint().await;
         if report.outcome == "failed" {
             return Err(ActionError::new(format!(
@@ -1078,7 +996,7 @@ impl Action for SentDmBroadcast {
 
     async fn on_deregister(&self) -> Result<(), ActionError> {
         self.stop.cancel();
-        self.remove_webhook()
+        webhook::remove_webhook(self)
             .await
             .map_err(|e| ActionError::new(format!("webhook removal: {e}")))
     }
@@ -1105,18 +1023,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phone_numbers() {
-        assert!(valid_e164("+14155551234"));
-        assert!(valid_e164("+4915112345678"));
-        assert!(!valid_e164("14155551234"));
-        assert!(!valid_e164("+0123456789"));
-        assert!(!valid_e164("+141555"));
-        assert!(valid_e164("+1415555"));
-        assert!(!valid_e164("+1234567890123456"));
-        assert!(!valid_e164("+1 415 555 1234"));
-    }
-
-    #[test]
     fn the_documented_phone_pattern_is_the_check() {
         let schema = json!({"type": "string", "pattern": E164_PATTERN});
         let documented = jsonschema::validator_for(&schema).expect("the pattern compiles");
@@ -1133,7 +1039,7 @@ mod tests {
             "+١٤١٥٥٥٥١٢٣٤",
             "",
         ] {
-            assert_eq!(documented.is_valid(&json!(n)), valid_e164(n), "`{n}`");
+            assert_eq!(documented.is_valid(&json!(n)), plan::valid_e164(n), "`{n}`");
         }
     }
 

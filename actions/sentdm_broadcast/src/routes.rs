@@ -12,13 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::store::{BroadcastSummary, Record, RecordFilter};
+use crate::record::MessageRecord;
+use crate::store::{BroadcastSummary, RecordFilter};
 use crate::webhook::webhook_scope;
 use crate::{
-    BroadcastRequest, BroadcastResult, Health, ReconcileReport, SentDmBroadcast, SentDmError,
+    BroadcastRequest, BroadcastResult, ReconcileReport, SentDmBroadcast, SentDmError, SentDmHealth,
     WebhookAck, WebhookRejection,
 };
-use sentdm_client::model::{Message, MessageActivities, Page, Template};
+use sentdm_client::model::{Message, MessageActivities, MessageStatus, Page, Template};
 
 const TAG: &str = "SentDM";
 
@@ -204,8 +205,8 @@ async fn list_templates(
 
 /// Health: configured, SentDM reachable, account channels, webhook registered.
 #[utoipa::path(get, path = "/sentdm/status", tag = TAG,
-    responses((status = 200, description = "Whether SentDM can be used; never fails because SentDM is down", body = Health)))]
-async fn status(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<Health> {
+    responses((status = 200, description = "Whether SentDM can be used; never fails because SentDM is down", body = SentDmHealth)))]
+async fn status(ActionRef(action): ActionRef<SentDmBroadcast>) -> Json<SentDmHealth> {
     Json(action.healthcheck().await)
 }
 
@@ -278,7 +279,12 @@ pub struct RecordParams {
 fn status_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(crate::inbound::KNOWN_STATUSES.iter().copied()))
+        .enum_values(Some(
+            MessageStatus::ALL
+                .iter()
+                .filter(|s| s.is_ranked())
+                .map(MessageStatus::lowercase),
+        ))
         .description(Some("Current status, e.g. `delivered`."))
         .build()
 }
@@ -288,7 +294,7 @@ fn status_schema() -> utoipa::openapi::Object {
 #[schema(as = SentDmRecordPage)]
 pub struct RecordPage {
     /// Records, newest first.
-    pub items: Vec<Record>,
+    pub items: Vec<MessageRecord>,
     /// This page.
     pub page: u32,
     /// Its size.
@@ -308,16 +314,18 @@ async fn list_records(
     Query(q): Query<RecordParams>,
 ) -> ApiResult<Json<RecordPage>> {
     let paging = paging(q.page, q.page_size)?;
-    if let Some(s) = &q.status
-        && !crate::inbound::KNOWN_STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid_param(
-            "status",
-            format!("unknown status `{s}`"),
-        ));
-    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(word) => Some(
+            MessageStatus::from_lowercase(word)
+                .filter(MessageStatus::is_ranked)
+                .ok_or_else(|| {
+                    ApiError::invalid_param("status", format!("unknown status `{word}`"))
+                })?,
+        ),
+    };
     let filter = RecordFilter {
-        status: q.status,
+        status,
         to: q.to,
         sentdm_message_id: q.sentdm_message_id,
         broadcast_id: q.broadcast_id,
@@ -336,13 +344,13 @@ async fn list_records(
 #[utoipa::path(get, path = "/sentdm/broadcasts/{record_id}", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
     responses(
-        (status = 200, body = Record),
+        (status = 200, body = MessageRecord),
         (status = 404, description = "No such action, or no such record of this action", body = ErrorBody),
     ))]
 async fn get_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
-) -> ApiResult<Json<Record>> {
+) -> ApiResult<Json<MessageRecord>> {
     Ok(Json(action.get_record(&ids.1).await?))
 }
 
@@ -350,7 +358,7 @@ async fn get_record(
 #[utoipa::path(post, path = "/sentdm/broadcasts/{record_id}/refresh", tag = TAG,
     params(("record_id" = String, Path, description = "Record id")),
     responses(
-        (status = 200, description = "The record after the refresh", body = Record),
+        (status = 200, description = "The record after the refresh", body = MessageRecord),
         (status = 404, description = "No such action or record, or SentDM knows no such message", body = ErrorBody),
         (status = 422, description = "A sandbox record (SentDM keeps no such message)", body = ErrorBody),
         (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
@@ -360,7 +368,7 @@ async fn get_record(
 async fn refresh_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
     Path(ids): Path<(String, String)>,
-) -> ApiResult<Json<Record>> {
+) -> ApiResult<Json<MessageRecord>> {
     Ok(Json(action.refresh_record(&ids.1).await?))
 }
 

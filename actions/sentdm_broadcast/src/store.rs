@@ -7,6 +7,7 @@
 //! transaction ([`apply_batch`]), then answers each caller.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use graphagent::graph::{Graph, GraphError};
@@ -18,6 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::inbound;
+use crate::record::{LogEntry, MessageRecord, RECORD_PROJECTION, RecordError, ReplyRecord};
+use sentdm_client::model::MessageStatus;
 
 /// Schema of the action's tables and the status fold.
 pub const SCHEMA: &str = include_str!("schema.surql");
@@ -60,16 +63,16 @@ pub struct FoldEvent {
     pub message_id: String,
     /// Create a minimal record when there is none (webhooks; not refreshes).
     pub create_if_missing: bool,
-    /// Known lowercase status, or `None` (logged, no status change).
-    pub status: Option<String>,
+    /// A status the fold ranks, or `None` (logged, no status change).
+    pub status: Option<MessageStatus>,
     /// When it happened, unix ms (for the rule's "later").
     pub t_ms: Option<i64>,
     /// When it happened, as SentDM wrote it.
     pub occurred_at: Option<String>,
-    /// `{code, reason}` kept when a failure becomes the status.
-    pub error: Option<Value>,
+    /// Kept when a failure becomes the status.
+    pub error: Option<RecordError>,
     /// The audit log entry.
-    pub entry: Value,
+    pub entry: LogEntry,
     /// Kept as `last_event_payload`.
     pub payload: Value,
     pub to: Option<String>,
@@ -114,10 +117,15 @@ pub struct FoldWriter {
 }
 
 impl FoldWriter {
-    /// Start the writer tasks on `graph`; `publisher` is woken after a batch that wrote
-    /// outbound events.
-    pub fn spawn(graph: Graph, publisher: EventPublisher, scope: FoldScope) -> Self {
-        let shards = (0..writer_shards())
+    /// Start `writers` writer tasks (at least one) on `graph`; `publisher` is woken
+    /// after a batch that wrote outbound events.
+    pub fn spawn(
+        graph: Graph,
+        publisher: EventPublisher,
+        scope: FoldScope,
+        writers: usize,
+    ) -> Self {
+        let shards = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<(FoldEvent, Reply)>(MAX_BATCH * 8);
                 tokio::spawn(run_writer(
@@ -132,6 +140,11 @@ impl FoldWriter {
         Self { shards }
     }
 
+    /// How many writer tasks run.
+    pub fn writers(&self) -> usize {
+        self.shards.len()
+    }
+
     /// Apply one event; resolves after the commit of the batch it went into.
     pub async fn apply(&self, event: FoldEvent) -> Result<FoldOutcome, GraphError> {
         let (reply, wait) = oneshot::channel();
@@ -142,16 +155,6 @@ impl FoldWriter {
             .map_err(|_| writer_gone())?;
         wait.await.map_err(|_| writer_gone())?
     }
-}
-
-/// Writers per action: one per core (at least 1), so batches of different records
-/// commit in parallel; `GRAPHAGENT_SENTDM_FOLD_WRITERS` overrides.
-fn writer_shards() -> usize {
-    std::env::var("GRAPHAGENT_SENTDM_FOLD_WRITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, 64)
 }
 
 /// FNV-1a: cheap and stable, for picking a shard.
@@ -235,7 +238,7 @@ const FOLD_SIBLINGS: &str = "SELECT VALUE sentdm_message_id FROM sentdm_message
 /// Records created by this batch (events for messages we have no record of yet).
 const FOLD_CREATE: &str = "
     INSERT INTO sentdm_message $created.map(|$r| object::extend($r, { created_at: time::now(), updated_at: time::now() })) RETURN NONE;
-    INSERT RELATION INTO tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
+    INSERT RELATION INTO sentdm_tracks $created.map(|$r| { in: type::record('action', $action), out: type::record('sentdm_message', $r.id) }) RETURN NONE;";
 
 /// Existing records whose status changes. The log, keys and count are appended by the
 /// database, the status is the rule's. Plain `SET`s of precomputed values: every
@@ -274,10 +277,85 @@ const FOLD_FILL: &str = "
         UPDATE type::record('sentdm_message', $r.id) SET to = $r.to ?? to, channel = $r.channel ?? channel RETURN NONE;
     };";
 
+/// Every write of a batch, one fixed statement over [`FoldWrites`]: a `FOR` over an
+/// empty list does nothing, and the two that would still cost (the insert, and the
+/// outbox's subscription read) run only when they have rows.
+static FOLD_WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "LET $now = time::now();
+        IF array::len($created) > 0 {{ {FOLD_CREATE} }};
+        {FOLD_ADVANCE}{FOLD_APPEND}{FOLD_FILL}{FOLD_TRIM}
+        IF array::len($outbox) > 0 {{ {INSERT_OUTBOX} }};"
+    )
+});
+
+/// What [`FOLD_WRITE`] binds.
+#[derive(Serialize)]
+struct FoldWrites<'a> {
+    /// [`CreatedRow`]s, nulls dropped.
+    created: Vec<Value>,
+    advanced: Vec<AdvanceRow<'a>>,
+    appended: Vec<AppendRow<'a>>,
+    filled: Vec<FillRow<'a>>,
+    trimmed: Vec<&'a str>,
+    outbox: Vec<&'a Value>,
+    limit: usize,
+    keys_kept: usize,
+    action: &'a str,
+}
+
+impl FoldWrites<'_> {
+    fn is_empty(&self) -> bool {
+        self.created.is_empty()
+            && self.advanced.is_empty()
+            && self.appended.is_empty()
+            && self.filled.is_empty()
+            && self.trimmed.is_empty()
+            && self.outbox.is_empty()
+    }
+}
+
+/// What a batch appends to an existing record.
+#[derive(Serialize)]
+struct AppendRow<'a> {
+    id: &'a str,
+    entries: &'a [&'a LogEntry],
+    keys: &'a [&'a str],
+    n: usize,
+    payload: &'a Value,
+}
+
+/// An append whose status moved. An absent field is written as NONE (the error of a
+/// record that recovers from a failure goes away).
+#[derive(Serialize)]
+struct AdvanceRow<'a> {
+    #[serde(flatten)]
+    append: AppendRow<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_status_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RecordError>,
+}
+
+/// A recipient or channel learnt for a record that lacked it.
+#[derive(Serialize)]
+struct FillRow<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+}
+
 #[derive(Deserialize)]
 struct Current {
     rid: String,
-    status: Option<String>,
+    /// Stored lowercase; read in any case, an unknown word ranks as nothing known.
+    status: Option<MessageStatus>,
     status_at_ms: Option<i64>,
     /// Absent on records written before this field (and on send records).
     event_keys: Option<Vec<String>>,
@@ -291,16 +369,25 @@ struct Current {
     keyed: usize,
 }
 
+/// A record the fold creates: the record, and what only the fold reads back.
+#[derive(Serialize)]
+struct CreatedRow<'a> {
+    #[serde(flatten)]
+    record: MessageRecord,
+    status_at_ms: Option<i64>,
+    event_keys: Vec<&'a str>,
+}
+
 /// A record as the batch leaves it.
 struct Folded<'a> {
     /// Not in the graph before this batch.
     created: bool,
-    status: Option<String>,
+    status: Option<MessageStatus>,
     status_at_ms: Option<i64>,
     /// The status moved (so the status fields are written).
     advanced: bool,
     last_status_at: Option<&'a str>,
-    error: Option<&'a Value>,
+    error: Option<&'a RecordError>,
     /// Recipient and channel: known on the record, or learnt from this batch's events.
     to: Option<&'a str>,
     channel: Option<&'a str>,
@@ -312,7 +399,7 @@ struct Folded<'a> {
     keyed: usize,
     known_keys: HashSet<&'a str>,
     keys: Vec<&'a str>,
-    entries: Vec<&'a Value>,
+    entries: Vec<&'a LogEntry>,
     first: &'a FoldEvent,
     last: &'a FoldEvent,
 }
@@ -360,16 +447,16 @@ impl<'a> Folded<'a> {
             self.fill = true;
         }
         let changed = inbound::advances(
-            self.status.as_deref(),
+            self.status.as_ref(),
             self.status_at_ms,
-            e.status.as_deref(),
+            e.status.as_ref(),
             e.t_ms,
         );
         if changed {
             self.status = e.status.clone();
             self.status_at_ms = e.t_ms;
             self.last_status_at = e.occurred_at.as_deref();
-            self.error = if inbound::status_rank(e.status.as_deref()) < 0 {
+            self.error = if e.status.as_ref().is_some_and(MessageStatus::is_failure) {
                 e.error.as_ref()
             } else {
                 None
@@ -379,37 +466,62 @@ impl<'a> Folded<'a> {
         changed
     }
 
-    /// A whole new record.
+    /// A whole new record, with the fold's bookkeeping beside it.
     fn created_row(&self, scope: &FoldScope) -> Value {
         let e = self.last;
         let skip = self.entries.len().saturating_sub(scope.limit);
         let skip_keys = self.keys.len().saturating_sub(scope.keys_kept());
-        without_nulls(json!({
-            "id": e.rid, "action_id": scope.action_id, "agent_id": scope.agent_id,
-            "sentdm_message_id": e.message_id, "to": self.to, "channel": self.channel,
-            "template_id": self.first.template_id, "template_name": self.first.template_name,
-            "events": &self.entries[skip..], "event_keys": &self.keys[skip_keys..],
-            "event_count": self.entries.len(),
-            "status": self.status, "status_at_ms": self.status_at_ms,
-            "last_status_at": self.last_status_at, "error": self.error,
-            "last_event_field": "message", "last_event_payload": e.payload, "minimal": true,
-        }))
+        let row = CreatedRow {
+            record: MessageRecord {
+                id: e.rid.clone(),
+                sentdm_message_id: e.message_id.clone(),
+                action_id: scope.action_id.clone(),
+                agent_id: Some(scope.agent_id.clone()),
+                to: self.to.map(str::to_owned),
+                channel: self.channel.map(str::to_owned),
+                template_id: self.first.template_id.clone(),
+                template_name: self.first.template_name.clone(),
+                status: self.status.clone(),
+                last_status_at: self.last_status_at.map(str::to_owned),
+                error: self.error.cloned(),
+                events: self.entries.iter().skip(skip).map(|&e| e.clone()).collect(),
+                event_count: Some(self.entries.len() as u64),
+                last_event_field: Some("message".into()),
+                last_event_payload: Some(e.payload.clone()),
+                minimal: Some(true),
+                ..MessageRecord::default()
+            },
+            status_at_ms: self.status_at_ms,
+            event_keys: self.keys.iter().skip(skip_keys).copied().collect(),
+        };
+        without_nulls(serde_json::to_value(row).unwrap_or(Value::Null))
     }
 
-    /// What to append to an existing record (and its new status, if it moved).
-    fn update_row(&self) -> Value {
-        let e = self.last;
-        let mut row = json!({
-            "id": e.rid, "entries": self.entries, "keys": self.keys, "n": self.entries.len(),
-            "payload": e.payload,
-        });
-        if self.advanced {
-            row["status"] = json!(self.status);
-            row["status_at_ms"] = json!(self.status_at_ms);
-            row["last_status_at"] = json!(self.last_status_at);
-            row["error"] = json!(self.error);
+    /// The status as the graph keeps it: lowercase.
+    fn stored_status(&self) -> Option<&str> {
+        self.status.as_ref().map(MessageStatus::lowercase)
+    }
+
+    /// What to append to an existing record.
+    fn append_row(&self) -> AppendRow<'_> {
+        AppendRow {
+            id: &self.last.rid,
+            entries: &self.entries,
+            keys: &self.keys,
+            n: self.entries.len(),
+            payload: &self.last.payload,
         }
-        without_nulls(row)
+    }
+
+    /// The append with the record's new status.
+    fn advance_row(&self) -> AdvanceRow<'_> {
+        AdvanceRow {
+            append: self.append_row(),
+            status: self.stored_status(),
+            status_at_ms: self.status_at_ms,
+            last_status_at: self.last_status_at,
+            error: self.error,
+        }
     }
 }
 
@@ -510,63 +622,55 @@ async fn fold_in(
         outcomes.push(FoldOutcome {
             outcome: if duplicate { "duplicate" } else { "received" }.into(),
             record: Some(e.rid.clone()),
-            status: record.status.clone(),
+            status: record.stored_status().map(str::to_owned),
             changed,
             reason: None,
         });
     }
 
-    let (mut created, mut advanced, mut appended, mut filled, mut trimmed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut writes = FoldWrites {
+        created: Vec::new(),
+        advanced: Vec::new(),
+        appended: Vec::new(),
+        filled: Vec::new(),
+        trimmed: Vec::new(),
+        outbox,
+        limit: scope.limit,
+        keys_kept: scope.keys_kept(),
+        action: &scope.action_id,
+    };
     for record in rids.iter().filter_map(|rid| records.get(rid)) {
         if record.entries.is_empty() {
             continue; // only duplicates: nothing to write
         }
         if record.created {
-            created.push(record.created_row(scope));
+            writes.created.push(record.created_row(scope));
             continue;
         }
         if record.logged + record.entries.len() > scope.limit
             || record.keyed + record.keys.len() > scope.keys_kept()
         {
-            trimmed.push(record.last.rid.as_str());
+            writes.trimmed.push(record.last.rid.as_str());
         }
         if record.fill {
-            filled.push(without_nulls(
-                json!({ "id": record.last.rid, "to": record.to, "channel": record.channel }),
-            ));
+            writes.filled.push(FillRow {
+                id: &record.last.rid,
+                to: record.to,
+                channel: record.channel,
+            });
         }
         if record.advanced {
-            advanced.push(record.update_row());
+            writes.advanced.push(record.advance_row());
         } else {
-            appended.push(record.update_row());
+            writes.appended.push(record.append_row());
         }
     }
-    let mut sql = String::new();
-    for (rows, statement) in [
-        (&created, FOLD_CREATE),
-        (&advanced, FOLD_ADVANCE),
-        (&appended, FOLD_APPEND),
-        (&filled, FOLD_FILL),
-    ] {
-        if !rows.is_empty() {
-            sql.push_str(statement);
-        }
-    }
-    if !trimmed.is_empty() {
-        sql.push_str(FOLD_TRIM);
-    }
-    if !outbox.is_empty() {
-        sql.push_str(INSERT_OUTBOX);
-    }
-    if !sql.is_empty() {
-        let vars = json!({
-            "created": created, "advanced": advanced, "appended": appended, "filled": filled,
-            "trimmed": trimmed, "outbox": outbox, "limit": scope.limit,
-            "keys_kept": scope.keys_kept(), "action": scope.action_id,
-        });
-        txn.query(&format!("LET $now = time::now();{sql}"), vars)
-            .await?;
+    if !writes.is_empty() {
+        let vars = serde_json::to_value(&writes).map_err(|e| GraphError {
+            kind: graphagent::graph::GraphErrorKind::Decode,
+            message: format!("fold rows: {e}"),
+        })?;
+        txn.query(&FOLD_WRITE, vars).await?;
     }
     Ok(outcomes)
 }
@@ -597,78 +701,6 @@ pub fn digest(parts: &[&[u8]]) -> String {
 /// Key of the record for (action, SentDM message id).
 pub fn record_key(action_id: &str, message_id: &str) -> String {
     format!("{action_id}_{message_id}")
-}
-
-/// One record as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = SentDmRecord)]
-pub struct Record {
-    /// Record id.
-    #[schema(example = "act_0c9d2e7f1b3a4c5d6e7f_8ba7b830-9dad-11d1-80b4-00c04fd430c8")]
-    pub id: String,
-    /// SentDM message id.
-    pub sentdm_message_id: String,
-    /// Owning action.
-    pub action_id: String,
-    /// Owning agent.
-    pub agent_id: Option<String>,
-    /// Broadcast it belongs to (absent for records created from an unknown webhook).
-    #[serde(default)]
-    pub broadcast_id: Option<String>,
-    /// Recipient (E.164).
-    pub to: Option<String>,
-    /// Channel.
-    pub channel: Option<String>,
-    /// Template id.
-    #[serde(default)]
-    pub template_id: Option<String>,
-    /// Template name.
-    #[serde(default)]
-    pub template_name: Option<String>,
-    /// Template parameters.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    /// Idempotency key of the send request it came from.
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-    /// SentDM profile it was sent as.
-    #[serde(default)]
-    pub profile_id: Option<String>,
-    /// Sent in sandbox mode.
-    #[serde(default)]
-    pub sandbox: Option<bool>,
-    /// Current status: accepted, queued, routed, sent, delivered, read, failed, blocked,
-    /// filtered, cancelled (never goes backwards).
-    pub status: Option<String>,
-    /// When the current status happened (SentDM's time).
-    #[serde(default)]
-    pub last_status_at: Option<String>,
-    /// `{code, reason}` of a failure.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub error: Option<Value>,
-    /// Bounded audit log, oldest first.
-    #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<Value>,
-    /// Events ever applied (the log may have dropped old ones).
-    #[serde(default)]
-    pub event_count: Option<u64>,
-    /// `field` of the last event.
-    #[serde(default)]
-    pub last_event_field: Option<String>,
-    /// Payload of the last event.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub last_event_payload: Option<Value>,
-    /// Created from a webhook before (or without) our own send record.
-    #[serde(default)]
-    pub minimal: Option<bool>,
-    /// When the record was created.
-    pub created_at: Option<String>,
-    /// Last change.
-    pub updated_at: Option<String>,
 }
 
 /// A broadcast (one `send_broadcast` call) as the API shows it.
@@ -718,12 +750,80 @@ pub struct BroadcastSummary {
     pub funnel: std::collections::BTreeMap<String, u64>,
 }
 
-const RECORD_FIELDS: &str = "record::id(id) AS id, sentdm_message_id, action_id, agent_id, broadcast_id, to, channel, template_id, template_name, parameters, idempotency_key, profile_id, sandbox, status, last_status_at, error, events, event_count, last_event_field, last_event_payload, minimal, created_at, updated_at";
+/// The broadcast node of a send, its edge, and (the first time) its outbound event.
+static PERSIST_BROADCAST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "BEGIN;
+         IF $outbox != NONE AND !record::exists(type::record('sentdm_broadcast', $b.id)) {{
+            {INSERT_OUTBOX}
+         }};
+         UPSERT type::record('sentdm_broadcast', $b.id) MERGE $b.fields;
+         UPDATE type::record('sentdm_broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
+         INSERT RELATION INTO sentdm_sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('sentdm_broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
+         COMMIT;"
+    )
+});
+
+/// An inbound reply, once: linked to the action and the record it answers, with its
+/// outbound event; returns whether it was new.
+static STORE_REPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "BEGIN;
+         LET $node = type::record('sentdm_inbound', $key);
+         LET $fresh = !record::exists($node);
+         IF $fresh {{
+            CREATE $node CONTENT $reply;
+            RELATE (type::record('action', $action))->sentdm_received->$node;
+            IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
+                RELATE $node->sentdm_replies_to->(type::record('sentdm_message', $answers));
+            }};
+            {INSERT_OUTBOX}
+         }};
+         RETURN $fresh;
+         COMMIT;"
+    )
+});
+
+/// One record of this action.
+static GET_RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM type::record('sentdm_message', $key) WHERE action_id = $action;",
+        *RECORD_PROJECTION
+    )
+});
+
+/// Records stuck in a pending status, oldest change first.
+static STALE_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM sentdm_message WHERE action_id = $action
+           AND (status = NONE OR status IN $pending)
+           AND (sandbox = NONE OR sandbox = false)
+           AND updated_at < time::now() - type::duration($age)
+         ORDER BY updated_at ASC LIMIT $limit;",
+        *RECORD_PROJECTION
+    )
+});
+
+/// The filter of [`LIST_RECORDS`]: each optional filter matches anything when unbound.
+const RECORD_FILTER: &str = "action_id = $action
+    AND ($status = NONE OR status = $status)
+    AND ($to = NONE OR to = $to)
+    AND ($sentdm_message_id = NONE OR sentdm_message_id = $sentdm_message_id)
+    AND ($broadcast_id = NONE OR broadcast_id = $broadcast_id)";
+
+/// A page of this action's records, newest first, and how many match.
+static LIST_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM sentdm_message WHERE {RECORD_FILTER} ORDER BY created_at DESC LIMIT $limit START $start;
+         RETURN count(SELECT id FROM sentdm_message WHERE {RECORD_FILTER});",
+        *RECORD_PROJECTION
+    )
+});
 
 /// Filters for listing records.
 #[derive(Debug, Clone)]
 pub struct RecordFilter {
-    pub status: Option<String>,
+    pub status: Option<MessageStatus>,
     pub to: Option<String>,
     pub sentdm_message_id: Option<String>,
     pub broadcast_id: Option<String>,
@@ -769,53 +869,56 @@ impl Store {
     pub async fn persist_send(
         &self,
         broadcast: &Value,
-        records: &[Value],
+        records: &[MessageRecord],
+        limit: u32,
         outbox: Option<&Value>,
     ) -> Result<(), GraphError> {
         self.graph
             .transaction(
-                &format!("BEGIN;
-                 IF $outbox != NONE AND !record::exists(type::record('broadcast', $b.id)) {{
-                    {INSERT_OUTBOX}
-                 }};
-                 UPSERT type::record('broadcast', $b.id) MERGE $b.fields;
-                 UPDATE type::record('broadcast', $b.id) SET created_at = $b.created_at WHERE created_at = NONE;
-                 INSERT RELATION INTO sent {{ id: [$b.action_id, $b.id], in: type::record('action', $b.action_id), out: type::record('broadcast', $b.id) }} ON DUPLICATE KEY UPDATE at = time::now();
-                 COMMIT;"),
+                &PERSIST_BROADCAST,
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
             .await?;
         for chunk in records.chunks(PERSIST_BATCH) {
+            let rows: Vec<Value> = chunk
+                .iter()
+                .map(|r| serde_json::to_value(r).map(without_nulls))
+                .collect::<Result<_, _>>()
+                .map_err(|e| GraphError {
+                    kind: graphagent::graph::GraphErrorKind::Decode,
+                    message: format!("record: {e}"),
+                })?;
+            // A record's first log entry is its send.
             self.graph
                 .transaction(
                     "FOR $r IN $records {
-                        LET $rec = type::record('sentdm_message', $r.key);
+                        LET $rec = type::record('sentdm_message', $r.id);
                         IF !record::exists($rec) {
-                            CREATE $rec CONTENT $r.fields;
-                            RELATE (type::record('action', $r.fields.action_id))->tracks->$rec;
-                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
-                        } ELSE IF $rec.broadcast_id != $r.fields.broadcast_id {
-                            UPDATE $rec SET broadcast_id = $r.fields.broadcast_id, template_id = $r.fields.template_id,
-                                template_name = $r.fields.template_name, parameters = $r.fields.parameters,
-                                idempotency_key = $r.fields.idempotency_key, profile_id = $r.fields.profile_id,
-                                sandbox = $r.fields.sandbox, to = $r.fields.to ?? to, channel = $r.fields.channel ?? channel,
-                                events = array::slice(array::prepend(events ?? [], $r.send_event), -$r.limit),
+                            INSERT INTO sentdm_message $r RETURN NONE;
+                            RELATE (type::record('action', $r.action_id))->sentdm_tracks->$rec;
+                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
+                        } ELSE IF $rec.broadcast_id != $r.broadcast_id {
+                            UPDATE $rec SET broadcast_id = $r.broadcast_id, template_id = $r.template_id,
+                                template_name = $r.template_name, parameters = $r.parameters,
+                                idempotency_key = $r.idempotency_key, profile_id = $r.profile_id,
+                                sandbox = $r.sandbox, to = $r.to ?? to, channel = $r.channel ?? channel,
+                                events = array::slice(array::prepend(events ?? [], $r.events[0]), -$limit),
                                 event_count = (event_count ?? 0) + 1, minimal = false,
-                                status = status ?? 'accepted', updated_at = time::now();
-                            RELATE (type::record('broadcast', $r.fields.broadcast_id))->includes->$rec;
+                                status = status ?? $r.status, updated_at = time::now();
+                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
                         };
                     };",
-                    json!({ "records": chunk }),
+                    json!({ "records": rows, "limit": limit }),
                 )
                 .await?;
         }
         Ok(())
     }
 
-    pub async fn get_record(&self, key: &str) -> Result<Option<Record>, GraphError> {
+    pub async fn get_record(&self, key: &str) -> Result<Option<MessageRecord>, GraphError> {
         self.graph
             .query_opt(
-                &format!("SELECT {RECORD_FIELDS} FROM type::record('sentdm_message', $key) WHERE action_id = $action;"),
+                &GET_RECORD,
                 json!({"key": key, "action": self.action_id}),
                 0,
             )
@@ -823,30 +926,19 @@ impl Store {
     }
 
     /// Records of this action, newest first, with the total matching.
-    pub async fn list_records(&self, f: &RecordFilter) -> Result<(Vec<Record>, u64), GraphError> {
-        let mut cond = String::from("action_id = $action");
-        for (field, present) in [
-            ("status", f.status.is_some()),
-            ("to", f.to.is_some()),
-            ("sentdm_message_id", f.sentdm_message_id.is_some()),
-            ("broadcast_id", f.broadcast_id.is_some()),
-        ] {
-            if present {
-                cond.push_str(&format!(" AND {field} = ${field}"));
-            }
-        }
-        let sql = format!(
-            "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE {cond} ORDER BY created_at DESC LIMIT $limit START $start;
-             RETURN count(SELECT id FROM sentdm_message WHERE {cond});"
-        );
-        let vars = json!({
-            "action": self.action_id, "status": f.status, "to": f.to,
-            "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
+    pub async fn list_records(
+        &self,
+        f: &RecordFilter,
+    ) -> Result<(Vec<MessageRecord>, u64), GraphError> {
+        // Unset filters stay unbound (NONE), which the statement reads as "any".
+        let vars = without_nulls(json!({
+            "action": self.action_id, "status": f.status.as_ref().map(MessageStatus::lowercase),
+            "to": f.to, "sentdm_message_id": f.sentdm_message_id, "broadcast_id": f.broadcast_id,
             "limit": f.paging.page_size, "start": f.paging.offset(),
-        });
-        let mut out = self.graph.query(&sql, vars).await?;
-        let total = out.get(1).and_then(Value::as_u64).unwrap_or(0);
-        let rows = graphagent::graph::rows_from(out.swap_remove(0))?;
+        }));
+        let mut out = self.graph.query(&LIST_RECORDS, vars).await?.into_iter();
+        let rows = graphagent::graph::rows_from(out.next().unwrap_or(Value::Null))?;
+        let total = out.next().and_then(|v| v.as_u64()).unwrap_or(0);
         Ok((rows, total))
     }
 
@@ -858,7 +950,7 @@ impl Store {
         let out = self
             .graph
             .query(
-                "SELECT *, record::id(id) AS id FROM type::record('broadcast', $b) WHERE action_id = $action;
+                "SELECT *, record::id(id) AS id FROM type::record('sentdm_broadcast', $b) WHERE action_id = $action;
                  SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status;",
                 json!({"b": broadcast_id, "action": self.action_id}),
             )
@@ -890,17 +982,11 @@ impl Store {
         &self,
         older_than: Duration,
         limit: u32,
-    ) -> Result<Vec<Record>, GraphError> {
+    ) -> Result<Vec<MessageRecord>, GraphError> {
         self.graph
             .query_rows(
-                &format!(
-                    "SELECT {RECORD_FIELDS} FROM sentdm_message WHERE action_id = $action
-                       AND (status = NONE OR status IN ['accepted', 'queued', 'scheduled', 'processed', 'routed', 'sent'])
-                       AND (sandbox = NONE OR sandbox = false)
-                       AND updated_at < time::now() - type::duration($age)
-                     ORDER BY updated_at ASC LIMIT $limit;"
-                ),
-                json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit}),
+                &STALE_RECORDS,
+                json!({"action": self.action_id, "age": format!("{}ms", older_than.as_millis()), "limit": limit, "pending": pending_words()}),
                 0,
             )
             .await
@@ -910,27 +996,14 @@ impl Store {
     pub async fn store_reply(
         &self,
         key: &str,
-        reply: &Value,
-        answers: Option<&str>,
+        reply: &ReplyRecord,
         outbox: &Value,
     ) -> Result<bool, GraphError> {
         let out = self
             .graph
             .transaction(
-                &format!("BEGIN;
-                 LET $node = type::record('sentdm_inbound', $key);
-                 LET $fresh = !record::exists($node);
-                 IF $fresh {{
-                    CREATE $node CONTENT $reply;
-                    RELATE (type::record('action', $action))->received->$node;
-                    IF $answers != NONE AND record::exists(type::record('sentdm_message', $answers)) {{
-                        RELATE $node->replies_to->(type::record('sentdm_message', $answers));
-                    }};
-                    {INSERT_OUTBOX}
-                 }};
-                 RETURN $fresh;
-                 COMMIT;"),
-                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": answers, "outbox": outbox})),
+                &STORE_REPLY,
+                without_nulls(json!({"key": key, "reply": reply, "action": self.action_id, "answers": reply.answers_record, "outbox": outbox})),
             )
             .await?;
         Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
@@ -984,6 +1057,15 @@ impl Store {
             .await
             .map(|_| ())
     }
+}
+
+/// The stored words of the statuses a record waits in for a webhook.
+fn pending_words() -> Vec<&'static str> {
+    MessageStatus::ALL
+        .iter()
+        .filter(|s| s.is_pending())
+        .map(MessageStatus::lowercase)
+        .collect()
 }
 
 /// What the action keeps about its SentDM webhook. The secret is stored because every
@@ -1041,13 +1123,19 @@ mod tests {
             rid: record_key("a", m),
             message_id: m.into(),
             create_if_missing: true,
-            status: status.map(str::to_owned),
+            status: status.map(MessageStatus::parse),
             t_ms: Some(t),
             occurred_at: Some(format!("t{t}")),
-            error: status
-                .filter(|s| *s == "failed")
-                .map(|_| json!({"code": "DELIVERY_007", "reason": "unreachable"})),
-            entry: json!({ "key": key, "status": status }),
+            error: status.filter(|s| *s == "failed").map(|_| RecordError {
+                code: Some("DELIVERY_007".into()),
+                reason: Some("unreachable".into()),
+            }),
+            entry: LogEntry {
+                source: "webhook".into(),
+                status: status.map(str::to_owned),
+                event_id: Some(key.into()),
+                ..LogEntry::default()
+            },
             payload: json!({ "status": status }),
             to: Some("+14155550100".into()),
             channel: Some("sms".into()),
@@ -1107,7 +1195,7 @@ mod tests {
         // Linked to its action; one outbound event per status change, none for the rest.
         let more = g
             .query(
-                "RETURN count(SELECT id FROM tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
+                "RETURN count(SELECT id FROM sentdm_tracks WHERE in = action:a); RETURN count(SELECT id FROM outbox_event); RETURN count(SELECT id FROM sentdm_message);",
                 Value::Null,
             )
             .await
@@ -1178,7 +1266,7 @@ mod tests {
             .as_array()
             .expect("log")
             .iter()
-            .map(|e| e["key"].clone())
+            .map(|e| e["event_id"].clone())
             .collect();
         assert_eq!(keys, vec![json!("k3"), json!("k4"), json!("k5")]);
         assert_eq!(r["event_count"], 6);

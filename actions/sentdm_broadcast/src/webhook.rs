@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::inbound::{self, Parsed};
+use crate::record::ReplyRecord;
 use crate::{SentDmBroadcast, SentDmError, Verifier, now_rfc3339, store};
 use sentdm_client::model::{Webhook, WebhookRequest};
 use sentdm_client::signing::{self, SignedParts, SigningSecret};
@@ -87,478 +88,495 @@ fn origin_and_path(url: &str) -> Option<(String, String)> {
     Some((origin, u.path().trim_end_matches('/').to_owned()))
 }
 
-impl SentDmBroadcast {
-    /// The callback URL with its machine key, or why there is none.
-    fn webhook_url(&self) -> Result<String, String> {
-        let base = self
-            .ctx
-            .host
-            .public_base_url
-            .as_deref()
-            .ok_or("GRAPHAGENT_PUBLIC_BASE_URL is not set")?;
-        let key = self
-            .ctx
-            .keys
-            .derive(&webhook_scope(&self.ctx.action_id))
-            .ok_or("GRAPHAGENT_JWT_SECRET is not set, so no stable webhook key can be issued")?;
-        Ok(format!(
-            "{base}{}?api_key={key}",
-            endpoint_path(&self.ctx.action_id)
-        ))
-    }
+/// The callback URL with its machine key, or why there is none.
+fn webhook_url(action: &SentDmBroadcast) -> Result<String, String> {
+    let base = action
+        .ctx
+        .host
+        .public_base_url
+        .as_deref()
+        .ok_or("GRAPHAGENT_PUBLIC_BASE_URL is not set")?;
+    let key = action
+        .ctx
+        .keys
+        .derive(&webhook_scope(&action.ctx.action_id))
+        .ok_or("GRAPHAGENT_JWT_SECRET is not set, so no stable webhook key can be issued")?;
+    Ok(format!(
+        "{base}{}?api_key={key}",
+        endpoint_path(&action.ctx.action_id)
+    ))
+}
 
-    /// The callback URL with the machine key removed (safe to show).
-    pub(super) fn webhook_url_redacted(&self) -> Option<String> {
-        self.get_webhook_url().ok()
-    }
+/// The callback URL with the machine key removed (safe to show).
+pub(crate) fn webhook_url_redacted(action: &SentDmBroadcast) -> Option<String> {
+    get_webhook_url(action).ok()
+}
 
-    /// The URL SentDM calls (machine key redacted), or why there is none.
-    pub fn get_webhook_url(&self) -> Result<String, String> {
-        self.webhook_url().map(|u| {
-            u.split_once('?')
-                .map_or(u.clone(), |(p, _)| format!("{p}?api_key=***"))
-        })
-    }
+/// The URL SentDM calls (machine key redacted), or why there is none.
+pub(crate) fn get_webhook_url(action: &SentDmBroadcast) -> Result<String, String> {
+    webhook_url(action).map(|u| {
+        u.split_once('?')
+            .map_or(u.clone(), |(p, _)| format!("{p}?api_key=***"))
+    })
+}
 
-    fn desired(&self, url: &str) -> WebhookRequest {
-        WebhookRequest {
-            display_name: self.config.webhook_display_name.clone(),
-            endpoint_url: url.to_owned(),
-            event_types: self.config.webhook_event_types.clone(),
-            event_filters: (!self.config.webhook_event_filters.is_empty())
-                .then(|| self.config.webhook_event_filters.clone()),
-            retry_count: Some(self.config.webhook_retry_count),
-            timeout_seconds: Some(self.config.webhook_timeout_seconds),
-        }
+fn desired(action: &SentDmBroadcast, url: &str) -> WebhookRequest {
+    WebhookRequest {
+        display_name: action.config.webhook_display_name.clone(),
+        endpoint_url: url.to_owned(),
+        event_types: action.config.webhook_event_types.clone(),
+        event_filters: (!action.config.webhook_event_filters.is_empty())
+            .then(|| action.config.webhook_event_filters.clone()),
+        retry_count: Some(action.config.webhook_retry_count),
+        timeout_seconds: Some(action.config.webhook_timeout_seconds),
     }
+}
 
-    pub(super) async fn load_verifier(&self) {
-        match self.store.webhook_state().await {
-            Ok(Some(state)) => match SigningSecret::parse(&state.signing_secret) {
-                Ok(secret) => self.set_verifier(Some(Verifier {
+pub(crate) async fn load_verifier(action: &SentDmBroadcast) {
+    match action.store.webhook_state().await {
+        Ok(Some(state)) => match SigningSecret::parse(&state.signing_secret) {
+            Ok(secret) => set_verifier(
+                action,
+                Some(Verifier {
                     webhook_id: state.webhook_id,
                     secret,
-                })),
-                Err(_) => {
-                    tracing::error!(action.id = %self.ctx.action_id, "the stored SentDM signing secret is malformed; reconcile to repair")
-                }
-            },
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(action.id = %self.ctx.action_id, error = %e, "cannot read the SentDM webhook state")
+                }),
+            ),
+            Err(_) => {
+                tracing::error!(action.id = %action.ctx.action_id, "the stored SentDM signing secret is malformed; reconcile to repair")
             }
+        },
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(action.id = %action.ctx.action_id, error = %e, "cannot read the SentDM webhook state")
         }
     }
+}
 
-    fn set_verifier(&self, v: Option<Verifier>) {
-        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = v;
-    }
+fn set_verifier(action: &SentDmBroadcast, v: Option<Verifier>) {
+    *action.verifier.write().unwrap_or_else(|e| e.into_inner()) = v;
+}
 
-    fn record_reconcile(&self, report: &ReconcileReport) {
-        *self
-            .last_reconcile
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
-    }
+fn record_reconcile(action: &SentDmBroadcast, report: &ReconcileReport) {
+    *action
+        .last_reconcile
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+}
 
-    async fn adopt(
-        &self,
-        webhook_id: &str,
-        secret: &str,
-        report: &mut ReconcileReport,
-    ) -> Result<(), String> {
-        let parsed = SigningSecret::parse(secret)
-            .map_err(|_| "SentDM returned a malformed signing secret".to_owned())?;
-        self.store
-            .save_webhook_state(webhook_id, secret, &endpoint_path(&self.ctx.action_id))
-            .await
-            .map_err(|e| format!("cannot store the signing secret: {e}"))?;
-        self.set_verifier(Some(Verifier {
+async fn adopt(
+    action: &SentDmBroadcast,
+    webhook_id: &str,
+    secret: &str,
+    report: &mut ReconcileReport,
+) -> Result<(), String> {
+    let parsed = SigningSecret::parse(secret)
+        .map_err(|_| "SentDM returned a malformed signing secret".to_owned())?;
+    action
+        .store
+        .save_webhook_state(webhook_id, secret, &endpoint_path(&action.ctx.action_id))
+        .await
+        .map_err(|e| format!("cannot store the signing secret: {e}"))?;
+    set_verifier(
+        action,
+        Some(Verifier {
             webhook_id: webhook_id.to_owned(),
             secret: parsed,
-        }));
-        report.webhook_id = Some(webhook_id.to_owned());
-        Ok(())
-    }
+        }),
+    );
+    report.webhook_id = Some(webhook_id.to_owned());
+    Ok(())
+}
 
-    /// Make SentDM hold exactly one webhook for this action, pointing at our URL with
-    /// our settings, whose signing secret we have. Idempotent: with nothing to change it
-    /// only lists. Never touches webhooks of other actions or other origins.
-    pub async fn reconcile_webhook_endpoint(&self) -> ReconcileReport {
-        let report = self.reconcile_inner().await;
-        match report.outcome.as_str() {
-            "failed" => {
-                tracing::error!(action.id = %self.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile failed")
-            }
-            "skipped" => {
-                tracing::warn!(action.id = %self.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile skipped")
-            }
-            outcome => {
-                tracing::info!(action.id = %self.ctx.action_id, outcome, webhook.id = ?report.webhook_id, deleted = report.deleted.len(), "SentDM webhook reconciled")
-            }
+/// Make SentDM hold exactly one webhook for this action, pointing at our URL with
+/// our settings, whose signing secret we have. Idempotent: with nothing to change it
+/// only lists. Never touches webhooks of other actions or other origins.
+pub(crate) async fn reconcile_webhook_endpoint(action: &SentDmBroadcast) -> ReconcileReport {
+    let report = reconcile_inner(action).await;
+    match report.outcome.as_str() {
+        "failed" => {
+            tracing::error!(action.id = %action.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile failed")
         }
-        self.record_reconcile(&report);
-        self.publish_reconcile(&report).await;
-        report
-    }
-
-    /// `sentdm.webhook.reconciled` / `reconcile_failed` for subscribers (not for skips:
-    /// nothing was attempted).
-    async fn publish_reconcile(&self, report: &ReconcileReport) {
-        let event_type = match report.outcome.as_str() {
-            "skipped" => return,
-            "failed" => "sentdm.webhook.reconcile_failed",
-            _ => "sentdm.webhook.reconciled",
-        };
-        let row = self
-            .ctx
-            .events
-            .event(
-                event_type,
-                &self.ctx.agent_id,
-                &self.ctx.action_id,
-                crate::without_nulls(json!({
-                    "action_id": self.ctx.action_id, "outcome": report.outcome, "reason": report.reason,
-                    "webhook_id": report.webhook_id, "changes": report.changes, "deleted": report.deleted,
-                })),
-            )
-            .into_row();
-        match self.store.emit(&row).await {
-            Ok(()) => self.ctx.events.notify(),
-            Err(e) => {
-                tracing::warn!(action.id = %self.ctx.action_id, error = %e, "could not queue the reconcile event")
-            }
+        "skipped" => {
+            tracing::warn!(action.id = %action.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile skipped")
+        }
+        outcome => {
+            tracing::info!(action.id = %action.ctx.action_id, outcome, webhook.id = ?report.webhook_id, deleted = report.deleted.len(), "SentDM webhook reconciled")
         }
     }
+    record_reconcile(action, &report);
+    publish_reconcile(action, &report).await;
+    report
+}
 
-    async fn reconcile_inner(&self) -> ReconcileReport {
-        let Some(client) = &self.client else {
-            return ReconcileReport::new("skipped", Some("SENTDM_API_KEY is not set".into()));
-        };
-        let url = match self.webhook_url() {
-            Ok(u) => u,
-            Err(reason) => return ReconcileReport::new("skipped", Some(reason.to_owned())),
-        };
-        let Some((our_origin, our_path)) = origin_and_path(&url) else {
-            return ReconcileReport::new(
-                "failed",
-                Some("the public base URL does not parse".into()),
-            );
-        };
-        let desired = self.desired(&url);
-        let fail = |reason: String| ReconcileReport::new("failed", Some(reason));
-        let all = match client.list_all_webhooks().await {
-            Ok(all) => all,
-            Err(e) => return fail(format!("listing webhooks: {e}")),
-        };
-        // Ours: same origin and this action's path. Anything else is left alone.
-        let ours: Vec<&Webhook> = all
-            .iter()
-            .filter(|w| {
-                origin_and_path(&w.endpoint_url)
-                    .is_some_and(|(o, p)| o == our_origin && p == our_path)
-            })
-            .collect();
-        let stored = self.store.webhook_state().await.ok().flatten();
-        let exact = ours
-            .iter()
-            .filter(|w| w.endpoint_url == url)
-            .max_by_key(|w| stored.as_ref().is_some_and(|s| s.webhook_id == w.id))
-            .copied();
-        let mut report = ReconcileReport::new("kept", None);
-        let kept_id = match exact {
-            Some(w) => {
-                let settings_differ = w.event_types != desired.event_types
-                    || w.event_filters != desired.event_filters
-                    || w.retry_count != desired.retry_count
-                    || w.timeout_seconds != desired.timeout_seconds
-                    || w.display_name.as_deref() != Some(desired.display_name.as_str());
-                if settings_differ {
-                    if let Err(e) = client.update_webhook(&w.id, &desired).await {
-                        return fail(format!("updating webhook {}: {e}", w.id));
-                    }
-                    report.outcome = "updated".into();
-                    report.changes += 1;
+/// `sentdm.webhook.reconciled` / `reconcile_failed` for subscribers (not for skips:
+/// nothing was attempted).
+async fn publish_reconcile(action: &SentDmBroadcast, report: &ReconcileReport) {
+    let event_type = match report.outcome.as_str() {
+        "skipped" => return,
+        "failed" => "sentdm.webhook.reconcile_failed",
+        _ => "sentdm.webhook.reconciled",
+    };
+    let row = action
+        .ctx
+        .events
+        .event(
+            event_type,
+            &action.ctx.agent_id,
+            &action.ctx.action_id,
+            crate::without_nulls(json!({
+                "action_id": action.ctx.action_id, "outcome": report.outcome, "reason": report.reason,
+                "webhook_id": report.webhook_id, "changes": report.changes, "deleted": report.deleted,
+            })),
+        )
+        .into_row();
+    match action.store.emit(&row).await {
+        Ok(()) => action.ctx.events.notify(),
+        Err(e) => {
+            tracing::warn!(action.id = %action.ctx.action_id, error = %e, "could not queue the reconcile event")
+        }
+    }
+}
+
+async fn reconcile_inner(action: &SentDmBroadcast) -> ReconcileReport {
+    let Some(client) = &action.client else {
+        return ReconcileReport::new("skipped", Some("SENTDM_API_KEY is not set".into()));
+    };
+    let url = match webhook_url(action) {
+        Ok(u) => u,
+        Err(reason) => return ReconcileReport::new("skipped", Some(reason.to_owned())),
+    };
+    let Some((our_origin, our_path)) = origin_and_path(&url) else {
+        return ReconcileReport::new("failed", Some("the public base URL does not parse".into()));
+    };
+    let desired = desired(action, &url);
+    let fail = |reason: String| ReconcileReport::new("failed", Some(reason));
+    let all = match client.list_all_webhooks().await {
+        Ok(all) => all,
+        Err(e) => return fail(format!("listing webhooks: {e}")),
+    };
+    // Ours: same origin and this action's path. Anything else is left alone.
+    let ours: Vec<&Webhook> = all
+        .iter()
+        .filter(|w| {
+            origin_and_path(&w.endpoint_url).is_some_and(|(o, p)| o == our_origin && p == our_path)
+        })
+        .collect();
+    let stored = action.store.webhook_state().await.ok().flatten();
+    let exact = ours
+        .iter()
+        .filter(|w| w.endpoint_url == url)
+        .max_by_key(|w| stored.as_ref().is_some_and(|s| s.webhook_id == w.id))
+        .copied();
+    let mut report = ReconcileReport::new("kept", None);
+    let kept_id = match exact {
+        Some(w) => {
+            let settings_differ = w.event_types != desired.event_types
+                || w.event_filters != desired.event_filters
+                || w.retry_count != desired.retry_count
+                || w.timeout_seconds != desired.timeout_seconds
+                || w.display_name.as_deref() != Some(desired.display_name.as_str());
+            if settings_differ {
+                if let Err(e) = client.update_webhook(&w.id, &desired).await {
+                    return fail(format!("updating webhook {}: {e}", w.id));
                 }
-                if !w.is_active {
-                    if let Err(e) = client.toggle_webhook(&w.id, true).await {
-                        return fail(format!("re-activating webhook {}: {e}", w.id));
-                    }
-                    report.changes += 1;
+                report.outcome = "updated".into();
+                report.changes += 1;
+            }
+            if !w.is_active {
+                if let Err(e) = client.toggle_webhook(&w.id, true).await {
+                    return fail(format!("re-activating webhook {}: {e}", w.id));
                 }
-                let on_record = stored
-                    .as_ref()
-                    .filter(|s| s.webhook_id == w.id)
-                    .and_then(|s| SigningSecret::parse(&s.signing_secret).ok());
-                if let Some(secret) = on_record {
-                    // Nothing to store: the state already says exactly this.
-                    self.set_verifier(Some(Verifier {
+                report.changes += 1;
+            }
+            let on_record = stored
+                .as_ref()
+                .filter(|s| s.webhook_id == w.id)
+                .and_then(|s| SigningSecret::parse(&s.signing_secret).ok());
+            if let Some(secret) = on_record {
+                // Nothing to store: the state already says exactly this.
+                set_verifier(
+                    action,
+                    Some(Verifier {
                         webhook_id: w.id.clone(),
                         secret,
-                    }));
-                    report.webhook_id = Some(w.id.clone());
-                    Some(w.id.clone())
-                } else {
-                    // We cannot verify its deliveries: get a secret we know (CONTRACT §7.7).
-                    match client.rotate_webhook_secret(&w.id).await {
-                        Ok(secret) => {
-                            if let Err(e) = self.adopt(&w.id, &secret, &mut report).await {
-                                return fail(e);
-                            }
-                            report.outcome = "rotated".into();
-                            report.changes += 1;
-                            Some(w.id.clone())
+                    }),
+                );
+                report.webhook_id = Some(w.id.clone());
+                Some(w.id.clone())
+            } else {
+                // We cannot verify its deliveries: get a secret we know (CONTRACT §7.7).
+                match client.rotate_webhook_secret(&w.id).await {
+                    Ok(secret) => {
+                        if let Err(e) = adopt(action, &w.id, &secret, &mut report).await {
+                            return fail(e);
                         }
+                        report.outcome = "rotated".into();
+                        report.changes += 1;
+                        Some(w.id.clone())
+                    }
+                    Err(e) => {
+                        tracing::warn!(action.id = %action.ctx.action_id, error = %e, "rotating the webhook secret failed; recreating the webhook");
+                        report.outcome = "recreated".into();
+                        None
+                    }
+                }
+            }
+        }
+        None => None,
+    };
+    let kept_id = match kept_id {
+        Some(id) => id,
+        None => match client.create_webhook(&desired, None).await {
+            Ok(created) => {
+                report.changes += 1;
+                if report.outcome != "recreated" {
+                    report.outcome = "created".into();
+                }
+                let secret = match created.signing_secret.clone() {
+                    Some(s) => s,
+                    None => match client.rotate_webhook_secret(&created.id).await {
+                        Ok(s) => s,
                         Err(e) => {
-                            tracing::warn!(action.id = %self.ctx.action_id, error = %e, "rotating the webhook secret failed; recreating the webhook");
-                            report.outcome = "recreated".into();
-                            None
+                            return fail(format!(
+                                "webhook {} created without a secret, rotate failed: {e}",
+                                created.id
+                            ));
                         }
-                    }
-                }
-            }
-            None => None,
-        };
-        let kept_id = match kept_id {
-            Some(id) => id,
-            None => match client.create_webhook(&desired, None).await {
-                Ok(created) => {
-                    report.changes += 1;
-                    if report.outcome != "recreated" {
-                        report.outcome = "created".into();
-                    }
-                    let secret = match created.signing_secret.clone() {
-                        Some(s) => s,
-                        None => match client.rotate_webhook_secret(&created.id).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                return fail(format!(
-                                    "webhook {} created without a secret, rotate failed: {e}",
-                                    created.id
-                                ));
-                            }
-                        },
-                    };
-                    if let Err(e) = self.adopt(&created.id, &secret, &mut report).await {
-                        return fail(e);
-                    }
-                    created.id
-                }
-                Err(e) => return fail(format!("creating the webhook: {e}")),
-            },
-        };
-        // Delete stale entries for this action's path only after the new one exists.
-        for w in ours.iter().filter(|w| w.id != kept_id) {
-            match client.delete_webhook(&w.id).await {
-                Ok(()) => {
-                    report.deleted.push(w.id.clone());
-                    report.changes += 1;
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    tracing::warn!(action.id = %self.ctx.action_id, webhook.id = %w.id, error = %e, "could not delete a stale webhook")
-                }
-            }
-        }
-        report
-    }
-
-    /// Delete this action's webhook at SentDM (on deregister).
-    pub(super) async fn remove_webhook(&self) -> Result<(), SentDmError> {
-        let Some(client) = &self.client else {
-            return Ok(());
-        };
-        let Ok(url) = self.webhook_url() else {
-            return Ok(());
-        };
-        let Some((origin, path)) = origin_and_path(&url) else {
-            return Ok(());
-        };
-        for w in client.list_all_webhooks().await? {
-            if origin_and_path(&w.endpoint_url).is_some_and(|(o, p)| o == origin && p == path) {
-                match client.delete_webhook(&w.id).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        self.set_verifier(None);
-        Ok(())
-    }
-
-    pub(super) fn spawn_sweeper(&self) {
-        let every = self.config.sweep_interval_seconds;
-        if every == 0 || self.client.is_none() {
-            return;
-        }
-        let age = Duration::from_secs(self.config.sweep_stale_after_seconds);
-        let stop = self.stop.clone();
-        let directory = self.ctx.directory.clone();
-        let id = self.ctx.action_id.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(every));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                // The live instance, looked up each time: holding it would keep a
-                // replaced instance (and this task) alive forever.
-                let Some(action) = directory.get::<SentDmBroadcast>(&id) else {
-                    continue;
+                    },
                 };
-                match action.sweep_once(age, 100).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(action.id = %id, refreshed = n, "sweeper refreshed stale records")
-                    }
-                    Err(e) => tracing::warn!(action.id = %id, error = %e, "sweep failed"),
+                if let Err(e) = adopt(action, &created.id, &secret, &mut report).await {
+                    return fail(e);
                 }
+                created.id
             }
-        });
-    }
-
-    /// Handle one delivery whose machine key the caller already checked: verify the
-    /// signature, timestamp and webhook id, then parse, de-duplicate and fold in one
-    /// transaction; `Ok` only after commit.
-    pub async fn receive_webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<WebhookAck, WebhookRejection> {
-        let verifier = self
-            .verifier
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(verifier) = verifier else {
-            self.counters
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(action.id = %self.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
-            return Err(WebhookRejection::NoSecret);
-        };
-        let reject = |why: String| {
-            self.counters
-                .rejected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            WebhookRejection::Unauthorized(why)
-        };
-        let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
-        if parts.webhook_id != verifier.webhook_id {
-            return Err(reject("x-webhook-id is not this action's webhook".into()));
-        }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        verifier
-            .secret
-            .verify(&parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
-            .map_err(|e| reject(e.to_string()))?;
-        let event_id = headers
-            .get("x-webhook-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|id| inbound::truncate_chars(id.trim(), inbound::Bounds::SHORT_CHARS).to_owned());
-
-        match inbound::parse(body) {
-            Parsed::Unusable(reason) => {
-                self.counters
-                    .ignored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(action.id = %self.ctx.action_id, reason, "verified SentDM delivery ignored");
-                Ok(WebhookAck {
-                    status: "ignored".into(),
-                    record_id: None,
-                    record_status: None,
-                    reason: Some(reason.into()),
-                })
+            Err(e) => return fail(format!("creating the webhook: {e}")),
+        },
+    };
+    // Delete stale entries for this action's path only after the new one exists.
+    for w in ours.iter().filter(|w| w.id != kept_id) {
+        match client.delete_webhook(&w.id).await {
+            Ok(()) => {
+                report.deleted.push(w.id.clone());
+                report.changes += 1;
             }
-            Parsed::Other(family) => {
-                self.counters
-                    .ignored
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(WebhookAck {
-                    status: "ignored".into(),
-                    record_id: None,
-                    record_status: None,
-                    reason: Some(format!("`{family}` events are not folded")),
-                })
-            }
-            Parsed::Reply(reply) => self.store_reply(reply, body).await,
-            Parsed::Status(event) => {
-                let key = store::digest(&[self.ctx.action_id.as_bytes(), body]);
-                let fold = self.fold_event(event, key, "webhook", event_id.as_deref(), true);
-                let outcome = self.writer.apply(fold).await.map_err(|e| {
-                    self.counters.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(action.id = %self.ctx.action_id, error = %e, "could not fold a SentDM event; answering 503 so SentDM retries");
-                    WebhookRejection::Storage(e)
-                })?;
-                self.apply_outcome_counters(&outcome);
-                Ok(WebhookAck {
-                    status: outcome.outcome,
-                    record_id: outcome.record,
-                    record_status: outcome.status,
-                    reason: outcome.reason,
-                })
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(action.id = %action.ctx.action_id, webhook.id = %w.id, error = %e, "could not delete a stale webhook")
             }
         }
     }
+    report
+}
 
-    async fn store_reply(
-        &self,
-        reply: inbound::ReplyEvent,
-        body: &[u8],
-    ) -> Result<WebhookAck, WebhookRejection> {
-        let key = store::digest(&[self.ctx.action_id.as_bytes(), body]);
-        let answers = match &reply.in_reply_to {
-            Some(id) => Some(store::record_key(&self.ctx.action_id, id)),
-            None => match &reply.from {
-                Some(from) => self
-                    .store
-                    .latest_record_to(from, reply.channel.as_deref())
-                    .await
-                    .map_err(WebhookRejection::Storage)?,
-                None => None,
-            },
-        };
-        let node = crate::without_nulls(json!({
-            "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
-            "sentdm_message_id": reply.message_id, "from": reply.from, "to": reply.to,
-            "channel": reply.channel, "text": reply.text, "received_at": reply.received_at,
-            "in_reply_to": reply.in_reply_to, "answers_record": answers, "created_at": now_rfc3339(),
-        }));
-        let outbox = self
-            .ctx
-            .events
-            .event(
-                "sentdm.message.received",
-                &self.ctx.agent_id,
-                &self.ctx.action_id,
-                node.clone(),
-            )
-            .into_row();
-        let fresh = self
-            .store
-            .store_reply(&key, &node, answers.as_deref(), &outbox)
-            .await
-            .map_err(WebhookRejection::Storage)?;
-        if fresh {
-            self.ctx.events.notify();
-            self.counters
-                .replies
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Nobody listening is fine: the reply is in the graph.
-            let _ = self.replies.send(reply);
-        } else {
-            self.counters
-                .duplicate
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Delete this action's webhook at SentDM (on deregister).
+pub(crate) async fn remove_webhook(action: &SentDmBroadcast) -> Result<(), SentDmError> {
+    let Some(client) = &action.client else {
+        return Ok(());
+    };
+    let Ok(url) = webhook_url(action) else {
+        return Ok(());
+    };
+    let Some((origin, path)) = origin_and_path(&url) else {
+        return Ok(());
+    };
+    for w in client.list_all_webhooks().await? {
+        if origin_and_path(&w.endpoint_url).is_some_and(|(o, p)| o == origin && p == path) {
+            match client.delete_webhook(&w.id).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(WebhookAck {
-            status: if fresh { "received" } else { "duplicate" }.into(),
-            record_id: Some(key),
-            record_status: Some("received".into()),
-            reason: None,
-        })
     }
+    set_verifier(action, None);
+    Ok(())
+}
+
+pub(crate) fn spawn_sweeper(action: &SentDmBroadcast) {
+    let every = action.config.sweep_interval_seconds;
+    if every == 0 || action.client.is_none() {
+        return;
+    }
+    let age = Duration::from_secs(action.config.sweep_stale_after_seconds);
+    let stop = action.stop.clone();
+    let directory = action.ctx.directory.clone();
+    let id = action.ctx.action_id.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // The live instance, looked up each time: holding it would keep a
+            // replaced instance (and this task) alive forever.
+            let Some(action) = directory.get::<SentDmBroadcast>(&id) else {
+                continue;
+            };
+            match action.sweep_once(age, 100).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(action.id = %id, refreshed = n, "sweeper refreshed stale records")
+                }
+                Err(e) => tracing::warn!(action.id = %id, error = %e, "sweep failed"),
+            }
+        }
+    });
+}
+
+/// Handle one delivery whose machine key the caller already checked: verify the
+/// signature, timestamp and webhook id, then parse, de-duplicate and fold in one
+/// transaction; `Ok` only after commit.
+pub(crate) async fn receive_webhook(
+    action: &SentDmBroadcast,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<WebhookAck, WebhookRejection> {
+    let verifier = action
+        .verifier
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(verifier) = verifier else {
+        action
+            .counters
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(action.id = %action.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
+        return Err(WebhookRejection::NoSecret);
+    };
+    let reject = |why: String| {
+        action
+            .counters
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WebhookRejection::Unauthorized(why)
+    };
+    let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
+    if parts.webhook_id != verifier.webhook_id {
+        return Err(reject("x-webhook-id is not this action's webhook".into()));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    verifier
+        .secret
+        .verify(&parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+        .map_err(|e| reject(e.to_string()))?;
+    let event_id = headers
+        .get("x-webhook-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|id| inbound::truncate_chars(id.trim(), inbound::Bounds::SHORT_CHARS).to_owned());
+
+    match inbound::parse(body) {
+        Parsed::Unusable(reason) => {
+            action
+                .counters
+                .ignored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(action.id = %action.ctx.action_id, reason, "verified SentDM delivery ignored");
+            Ok(WebhookAck {
+                status: "ignored".into(),
+                record_id: None,
+                record_status: None,
+                reason: Some(reason.into()),
+            })
+        }
+        Parsed::Other(family) => {
+            action
+                .counters
+                .ignored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(WebhookAck {
+                status: "ignored".into(),
+                record_id: None,
+                record_status: None,
+                reason: Some(format!("`{family}` events are not folded")),
+            })
+        }
+        Parsed::Reply(reply) => store_reply(action, reply, body).await,
+        Parsed::Status(event) => {
+            let key = store::digest(&[action.ctx.action_id.as_bytes(), body]);
+            let fold = action.fold_event(event, key, "webhook", event_id.as_deref(), true);
+            let outcome = action.writer.apply(fold).await.map_err(|e| {
+                action.counters.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(action.id = %action.ctx.action_id, error = %e, "could not fold a SentDM event; answering 503 so SentDM retries");
+                WebhookRejection::Storage(e)
+            })?;
+            action.apply_outcome_counters(&outcome);
+            Ok(WebhookAck {
+                status: outcome.outcome,
+                record_id: outcome.record,
+                record_status: outcome.status,
+                reason: outcome.reason,
+            })
+        }
+    }
+}
+
+async fn store_reply(
+    action: &SentDmBroadcast,
+    reply: inbound::ReplyEvent,
+    body: &[u8],
+) -> Result<WebhookAck, WebhookRejection> {
+    let key = store::digest(&[action.ctx.action_id.as_bytes(), body]);
+    let answers = match &reply.in_reply_to {
+        Some(id) => Some(store::record_key(&action.ctx.action_id, id)),
+        None => match &reply.from {
+            Some(from) => action
+                .store
+                .latest_record_to(from, reply.channel.as_deref())
+                .await
+                .map_err(WebhookRejection::Storage)?,
+            None => None,
+        },
+    };
+    let node = ReplyRecord {
+        action_id: action.ctx.action_id.clone(),
+        agent_id: action.ctx.agent_id.clone(),
+        sentdm_message_id: reply.message_id.clone(),
+        from: reply.from.clone(),
+        to: reply.to.clone(),
+        channel: reply.channel.clone(),
+        text: reply.text.clone(),
+        received_at: reply.received_at.clone(),
+        in_reply_to: reply.in_reply_to.clone(),
+        answers_record: answers,
+        created_at: now_rfc3339(),
+    };
+    let outbox = action
+        .ctx
+        .events
+        .event(
+            "sentdm.message.received",
+            &action.ctx.agent_id,
+            &action.ctx.action_id,
+            serde_json::to_value(&node).unwrap_or(Value::Null),
+        )
+        .into_row();
+    let fresh = action
+        .store
+        .store_reply(&key, &node, &outbox)
+        .await
+        .map_err(WebhookRejection::Storage)?;
+    if fresh {
+        action.ctx.events.notify();
+        action
+            .counters
+            .replies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Nobody listening is fine: the reply is in the graph.
+        let _ = action.replies.send(reply);
+    } else {
+        action
+            .counters
+            .duplicate
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(WebhookAck {
+        status: if fresh { "received" } else { "duplicate" }.into(),
+        record_id: Some(key),
+        record_status: Some("received".into()),
+        reason: None,
+    })
 }

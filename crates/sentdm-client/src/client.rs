@@ -20,9 +20,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::model::{
-    Account, EventType, Message, MessageActivities, Meta, Page, PageRequest, Pagination,
-    SendMessageRequest, SendMessageResponse, SendOutcome, Template, TemplateQuery, Webhook,
-    WebhookEvent, WebhookRequest, WebhookTestResult,
+    Account, Message, MessageActivities, Meta, Page, PageRequest, Pagination, SendMessageRequest,
+    SendMessageResponse, SendOutcome, Template, TemplateQuery, Webhook, WebhookEvent,
+    WebhookEventType, WebhookRequest, WebhookTestResult,
 };
 
 /// SentDM's production base URL.
@@ -187,7 +187,7 @@ impl fmt::Debug for ClientConfig {
 
 /// Coarse class of an API error, for callers deciding between retry, fix and give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiErrorKind {
+pub enum ErrorKind {
     Validation,
     Unauthorized,
     Forbidden,
@@ -201,7 +201,7 @@ pub enum ApiErrorKind {
 
 /// SentDM's error envelope (`error: {code, message, details, doc_url}`) plus the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub struct ErrorResponse {
     pub status: u16,
     /// `None` when the body was empty or not an envelope.
     pub code: Option<String>,
@@ -213,18 +213,18 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
-impl ApiError {
-    pub fn kind(&self) -> ApiErrorKind {
+impl ErrorResponse {
+    pub fn kind(&self) -> ErrorKind {
         match self.status {
-            400 => ApiErrorKind::Validation,
-            401 => ApiErrorKind::Unauthorized,
-            403 => ApiErrorKind::Forbidden,
-            404 | 410 => ApiErrorKind::NotFound,
-            409 => ApiErrorKind::Conflict,
-            422 => ApiErrorKind::Unprocessable,
-            429 => ApiErrorKind::RateLimited,
-            500..=599 => ApiErrorKind::Server,
-            _ => ApiErrorKind::Other,
+            400 => ErrorKind::Validation,
+            401 => ErrorKind::Unauthorized,
+            403 => ErrorKind::Forbidden,
+            404 | 410 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            422 => ErrorKind::Unprocessable,
+            429 => ErrorKind::RateLimited,
+            500..=599 => ErrorKind::Server,
+            _ => ErrorKind::Other,
         }
     }
 
@@ -233,7 +233,7 @@ impl ApiError {
     }
 }
 
-impl fmt::Display for ApiError {
+impl fmt::Display for ErrorResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -245,13 +245,13 @@ impl fmt::Display for ApiError {
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for ErrorResponse {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Boxed: the error envelope is large and most results are `Ok`.
     #[error("SentDM error: {0}")]
-    Api(Box<ApiError>),
+    Api(Box<ErrorResponse>),
     #[error("SentDM request timed out")]
     Timeout(#[source] reqwest::Error),
     #[error("could not connect to SentDM")]
@@ -264,14 +264,14 @@ pub enum Error {
     InvalidRequest(String),
 }
 
-impl From<ApiError> for Error {
-    fn from(e: ApiError) -> Self {
+impl From<ErrorResponse> for Error {
+    fn from(e: ErrorResponse) -> Self {
         Self::Api(Box::new(e))
     }
 }
 
 impl Error {
-    pub fn api(&self) -> Option<&ApiError> {
+    pub fn api(&self) -> Option<&ErrorResponse> {
         match self {
             Self::Api(e) => Some(e.as_ref()),
             _ => None,
@@ -279,8 +279,7 @@ impl Error {
     }
 
     pub fn is_not_found(&self) -> bool {
-        self.api()
-            .is_some_and(|e| e.kind() == ApiErrorKind::NotFound)
+        self.api().is_some_and(|e| e.kind() == ErrorKind::NotFound)
     }
 }
 
@@ -585,8 +584,8 @@ impl Client {
         data(&raw)
     }
 
-    /// `GET /v3/webhooks/event-types`; see [`EventType::flatten_names`].
-    pub async fn webhook_event_types(&self) -> Result<Vec<EventType>> {
+    /// `GET /v3/webhooks/event-types`; see [`WebhookEventType::flatten_names`].
+    pub async fn webhook_event_types(&self) -> Result<Vec<WebhookEventType>> {
         #[derive(Deserialize, Default)]
         #[serde(default)]
         struct Types {
@@ -598,9 +597,9 @@ impl Client {
         Ok(t.event_types
             .into_iter()
             .filter_map(|v| match v {
-                Value::String(name) => Some(EventType {
+                Value::String(name) => Some(WebhookEventType {
                     name,
-                    ..EventType::default()
+                    ..WebhookEventType::default()
                 }),
                 other => serde_json::from_value(other).ok(),
             })
@@ -848,7 +847,7 @@ struct ErrorBody {
     doc_url: Option<String>,
 }
 
-fn api_error(raw: &Raw) -> ApiError {
+fn api_error(raw: &Raw) -> ErrorResponse {
     let status = raw.status.as_u16();
     // Some error statuses come with an empty or non-JSON body (CONTRACT §1.2).
     let env: ErrorEnvelope = serde_json::from_slice(&raw.body).unwrap_or_default();
@@ -869,7 +868,7 @@ fn api_error(raw: &Raw) -> ApiError {
             (k, msgs)
         })
         .collect();
-    ApiError {
+    ErrorResponse {
         status,
         code: body.code,
         message: body.message.unwrap_or_else(|| format!("HTTP {status}")),
@@ -991,7 +990,7 @@ mod tests {
             r#"{"success":false,"data":null,"error":{"code":"VALIDATION_002","message":"bad",
                 "details":{"to":["not E.164"]},"doc_url":null},"meta":{"request_id":"req_9"}}"#,
         ));
-        assert_eq!(e.kind(), ApiErrorKind::Validation);
+        assert_eq!(e.kind(), ErrorKind::Validation);
         assert!(e.code_is("VALIDATION_002"));
         assert_eq!(e.details["to"], ["not E.164"]);
         assert_eq!(e.request_id.as_deref(), Some("req_9"));
@@ -999,7 +998,7 @@ mod tests {
         for body in ["", "<html>Forbidden</html>"] {
             let e = api_error(&raw(403, body));
             assert_eq!((e.code.as_deref(), e.message.as_str()), (None, "HTTP 403"));
-            assert_eq!(e.kind(), ApiErrorKind::Forbidden);
+            assert_eq!(e.kind(), ErrorKind::Forbidden);
         }
         // `success: false` on a 2xx is still an error.
         let r = raw(

@@ -4,5 +4,5 @@ pub mod client;
 pub mod model;
 pub mod signing;
 
-pub use client::{ApiError, ApiErrorKind, ApiKey, Client, ClientConfig, Error, IdempotencyKey};
+pub use client::{ApiKey, Client, ClientConfig, Error, ErrorKind, ErrorResponse, IdempotencyKey};
 pub use signing::SigningSecret;

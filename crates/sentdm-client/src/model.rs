@@ -8,7 +8,11 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Message status; parsed case-insensitively, unknown words kept verbatim.
+/// Message status (CONTRACT §3.1); parsed case-insensitively, unknown words kept verbatim.
+///
+/// The one place the status facts live: the fold's rank (§3.3), which statuses are
+/// final, failures, still pending, and which SentDM reports by webhook. Users of the
+/// client rank and filter through these rather than their own lists of words.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MessageStatus {
     Accepted,
@@ -28,23 +32,48 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
+    /// Every status SentDM documents, in ladder order then the negative terminals, then
+    /// `Received` (an inbound message, not a step of an outbound one).
+    pub const ALL: &'static [MessageStatus] = &[
+        Self::Accepted,
+        Self::Queued,
+        Self::Scheduled,
+        Self::Processed,
+        Self::Routed,
+        Self::Sent,
+        Self::Delivered,
+        Self::Read,
+        Self::Failed,
+        Self::Blocked,
+        Self::Filtered,
+        Self::Cancelled,
+        Self::Received,
+    ];
+
     pub fn parse(s: &str) -> Self {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "ACCEPTED" => Self::Accepted,
-            "QUEUED" => Self::Queued,
-            "SCHEDULED" => Self::Scheduled,
-            "PROCESSED" => Self::Processed,
-            "ROUTED" => Self::Routed,
-            "SENT" => Self::Sent,
-            "DELIVERED" => Self::Delivered,
-            "READ" => Self::Read,
-            "FAILED" => Self::Failed,
-            "BLOCKED" => Self::Blocked,
-            "FILTERED" => Self::Filtered,
-            "CANCELLED" | "CANCELED" => Self::Cancelled,
-            "RECEIVED" => Self::Received,
-            _ => Self::Other(s.to_owned()),
-        }
+        let word = s.trim();
+        Self::ALL
+            .iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(word))
+            .cloned()
+            .unwrap_or_else(|| {
+                if word.eq_ignore_ascii_case("CANCELED") {
+                    Self::Cancelled
+                } else {
+                    Self::Other(s.to_owned())
+                }
+            })
+    }
+
+    /// The status for a word SentDM documents (any case, `canceled` too), or `None`.
+    pub fn known(s: &str) -> Option<Self> {
+        Some(Self::parse(s)).filter(|k| !matches!(k, Self::Other(_)))
+    }
+
+    /// The status whose [`lowercase`](Self::lowercase) word is exactly `s` (as stored,
+    /// and as filters are spelt: SentDM's filter enum is case-sensitive).
+    pub fn from_lowercase(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|k| k.lowercase() == s).cloned()
     }
 
     /// The UPPERCASE wire form.
@@ -67,12 +96,80 @@ impl MessageStatus {
         }
     }
 
+    /// The lowercase word (as stored, and as webhook filter suffixes and sub-types spell
+    /// it); an unknown word as it came.
+    pub fn lowercase(&self) -> &str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Queued => "queued",
+            Self::Scheduled => "scheduled",
+            Self::Processed => "processed",
+            Self::Routed => "routed",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+            Self::Blocked => "blocked",
+            Self::Filtered => "filtered",
+            Self::Cancelled => "cancelled",
+            Self::Received => "received",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// Rank in the status fold (CONTRACT §3.3): the positive ladder 1 (`accepted`,
+    /// `queued`, `scheduled`) to 6 (`read`), -1 for the negative terminals, 0 for what
+    /// is no step of an outbound message (`received`, unknown words).
+    pub fn rank(&self) -> i8 {
+        match self {
+            Self::Accepted | Self::Queued | Self::Scheduled => 1,
+            Self::Processed => 2,
+            Self::Routed => 3,
+            Self::Sent => 4,
+            Self::Delivered => 5,
+            Self::Read => 6,
+            Self::Failed | Self::Blocked | Self::Filtered | Self::Cancelled => -1,
+            Self::Received | Self::Other(_) => 0,
+        }
+    }
+
+    /// A step of an outbound message the fold can rank (rank ≠ 0).
+    pub fn is_ranked(&self) -> bool {
+        self.rank() != 0
+    }
+
+    /// A negative terminal: the message was not delivered (`failed`, `blocked`,
+    /// `filtered`, `cancelled`); its `reason_code` / `reason` say why.
+    pub fn is_failure(&self) -> bool {
+        self.rank() < 0
+    }
+
     /// No further transition is expected without a resend (CONTRACT §3.1).
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Self::Read | Self::Failed | Self::Blocked | Self::Filtered | Self::Cancelled
-        )
+        self.is_failure() || *self == Self::Read
+    }
+
+    /// Nothing replaces it, not even a resend (§3.3 rule 3): `read`, `filtered`,
+    /// `cancelled`.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Read | Self::Filtered | Self::Cancelled)
+    }
+
+    /// A terminal a resend may leave (`failed`, `blocked`: §3.2, same message id).
+    pub fn is_resendable(&self) -> bool {
+        matches!(self, Self::Failed | Self::Blocked)
+    }
+
+    /// Accepted by SentDM and neither delivered nor stopped yet: a record in such a
+    /// status is waiting for a webhook.
+    pub fn is_pending(&self) -> bool {
+        (1..=4).contains(&self.rank())
+    }
+
+    /// SentDM reports it by webhook (`message.<status>`, the word being the
+    /// `event_filters` suffix); `accepted` and `processed` appear in activities only.
+    pub fn has_webhook(&self) -> bool {
+        !matches!(self, Self::Accepted | Self::Processed | Self::Other(_))
     }
 }
 
@@ -416,19 +513,19 @@ pub struct WebhookTestResult {
 /// One entry of `GET /v3/webhooks/event-types`; `sub_types` nest recursively.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
-pub struct EventType {
+pub struct WebhookEventType {
     pub name: String,
     pub display_name: Option<String>,
     pub description: Option<String>,
     pub is_active: Option<bool>,
-    pub sub_types: Vec<EventType>,
+    pub sub_types: Vec<WebhookEventType>,
 }
 
-impl EventType {
+impl WebhookEventType {
     /// Every `name` in a (possibly nested, possibly flat) list, depth first.
-    pub fn flatten_names(types: &[EventType]) -> Vec<String> {
+    pub fn flatten_names(types: &[WebhookEventType]) -> Vec<String> {
         let mut out = Vec::new();
-        fn walk(types: &[EventType], out: &mut Vec<String>) {
+        fn walk(types: &[WebhookEventType], out: &mut Vec<String>) {
             for t in types {
                 out.push(t.name.clone());
                 walk(&t.sub_types, out);
@@ -477,13 +574,100 @@ mod tests {
     }
 
     #[test]
+    fn every_known_status_round_trips_in_both_cases() {
+        for s in MessageStatus::ALL {
+            assert_eq!(&MessageStatus::parse(s.as_str()), s);
+            assert_eq!(MessageStatus::known(s.lowercase()).as_ref(), Some(s));
+            assert_eq!(s.lowercase(), s.as_str().to_ascii_lowercase());
+        }
+        assert_eq!(
+            MessageStatus::known(" Canceled "),
+            Some(MessageStatus::Cancelled)
+        );
+        assert_eq!(MessageStatus::known("opened"), None);
+        assert_eq!(MessageStatus::from_lowercase("DELIVERED"), None);
+        assert_eq!(
+            MessageStatus::from_lowercase("delivered"),
+            Some(MessageStatus::Delivered)
+        );
+        assert_eq!(MessageStatus::ALL.len(), 13, "CONTRACT §3.1 lists 13");
+    }
+
+    #[test]
+    fn ranks_follow_the_contract_ladder() {
+        use MessageStatus as S;
+        let ladder = [
+            S::Queued,
+            S::Processed,
+            S::Routed,
+            S::Sent,
+            S::Delivered,
+            S::Read,
+        ];
+        for pair in ladder.windows(2) {
+            assert!(pair[0].rank() < pair[1].rank(), "{pair:?}");
+        }
+        assert_eq!(S::Accepted.rank(), S::Queued.rank());
+        assert_eq!(S::Scheduled.rank(), S::Queued.rank());
+        for s in [S::Failed, S::Blocked, S::Filtered, S::Cancelled] {
+            assert_eq!(s.rank(), -1, "{s}");
+            assert!(s.is_failure() && s.is_terminal() && !s.is_pending(), "{s}");
+        }
+        assert_eq!(S::Received.rank(), 0);
+        assert_eq!(S::Other("exploded".into()).rank(), 0);
+        let ranked: Vec<_> = S::ALL.iter().filter(|s| s.is_ranked()).collect();
+        assert_eq!(ranked.len(), 12, "all but received");
+    }
+
+    #[test]
+    fn final_resendable_pending_and_webhook_statuses() {
+        use MessageStatus as S;
+        let which = |f: fn(&S) -> bool| -> Vec<&str> {
+            S::ALL.iter().filter(|s| f(s)).map(S::lowercase).collect()
+        };
+        assert_eq!(which(S::is_final), ["read", "filtered", "cancelled"]);
+        assert_eq!(which(S::is_resendable), ["failed", "blocked"]);
+        assert_eq!(
+            which(S::is_terminal),
+            ["read", "failed", "blocked", "filtered", "cancelled"]
+        );
+        assert_eq!(
+            which(S::is_pending),
+            [
+                "accepted",
+                "queued",
+                "scheduled",
+                "processed",
+                "routed",
+                "sent"
+            ]
+        );
+        assert_eq!(
+            which(S::has_webhook),
+            [
+                "queued",
+                "scheduled",
+                "routed",
+                "sent",
+                "delivered",
+                "read",
+                "failed",
+                "blocked",
+                "filtered",
+                "cancelled",
+                "received"
+            ]
+        );
+    }
+
+    #[test]
     fn event_types_flatten_nested_and_flat() {
-        let nested: Vec<EventType> = serde_json::from_str(
+        let nested: Vec<WebhookEventType> = serde_json::from_str(
             r#"[{"name":"message","sub_types":[{"name":"message.sent"},{"name":"message.read","extra":1}]},{"name":"templates"}]"#,
         )
         .unwrap();
         assert_eq!(
-            EventType::flatten_names(&nested),
+            WebhookEventType::flatten_names(&nested),
             ["message", "message.sent", "message.read", "templates"]
         );
     }

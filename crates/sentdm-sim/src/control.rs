@@ -152,7 +152,7 @@ pub(crate) async fn redeliver(
     sim: &Sim,
     webhook_id: &str,
     event_id: &str,
-) -> Option<super::Delivery> {
+) -> Option<super::DeliveryAttempt> {
     let wid: Uuid = webhook_id.parse().ok()?;
     let eid: Uuid = event_id.parse().ok()?;
     if sim.st().events.get(&eid)?.webhook_id != wid {

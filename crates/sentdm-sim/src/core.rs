@@ -13,7 +13,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiFault, Delivery, DeliveryOutcome, Faults, RecordedRequest, SimConfig, SubtypeKey};
+use super::{
+    ApiFault, DeliveryAttempt, DeliveryOutcome, Faults, RecordedRequest, SimConfig, SubtypeKey,
+};
 use sentdm_client::signing::{self, SigningSecret};
 
 pub(crate) type Sim = Arc<Shared>;
@@ -486,7 +488,7 @@ pub(crate) struct State {
     pub webhooks: Vec<WebhookRec>,
     pub events: HashMap<Uuid, EventRec>,
     pub event_order: Vec<Uuid>,
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<DeliveryAttempt>,
     pub requests: Vec<RecordedRequest>,
     pub idem: HashMap<(Uuid, String), Idem>,
     pub jobs: BTreeMap<(i64, u64), Job>,
@@ -869,7 +871,7 @@ fn drop_event(st: &mut State, event_id: Uuid, now: i64) {
         .map(|w| w.endpoint_url.clone())
         .unwrap_or_default();
     let seq = st.next_delivery_seq();
-    st.deliveries.push(Delivery {
+    st.deliveries.push(DeliveryAttempt {
         seq,
         webhook_id: webhook_id.to_string(),
         event_id: event_id.to_string(),
@@ -961,7 +963,11 @@ struct Prepared {
 
 /// One signed HTTP attempt for a stored event, recorded in the delivery log. `None` when
 /// the event or its webhook is gone, or the webhook is inactive.
-pub(crate) async fn attempt(sim: &Sim, event_id: Uuid, opts: AttemptOpts) -> Option<Delivery> {
+pub(crate) async fn attempt(
+    sim: &Sim,
+    event_id: Uuid,
+    opts: AttemptOpts,
+) -> Option<DeliveryAttempt> {
     let prep = {
         let mut st = sim.st();
         let now = sim.now_ms();
@@ -1032,7 +1038,7 @@ pub(crate) async fn attempt(sim: &Sim, event_id: Uuid, opts: AttemptOpts) -> Opt
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
     let mut st = sim.st();
     let seq = st.next_delivery_seq();
-    let d = Delivery {
+    let d = DeliveryAttempt {
         seq,
         webhook_id: prep.webhook_id.to_string(),
         event_id: event_id.to_string(),

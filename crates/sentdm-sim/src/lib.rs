@@ -195,7 +195,7 @@ pub enum DeliveryOutcome {
 
 /// One webhook delivery attempt, as the receiver saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
+pub struct DeliveryAttempt {
     /// 1-based position in the delivery log.
     pub seq: u64,
     pub webhook_id: String,
@@ -219,7 +219,7 @@ pub struct Delivery {
     pub redelivery: bool,
 }
 
-impl Delivery {
+impl DeliveryAttempt {
     /// The body parsed as JSON (`Value::Null` if it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
@@ -642,7 +642,7 @@ impl SimHandle {
     }
 
     /// Every delivery attempt so far, in order.
-    pub fn deliveries(&self) -> Vec<Delivery> {
+    pub fn deliveries(&self) -> Vec<DeliveryAttempt> {
         self.sim.st().deliveries.clone()
     }
 
@@ -656,7 +656,7 @@ impl SimHandle {
     }
 
     /// Resends a stored event byte-identically with a fresh timestamp and signature.
-    pub async fn redeliver(&self, webhook_id: &str, event_id: &str) -> Option<Delivery> {
+    pub async fn redeliver(&self, webhook_id: &str, event_id: &str) -> Option<DeliveryAttempt> {
         control::redeliver(&self.sim, webhook_id, event_id).await
     }
 

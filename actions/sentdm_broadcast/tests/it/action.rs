@@ -182,9 +182,9 @@ async fn a_broadcast_to_n_recipients_on_two_channels_ends_final_in_the_graph() {
     let linked = app
         .graph
         .query(
-            "RETURN count(SELECT id FROM type::record('action', $a)->tracks->sentdm_message);
-             RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
-             RETURN count(SELECT id FROM type::record('action', $a)->sent->broadcast);",
+            "RETURN count(SELECT id FROM type::record('action', $a)->sentdm_tracks->sentdm_message);
+             RETURN count(SELECT id FROM type::record('sentdm_broadcast', $b)->sentdm_includes->sentdm_message);
+             RETURN count(SELECT id FROM type::record('action', $a)->sentdm_sent->sentdm_broadcast);",
             json!({"a": App::action_id("sentdm"), "b": broadcast_id}),
         )
         .await
@@ -858,7 +858,7 @@ async fn replies_are_stored_apart_and_streamed_to_agent_code() {
     let rows = app
         .graph
         .query(
-            "SELECT text, ->replies_to->sentdm_message.sentdm_message_id AS answers FROM sentdm_inbound;
+            "SELECT text, ->sentdm_replies_to->sentdm_message.sentdm_message_id AS answers FROM sentdm_inbound;
              RETURN count(SELECT id FROM sentdm_message);",
             Value::Null,
         )
@@ -1384,9 +1384,9 @@ async fn a_repeated_send_is_idempotent_all_the_way_to_the_records() {
     let node = |graph: graphagent::Graph, b: String| async move {
         graph
             .query(
-                "SELECT VALUE created_at FROM type::record('broadcast', $b);
-                 RETURN count(SELECT id FROM type::record('broadcast', $b)->includes->sentdm_message);
-                 RETURN count(SELECT id FROM tracks);",
+                "SELECT VALUE created_at FROM type::record('sentdm_broadcast', $b);
+                 RETURN count(SELECT id FROM type::record('sentdm_broadcast', $b)->sentdm_includes->sentdm_message);
+                 RETURN count(SELECT id FROM sentdm_tracks);",
                 json!({ "b": b }),
             )
             .await
@@ -1410,4 +1410,173 @@ async fn a_repeated_send_is_idempotent_all_the_way_to_the_records() {
         assert_eq!(item["events"].as_array().map(Vec::len), Some(1), "{item}");
         assert_eq!(item["events"][0]["source"], "send");
     }
+}
+
+/// One `MessageRecord` shape both ways: what the send persists is exactly what the
+/// records routes read back, field by field, through the real embedded graph.
+#[tokio::test]
+async fn a_sent_record_reads_back_as_written() {
+    use graphagent_sentdm::record::{LogEntry, MessageRecord};
+    use sentdm_client::model::MessageStatus;
+
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (status, result) = app
+        .broadcast(json!({"to": ["+14155550100"], "channels": ["whatsapp"], "idempotency_key": "round-trip-1",
+                          "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    assert_eq!(status, 202, "{result}");
+    let (mid, rid) = (
+        result["messages"][0]["message_id"].as_str().expect("mid"),
+        result["messages"][0]["record_id"].as_str().expect("rid"),
+    );
+    let (status, one) = app
+        .call(Method::GET, &format!("/sentdm/broadcasts/{rid}"), None)
+        .await;
+    assert_eq!(status, 200, "{one}");
+    let read: MessageRecord = serde_json::from_value(one.clone()).expect("a MessageRecord");
+    let created = read.created_at.clone().expect("created_at");
+    let expected = MessageRecord {
+        id: rid.to_owned(),
+        sentdm_message_id: mid.to_owned(),
+        action_id: App::action_id("sentdm"),
+        agent_id: Some(graphagent::plugin::agent_id("acme/notifier")),
+        broadcast_id: result["broadcast_id"].as_str().map(str::to_owned),
+        to: Some("+14155550100".into()),
+        channel: Some("whatsapp".into()),
+        template_name: Some("order_confirmation".into()),
+        parameters: Some(BTreeMap::from([
+            ("name".into(), "Jane".into()),
+            ("order_id".into(), "12345".into()),
+        ])),
+        idempotency_key: Some("round-trip-1".into()),
+        sandbox: Some(false),
+        status: Some(MessageStatus::Accepted),
+        events: vec![LogEntry {
+            source: "send".into(),
+            status: Some("accepted".into()),
+            occurred_at: Some(created.clone()),
+            broadcast_id: result["broadcast_id"].as_str().map(str::to_owned),
+            ..LogEntry::default()
+        }],
+        event_count: Some(1),
+        created_at: Some(created.clone()),
+        updated_at: Some(created),
+        ..MessageRecord::default()
+    };
+    assert_eq!(read, expected);
+    assert_eq!(one["status"], "accepted", "stored and shown lowercase");
+    // The list reads the same shape.
+    let (status, page) = app
+        .call(Method::GET, "/sentdm/broadcasts?status=accepted", None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<MessageRecord> =
+        serde_json::from_value(page["items"].clone()).expect("records");
+    assert_eq!(listed, [expected]);
+    app.stop().await;
+}
+
+/// `fold_writers` from agent.yaml sets the writer count; out of range, and a webhook
+/// filter word SentDM does not report, are refused with 422 naming each key, and the
+/// running action is left as it was.
+#[tokio::test]
+async fn fold_writers_and_filter_words_from_agent_yaml_are_honoured_or_refused() {
+    let sim = start_sim().await;
+    let app = App::start(
+        &sim,
+        AppOptions {
+            extra: "      fold_writers: 3\n",
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(app.action("sentdm").fold_writers(), 3);
+    let (status, body) = app
+        .reload(
+            &sim,
+            "      fold_writers: 0\n      webhook_event_filters:\n        message: [delivered, opened]\n",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_config");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("actions[0].context.fold_writers: must be 1 to 64"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "actions[0].context.webhook_event_filters.message[1]: unknown sub-type `opened`"
+        ),
+        "{message}"
+    );
+    // `accepted` is a status, but SentDM never reports it by webhook.
+    let (status, body) = app
+        .reload(
+            &sim,
+            "      webhook_event_filters:\n        message: [accepted]\n",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("webhook_event_filters.message[0]")),
+        "{body}"
+    );
+    assert_eq!(app.action("sentdm").fold_writers(), 3, "nothing changed");
+    let (status, body) = app.reload(&sim, "      fold_writers: 2\n").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.action("sentdm").fold_writers(), 2);
+    app.stop().await;
+}
+
+/// Every records filter narrows the page and the total; unset filters match anything.
+#[tokio::test]
+async fn record_filters_narrow_the_page_and_the_total() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let (_, first) = app
+        .broadcast(json!({"to": ["+14155550100", "+14155550111"], "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    let (_, second) = app
+        .broadcast(json!({"to": ["+14155550100"], "template": {"name": "order_confirmation", "parameters": params()}}))
+        .await;
+    let b1 = first["broadcast_id"].as_str().expect("b1");
+    let b2 = second["broadcast_id"].as_str().expect("b2");
+    let mid = first["messages"][0]["message_id"].as_str().expect("mid");
+    let list = |query: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app
+                .call(Method::GET, &format!("/sentdm/broadcasts?{query}"), None)
+                .await;
+            assert_eq!(status, 200, "{query}: {page}");
+            let ids: Vec<String> = page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|r| r["broadcast_id"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(page["total"].as_u64(), Some(ids.len() as u64), "{query}");
+            ids
+        }
+    };
+    assert_eq!(list(String::new()).await.len(), 3);
+    assert_eq!(list("to=%2B14155550100".into()).await, [b2, b1]);
+    assert_eq!(list(format!("broadcast_id={b1}")).await, [b1, b1]);
+    assert_eq!(list(format!("sentdm_message_id={mid}")).await, [b1]);
+    assert_eq!(
+        list(format!("to=%2B14155550111&broadcast_id={b2}"))
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(
+        list(format!("status=accepted&broadcast_id={b2}")).await,
+        [b2]
+    );
+    assert_eq!(list("status=delivered".into()).await.len(), 0);
+    app.stop().await;
 }

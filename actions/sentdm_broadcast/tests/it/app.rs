@@ -24,7 +24,8 @@ pub struct App {
     /// graph outage still need them).
     states: std::sync::Mutex<std::collections::HashMap<String, (String, SigningSecret)>>,
     host: TestHost,
-    _dir: Option<tempfile::TempDir>,
+    /// Holds agent.yaml.
+    dir: Option<tempfile::TempDir>,
 }
 
 pub struct AppOptions<'a> {
@@ -99,7 +100,7 @@ impl App {
             .expect("auth"),
             states: Default::default(),
             host,
-            _dir: Some(dir),
+            dir: Some(dir),
         }
     }
 
@@ -153,6 +154,23 @@ impl App {
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Rewrite agent.yaml with `extra` context lines and reload it over HTTP.
+    pub async fn reload(&self, sim: &SimHandle, extra: &str) -> (u16, Value) {
+        let dir = self.dir.as_ref().expect("config dir");
+        let options = AppOptions {
+            extra,
+            ..AppOptions::default()
+        };
+        std::fs::write(dir.path().join("agent.yaml"), agent_yaml(sim, &options))
+            .expect("write config");
+        let url = format!(
+            "{}/api/agents/{}/reload",
+            self.base,
+            graphagent::plugin::agent_id("acme/notifier")
+        );
+        self.raw(reqwest::Method::POST, &url, None).await
     }
 
     pub async fn broadcast(&self, body: Value) -> (u16, Value) {

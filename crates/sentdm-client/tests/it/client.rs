@@ -1,16 +1,16 @@
 //! Every client endpoint and error class against the simulator over real HTTP.
 
 use sentdm_client::client::{
-    ApiErrorKind, ApiKey, Client, ClientConfig, Error, IdempotencyKey, RateLimit,
+    ApiKey, Client, ClientConfig, Error, ErrorKind, IdempotencyKey, RateLimit,
 };
 use sentdm_client::model::{
-    EventType, MessageStatus, PageRequest, SendMessageRequest, TemplateQuery, TemplateRef,
+    MessageStatus, PageRequest, SendMessageRequest, TemplateQuery, TemplateRef, WebhookEventType,
 };
 use sentdm_sim::{ApiFault, ORDER_CONFIRMATION_ID, PROMO_PENDING_ID};
 
 use crate::util::{Receiver, client_for, order_send, sim_builder, start_sim};
 
-fn api_err(e: Error) -> sentdm_client::ApiError {
+fn api_err(e: Error) -> sentdm_client::ErrorResponse {
     match e {
         Error::Api(a) => *a,
         other => panic!("expected an API error, got {other:?}"),
@@ -135,13 +135,13 @@ async fn templates_list_filter_and_get() {
         .await
         .unwrap_err(),
     );
-    assert!(bad.code_is("VALIDATION_006") && bad.kind() == ApiErrorKind::Validation);
+    assert!(bad.code_is("VALIDATION_006") && bad.kind() == ErrorKind::Validation);
     let missing = api_err(
         c.get_template("00000000-0000-4000-8000-000000000000")
             .await
             .unwrap_err(),
     );
-    assert!(missing.code_is("RESOURCE_002") && missing.kind() == ApiErrorKind::NotFound);
+    assert!(missing.code_is("RESOURCE_002") && missing.kind() == ErrorKind::NotFound);
     let size = api_err(
         c.list_webhooks(PageRequest {
             page: 1,
@@ -221,7 +221,7 @@ async fn webhook_lifecycle() {
         Some("delivered")
     );
 
-    let names = EventType::flatten_names(&c.webhook_event_types().await.unwrap());
+    let names = WebhookEventType::flatten_names(&c.webhook_event_types().await.unwrap());
     for n in [
         "message",
         "message.delivered",
@@ -245,7 +245,7 @@ async fn error_classes() {
 
     let wrong = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("nope"))).unwrap();
     let e = api_err(wrong.me().await.unwrap_err());
-    assert_eq!((e.status, e.kind()), (401, ApiErrorKind::Unauthorized));
+    assert_eq!((e.status, e.kind()), (401, ErrorKind::Unauthorized));
     assert!(e.code_is("AUTH_002"));
     assert!(e.request_id.as_deref().unwrap().starts_with("req_"));
     let empty = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new(""))).unwrap();
@@ -255,7 +255,7 @@ async fn error_classes() {
     cfg.profile_id = Some("a1b2c3d4-e5f6-7890-abcd-ef1234567890".into());
     let profiled = Client::new(cfg).unwrap();
     let e = api_err(profiled.me().await.unwrap_err());
-    assert_eq!(e.kind(), ApiErrorKind::Forbidden);
+    assert_eq!(e.kind(), ErrorKind::Forbidden);
 
     let e = api_err(
         c.send_message(&order_send(&["4155551234"], None), None)
@@ -271,7 +271,7 @@ async fn error_classes() {
         ..Default::default()
     });
     let e = api_err(c.send_message(&unknown, None).await.unwrap_err());
-    assert!(e.code_is("RESOURCE_002") && e.kind() == ApiErrorKind::NotFound);
+    assert!(e.code_is("RESOURCE_002") && e.kind() == ErrorKind::NotFound);
 
     let neither = SendMessageRequest {
         to: vec!["+14155551234".into()],
@@ -334,13 +334,13 @@ async fn error_classes() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(e.kind(), ApiErrorKind::Unprocessable);
+    assert_eq!(e.kind(), ErrorKind::Unprocessable);
     assert!(e.code_is("BUSINESS_004"));
     assert!(retries.lock().unwrap().is_empty());
     // 409 is retried (the first request may still be in flight), then reported.
     sim.push_api_fault(ApiFault::status(409).on("GET", "/v3/me").times(3));
     let e = api_err(c2.me().await.unwrap_err());
-    assert_eq!(e.kind(), ApiErrorKind::Conflict);
+    assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.code_is("CONFLICT_001"));
     assert_eq!(retries.lock().unwrap().len(), 2);
     sim.shutdown().await;
@@ -381,7 +381,7 @@ async fn retries_429_honouring_retry_after_and_5xx_with_backoff() {
 
     sim.push_api_fault(ApiFault::status(500).on("GET", "/v3/me").times(3));
     let e = api_err(c.me().await.unwrap_err());
-    assert_eq!(e.kind(), ApiErrorKind::Server);
+    assert_eq!(e.kind(), ErrorKind::Server);
     assert_eq!(retries.lock().unwrap().len(), 2, "max_retries = 2");
 
     // 4xx other than 408/409/429 are never retried.
@@ -611,9 +611,9 @@ async fn organization_keys_act_as_their_profiles() {
     );
 
     let e = api_err(client("profile-key", Some(PROFILE)).me().await.unwrap_err());
-    assert_eq!(e.kind(), ApiErrorKind::Forbidden);
+    assert_eq!(e.kind(), ErrorKind::Forbidden);
     let e = api_err(client("org-key", Some(FOREIGN)).me().await.unwrap_err());
-    assert_eq!(e.kind(), ApiErrorKind::NotFound);
+    assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(
         Client::new({
             let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new("org-key"));
