@@ -31,6 +31,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::graph::Graph;
 use crate::plugin::ScopedKeys;
+use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// The scope that grants every admin endpoint.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -51,20 +52,28 @@ const BACKOFF_MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Auth settings, from the environment by default.
+/// Shortest configured JWT secret: 32 bytes, HS256's key size.
+const MIN_SECRET_CHARS: usize = 32;
+/// Token lifetimes outside this range are refused: a token must outlive a login round
+/// trip, and anything longer than a month is a job for an API key.
+const TOKEN_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 86_400;
+
+/// Auth settings (login, tokens, keys); see the README's configuration table.
 #[derive(Clone)]
 pub struct AuthSettings {
-    /// HS256 secret (`GRAPHAGENT_JWT_SECRET`). Without one an ephemeral secret is used:
-    /// tokens die with the process and no scoped key can be derived.
+    /// HS256 secret (`GRAPHAGENT_JWT_SECRET`, at least 32 characters). Without one an
+    /// ephemeral secret is used: tokens die with the process and no scoped key can be
+    /// derived.
     pub jwt_secret: Option<String>,
-    /// Access token lifetime (`GRAPHAGENT_JWT_TTL_SECS`, seconds; default 3600).
+    /// Access token lifetime (`GRAPHAGENT_JWT_TTL_SECS`, seconds, 60 to 2592000; default
+    /// 3600).
     pub token_ttl: Duration,
     /// Admin user seeded at start (`GRAPHAGENT_ADMIN_EMAIL`).
     pub admin_email: Option<String>,
     /// Its password (`GRAPHAGENT_ADMIN_PASSWORD`).
     pub admin_password: Option<String>,
     /// Login attempts allowed per client address per minute
-    /// (`GRAPHAGENT_LOGIN_PER_MINUTE`; default 10).
+    /// (`GRAPHAGENT_LOGIN_PER_MINUTE`, at least 1; default 10).
     pub login_per_minute: u32,
     /// Consecutive failed logins for one email that are answered without delay
     /// (`GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES`; default 5).
@@ -76,8 +85,6 @@ pub struct AuthSettings {
     /// Longest wait (`GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS`, seconds; default 60, at most
     /// one day).
     pub login_backoff_max: Duration,
-    /// Auth variables that could not be parsed; [`Auth::new`] refuses to start with them.
-    pub invalid_env: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -100,7 +107,6 @@ impl std::fmt::Debug for AuthSettings {
             )
             .field("login_backoff_base", &self.login_backoff_base)
             .field("login_backoff_max", &self.login_backoff_max)
-            .field("invalid_env", &self.invalid_env)
             .finish()
     }
 }
@@ -116,71 +122,119 @@ impl Default for AuthSettings {
             login_backoff_after_failures: 5,
             login_backoff_base: Duration::from_secs(1),
             login_backoff_max: Duration::from_secs(60),
-            invalid_env: Vec::new(),
         }
     }
 }
 
 impl AuthSettings {
-    /// Settings from `GRAPHAGENT_JWT_SECRET`, `GRAPHAGENT_JWT_TTL_SECS`,
-    /// `GRAPHAGENT_ADMIN_EMAIL`, `GRAPHAGENT_ADMIN_PASSWORD`, `GRAPHAGENT_LOGIN_PER_MINUTE`
-    /// and `GRAPHAGENT_LOGIN_BACKOFF_{AFTER_FAILURES,BASE_MS,MAX_SECS}`. Unparsable
-    /// numbers are listed in `invalid_env`.
-    pub fn from_env() -> Self {
-        Self::from_vars(|name| std::env::var(name).ok())
+    /// The settings these are read from.
+    pub const KEYS: &'static [Key] = &[
+        Key::secret("jwt_secret"),
+        Key::plain("jwt_ttl_secs"),
+        Key::plain("admin_email"),
+        Key::secret("admin_password"),
+        Key::plain("login_per_minute"),
+        Key::plain("login_backoff_after_failures"),
+        Key::plain("login_backoff_base_ms"),
+        Key::plain("login_backoff_max_secs"),
+    ];
+
+    /// Settings from `source` over the defaults, checked; every problem, not just the
+    /// first.
+    pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
+        let mut f = Fields::new(source);
+        let d = Self::default();
+        // Secrets are taken as written: spaces may be part of them.
+        let secret = |key: &str| source.get(key).map(|e| e.value.clone());
+        let s = Self {
+            jwt_secret: secret("jwt_secret"),
+            token_ttl: f
+                .whole("jwt_ttl_secs", "seconds")
+                .map_or(d.token_ttl, Duration::from_secs),
+            admin_email: f.text("admin_email"),
+            admin_password: secret("admin_password"),
+            login_per_minute: f
+                .whole("login_per_minute", "attempts")
+                .unwrap_or(d.login_per_minute),
+            login_backoff_after_failures: f
+                .whole("login_backoff_after_failures", "failures")
+                .unwrap_or(d.login_backoff_after_failures),
+            login_backoff_base: f
+                .whole("login_backoff_base_ms", "milliseconds")
+                .map_or(d.login_backoff_base, Duration::from_millis),
+            login_backoff_max: f
+                .whole("login_backoff_max_secs", "seconds")
+                .map_or(d.login_backoff_max, Duration::from_secs),
+        };
+        f.checked(s, |s| s.validate(source))
     }
 
-    /// [`AuthSettings::from_env`] with `lookup` for the environment.
-    fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let mut s = Self {
-            jwt_secret: var("GRAPHAGENT_JWT_SECRET"),
-            admin_email: var("GRAPHAGENT_ADMIN_EMAIL"),
-            admin_password: var("GRAPHAGENT_ADMIN_PASSWORD"),
-            ..Self::default()
-        };
-        let mut invalid = Vec::new();
-        let mut num = |name: &str, apply: &mut dyn FnMut(u64)| {
-            if let Some(v) = var(name) {
-                match v.trim().parse::<u64>() {
-                    Ok(n) => apply(n),
-                    Err(_) => invalid.push(format!("{name} must be a whole number, got `{v}`")),
-                }
-            }
-        };
-        num("GRAPHAGENT_JWT_TTL_SECS", &mut |n| {
-            s.token_ttl = Duration::from_secs(n)
-        });
-        num("GRAPHAGENT_LOGIN_PER_MINUTE", &mut |n| {
-            s.login_per_minute = u32::try_from(n).unwrap_or(u32::MAX)
-        });
-        num("GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES", &mut |n| {
-            s.login_backoff_after_failures = u32::try_from(n).unwrap_or(u32::MAX)
-        });
-        num("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", &mut |n| {
-            s.login_backoff_base = Duration::from_millis(n)
-        });
-        num("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", &mut |n| {
-            s.login_backoff_max = Duration::from_secs(n)
-        });
-        s.invalid_env = invalid;
-        s
-    }
-
-    /// What makes these settings unusable, one message per problem naming the variable.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = self.invalid_env.clone();
+    /// What makes these settings unusable, one problem per setting, named as `source`
+    /// has it (a variable for settings built in code). Needs no I/O, so it runs before
+    /// the graph is opened.
+    pub fn validate(&self, source: &Source) -> Vec<SettingError> {
+        let mut problems = Vec::new();
+        if let Some(secret) = &self.jwt_secret
+            && secret.chars().count() < MIN_SECRET_CHARS
+        {
+            problems.push(source.error(
+                "jwt_secret",
+                format!("expected at least {MIN_SECRET_CHARS} characters"),
+            ));
+        }
+        let ttl = self.token_ttl.as_secs();
+        if !TOKEN_TTL_RANGE.contains(&ttl) {
+            problems.push(source.error(
+                "jwt_ttl_secs",
+                format!(
+                    "expected {} to {} seconds, got {ttl}",
+                    TOKEN_TTL_RANGE.start(),
+                    TOKEN_TTL_RANGE.end()
+                ),
+            ));
+        }
+        match (&self.admin_email, &self.admin_password) {
+            (Some(_), None) => problems.push(source.error(
+                "admin_password",
+                "expected with GRAPHAGENT_ADMIN_EMAIL (set both or neither), got none",
+            )),
+            (None, Some(_)) => problems.push(source.error(
+                "admin_email",
+                "expected with GRAPHAGENT_ADMIN_PASSWORD (set both or neither), got none",
+            )),
+            _ => {}
+        }
+        if let Some(email) = &self.admin_email
+            && !normalize_email(email).contains('@')
+        {
+            problems.push(source.invalid(
+                "admin_email",
+                "an email address such as admin@example.com",
+                email,
+            ));
+        }
+        if self.login_per_minute == 0 {
+            problems.push(source.error("login_per_minute", "expected at least 1, got 0"));
+        }
         if self.login_backoff_max > BACKOFF_MAX_LIMIT {
-            problems.push(format!(
-                "GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS must be at most {} (one day)",
-                BACKOFF_MAX_LIMIT.as_secs()
+            problems.push(source.error(
+                "login_backoff_max_secs",
+                format!(
+                    "expected at most {} seconds (one day), got {}",
+                    BACKOFF_MAX_LIMIT.as_secs(),
+                    self.login_backoff_max.as_secs()
+                ),
             ));
         }
         if self.login_backoff_base > self.login_backoff_max {
-            problems.push(
-                "GRAPHAGENT_LOGIN_BACKOFF_BASE_MS must not exceed GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS"
-                    .into(),
-            );
+            problems.push(source.error(
+                "login_backoff_base_ms",
+                format!(
+                    "expected at most the longest wait ({} ms), got {} ms",
+                    self.login_backoff_max.as_millis(),
+                    self.login_backoff_base.as_millis()
+                ),
+            ));
         }
         problems
     }
@@ -255,7 +309,10 @@ pub enum AuthInitError {
     /// The graph failed.
     #[error("graph: {0}")]
     Graph(#[from] crate::graph::GraphError),
-    /// A setting is unusable.
+    /// A setting is unusable (every problem).
+    #[error("{0}")]
+    Settings(#[from] SettingsErrors),
+    /// The admin password could not be hashed.
     #[error("{0}")]
     Config(String),
 }
@@ -263,17 +320,9 @@ pub enum AuthInitError {
 impl Auth {
     /// Apply the schema and seed the admin user.
     pub async fn new(graph: Graph, settings: &AuthSettings) -> Result<Self, AuthInitError> {
-        let problems = settings.validate();
-        if !problems.is_empty() {
-            return Err(AuthInitError::Config(problems.join("; ")));
-        }
+        SettingsErrors::check(settings.validate(&Source::new()))?;
         graph.apply_schema("auth", SCHEMA).await?;
         let (secret, stable_secret) = match &settings.jwt_secret {
-            Some(s) if s.len() < 32 => {
-                return Err(AuthInitError::Config(
-                    "GRAPHAGENT_JWT_SECRET must be at least 32 characters".into(),
-                ));
-            }
             Some(s) => (s.as_bytes().to_vec(), true),
             None => {
                 tracing::warn!(
@@ -288,21 +337,14 @@ impl Auth {
             secret,
             stable_secret,
             token_ttl: settings.token_ttl,
-            login_per_minute: settings.login_per_minute.max(1),
+            login_per_minute: settings.login_per_minute,
             limiter: Mutex::new(LruCache::new(
                 NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             )),
             backoff: AccountBackoff::new(BackoffPolicy::from(settings), BACKOFF_ACCOUNTS),
         };
-        match (&settings.admin_email, &settings.admin_password) {
-            (Some(email), Some(password)) => auth.seed_admin(email, password).await?,
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(AuthInitError::Config(
-                    "set both GRAPHAGENT_ADMIN_EMAIL and GRAPHAGENT_ADMIN_PASSWORD, or neither"
-                        .into(),
-                ));
-            }
-            (None, None) => {}
+        if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
+            auth.seed_admin(email, password).await?;
         }
         Ok(auth)
     }
@@ -1274,48 +1316,111 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
     }
 
+    fn source(pairs: &[(&str, &str)]) -> Source {
+        let mut source = Source::new();
+        for (key, value) in pairs {
+            source.set_env(key, value);
+        }
+        source
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> Vec<String> {
+        match AuthSettings::from_source(&source(pairs)) {
+            Ok(s) => panic!("accepted {s:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
     #[test]
-    fn login_settings_from_the_environment_are_parsed_or_reported() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
-        let s = AuthSettings::from_vars(vars(&[
-            ("GRAPHAGENT_LOGIN_BACKOFF_AFTER_FAILURES", "3"),
-            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "250"),
-            ("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "30"),
-            ("GRAPHAGENT_LOGIN_PER_MINUTE", "7"),
-        ]));
+    fn login_settings_are_parsed_or_reported() {
+        let s = AuthSettings::from_source(&source(&[
+            ("login_backoff_after_failures", "3"),
+            ("login_backoff_base_ms", "250"),
+            ("login_backoff_max_secs", "30"),
+            ("login_per_minute", "7"),
+        ]))
+        .expect("valid");
         assert_eq!(s.login_backoff_after_failures, 3);
         assert_eq!(s.login_backoff_base, Duration::from_millis(250));
         assert_eq!(s.login_backoff_max, 30 * SEC);
         assert_eq!(s.login_per_minute, 7);
-        assert!(s.validate().is_empty(), "{:?}", s.validate());
-        assert!(AuthSettings::default().validate().is_empty());
+        assert!(AuthSettings::default().validate(&Source::new()).is_empty());
 
-        let s = AuthSettings::from_vars(vars(&[
-            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "soon"),
-            ("GRAPHAGENT_JWT_TTL_SECS", "1h"),
-        ]));
-        let problems = s.validate().join("\n");
-        assert!(
-            problems
-                .contains("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS must be a whole number, got `soon`")
-                && problems.contains("GRAPHAGENT_JWT_TTL_SECS"),
-            "{problems}"
+        assert_eq!(
+            problems(&[("login_backoff_base_ms", "soon"), ("jwt_ttl_secs", "1h")]),
+            [
+                "GRAPHAGENT_JWT_TTL_SECS: expected a whole number of seconds, got `1h`",
+                "GRAPHAGENT_LOGIN_BACKOFF_BASE_MS: expected a whole number of milliseconds, \
+                 got `soon`",
+            ]
         );
+        assert_eq!(
+            problems(&[
+                ("login_backoff_base_ms", "5000"),
+                ("login_backoff_max_secs", "2")
+            ]),
+            [
+                "GRAPHAGENT_LOGIN_BACKOFF_BASE_MS: expected at most the longest wait (2000 ms), \
+              got 5000 ms"
+            ]
+        );
+        let p = problems(&[("login_backoff_max_secs", "86401")]);
+        assert!(p[0].starts_with("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS: expected at most 86400"));
+        assert_eq!(
+            problems(&[("login_per_minute", "0"), ("jwt_ttl_secs", "59")]),
+            [
+                "GRAPHAGENT_JWT_TTL_SECS: expected 60 to 2592000 seconds, got 59",
+                "GRAPHAGENT_LOGIN_PER_MINUTE: expected at least 1, got 0",
+            ]
+        );
+    }
 
-        let s = AuthSettings::from_vars(vars(&[
-            ("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS", "5000"),
-            ("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "2"),
-        ]));
-        assert_eq!(s.validate().len(), 1);
-        assert!(s.validate()[0].contains("GRAPHAGENT_LOGIN_BACKOFF_BASE_MS"));
-        let s = AuthSettings::from_vars(vars(&[("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS", "86401")]));
-        assert!(s.validate()[0].contains("GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS"));
+    #[test]
+    fn secret_and_admin_rules_are_checked_without_the_graph() {
+        assert_eq!(
+            problems(&[("jwt_secret", "too-short-to-sign")]),
+            ["GRAPHAGENT_JWT_SECRET: expected at least 32 characters"]
+        );
+        assert_eq!(
+            problems(&[("admin_email", "ops@example.com")]),
+            [
+                "GRAPHAGENT_ADMIN_PASSWORD: expected with GRAPHAGENT_ADMIN_EMAIL (set both or \
+              neither), got none"
+            ]
+        );
+        let p = problems(&[("admin_password", "never-shown-pa55")]);
+        assert!(
+            p[0].starts_with("GRAPHAGENT_ADMIN_EMAIL: expected"),
+            "{p:?}"
+        );
+        let p = problems(&[
+            ("admin_email", "ops"),
+            ("admin_password", "never-shown-pa55"),
+        ]);
+        assert_eq!(
+            p,
+            [
+                "GRAPHAGENT_ADMIN_EMAIL: expected an email address such as admin@example.com, \
+              got `ops`"
+            ]
+        );
+        // Secrets are taken as written, spaces included.
+        let s = AuthSettings::from_source(&source(&[("jwt_secret", &format!(" {SECRET} "))]))
+            .expect("valid");
+        assert_eq!(s.jwt_secret, Some(format!(" {SECRET} ")));
+    }
+
+    #[tokio::test]
+    async fn auth_refuses_unusable_settings_built_in_code() {
+        let graph = Graph::memory().await.expect("graph");
+        let settings = AuthSettings {
+            jwt_secret: Some("short".into()),
+            ..AuthSettings::default()
+        };
+        let err = Auth::new(graph, &settings).await.expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "GRAPHAGENT_JWT_SECRET: expected at least 32 characters"
+        );
     }
 }

@@ -1,12 +1,13 @@
 //! The `graphagent` command line: `serve` and `check`, shared by every binary that
-//! composes the host (the bundled app, or a user's own). Also sets up logging.
+//! composes the host (the bundled app, or a user's own); flags sit on top of the
+//! settings file and the environment. Also sets up logging.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::settings::SettingsErrors;
 use crate::{HostBuilder, Settings};
 
 /// The host's own command line.
@@ -31,58 +32,128 @@ pub enum HostCommand {
     Check(CheckArgs),
 }
 
+/// The settings file, shared by `serve` and `check`.
+#[derive(Debug, Args)]
+pub struct SettingsArg {
+    /// Settings file (YAML). Its keys are the GRAPHAGENT_* variable names in lower case
+    /// without the prefix (`bind: 127.0.0.1:8000`); the environment and flags override
+    /// it. [env: GRAPHAGENT_SETTINGS]
+    #[arg(long = "settings", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
 /// `graphagent serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Agent file, or a directory of `*.yaml` agent files.
-    #[arg(long, env = "GRAPHAGENT_CONFIG", default_value = "agent.yaml")]
-    pub config: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "GRAPHAGENT_BIND", default_value = crate::DEFAULT_BIND)]
-    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub settings: SettingsArg,
+    /// Agent file, or a directory of `*.yaml` agent files. [env: GRAPHAGENT_CONFIG]
+    /// [default: agent.yaml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<String>,
+    /// Address to listen on, IP:PORT. [env: GRAPHAGENT_BIND] [default: 127.0.0.1:8000]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
     /// Graph URL: surrealkv://PATH (embedded, on disk), mem:// (in memory),
     /// ws://HOST:PORT or wss://HOST:PORT (a SurrealDB server; credentials from
-    /// GRAPHAGENT_GRAPH_USER / _PASSWORD / _NS / _DB).
-    #[arg(long, env = "GRAPHAGENT_GRAPH_URL", default_value = crate::DEFAULT_GRAPH_URL)]
-    pub graph: String,
+    /// GRAPHAGENT_GRAPH_USER / _PASSWORD / _NS / _DB). [env: GRAPHAGENT_GRAPH_URL]
+    /// [default: surrealkv://./data/graph]
+    #[arg(long, value_name = "URL")]
+    pub graph: Option<String>,
     /// Public base URL of this server, used for provider callbacks (webhooks).
-    #[arg(long, env = "GRAPHAGENT_PUBLIC_BASE_URL")]
+    /// [env: GRAPHAGENT_PUBLIC_BASE_URL]
+    #[arg(long, value_name = "URL")]
     pub public_base_url: Option<String>,
 }
 
 /// `graphagent check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Agent file, or a directory of `*.yaml` agent files.
-    #[arg(long, env = "GRAPHAGENT_CONFIG", default_value = "agent.yaml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub settings: SettingsArg,
+    /// Agent file, or a directory of `*.yaml` agent files. [env: GRAPHAGENT_CONFIG]
+    /// [default: agent.yaml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<String>,
+}
+
+/// The agent file the command line reads when no layer names one.
+const DEFAULT_CONFIG: &str = "agent.yaml";
+
+/// Settings from the file, the environment and `flags` (key, flag, value), in that
+/// order of precedence, lowest first, with the config path (default `agent.yaml`) also
+/// returned on its own: `check` reads the agent files even when a setting is invalid.
+fn load_settings(
+    file: &SettingsArg,
+    flags: &[(&str, &'static str, Option<&String>)],
+) -> (Result<Settings, SettingsErrors>, PathBuf) {
+    let mut source = Settings::source(file.file.as_deref());
+    for (key, flag, value) in flags {
+        if let Some(value) = value {
+            source.set_flag(key, flag, value);
+        }
+    }
+    let config = source.get("config").map_or_else(
+        || PathBuf::from(DEFAULT_CONFIG),
+        |e| PathBuf::from(e.value.trim()),
+    );
+    let settings = Settings::from_source(&source).map(|mut s| {
+        s.config_path = Some(config.clone());
+        s
+    });
+    (settings, config)
 }
 
 impl HostCommand {
     /// Run the command with the action types registered on `builder`.
     pub async fn run(self, builder: HostBuilder) -> ExitCode {
         match self {
-            Self::Check(args) => match builder.check(&args.config) {
-                Ok(files) => {
-                    let actions: usize = files.iter().map(|f| f.actions.len()).sum();
-                    println!(
-                        "{}: ok ({} agent(s), {actions} action(s))",
-                        args.config.display(),
-                        files.len()
-                    );
-                    ExitCode::SUCCESS
+            Self::Check(args) => {
+                let flags = [("config", "--config", args.config.as_ref())];
+                let (settings, config) = load_settings(&args.settings, &flags);
+                let mut ok = true;
+                if let Err(errors) = settings {
+                    eprintln!("graphagent: invalid settings:\n{errors}");
+                    ok = false;
                 }
-                Err(errors) => {
-                    eprintln!("{errors}");
+                match builder.check(&config) {
+                    Ok(files) => {
+                        let actions: usize = files.iter().map(|f| f.actions.len()).sum();
+                        println!(
+                            "{}: ok ({} agent(s), {actions} action(s))",
+                            config.display(),
+                            files.len()
+                        );
+                    }
+                    Err(errors) => {
+                        eprintln!("{errors}");
+                        ok = false;
+                    }
+                }
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
                     ExitCode::FAILURE
                 }
-            },
+            }
             Self::Serve(args) => {
-                let mut settings = Settings::from_env();
-                settings.config_path = Some(args.config);
-                settings.bind = args.bind;
-                settings.graph_url = args.graph;
-                settings.public_base_url = args.public_base_url;
+                let flags = [
+                    ("config", "--config", args.config.as_ref()),
+                    ("bind", "--bind", args.bind.as_ref()),
+                    ("graph_url", "--graph", args.graph.as_ref()),
+                    (
+                        "public_base_url",
+                        "--public-base-url",
+                        args.public_base_url.as_ref(),
+                    ),
+                ];
+                let settings = match load_settings(&args.settings, &flags).0 {
+                    Ok(settings) => settings,
+                    Err(errors) => {
+                        eprintln!("graphagent: invalid settings:\n{errors}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let host = match builder.settings(settings).build().await {
                     Ok(host) => host,
                     Err(e) => {

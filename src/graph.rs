@@ -16,6 +16,8 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::types::QueryError;
 
+use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
+
 /// Why a graph operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind:?}: {message}")]
@@ -86,13 +88,13 @@ pub type GraphResult<T> = Result<T, GraphError>;
 /// Connection options beyond the URL (used for `ws://` / `wss://` servers).
 #[derive(Clone, Default)]
 pub struct GraphOptions {
-    /// Root user name (env `GRAPHAGENT_GRAPH_USER`).
+    /// Root user name (`GRAPHAGENT_GRAPH_USER`).
     pub username: Option<String>,
-    /// Root password (env `GRAPHAGENT_GRAPH_PASSWORD`).
+    /// Root password (`GRAPHAGENT_GRAPH_PASSWORD`).
     pub password: Option<String>,
-    /// Namespace (env `GRAPHAGENT_GRAPH_NS`, default `graphagent`).
+    /// Namespace (`GRAPHAGENT_GRAPH_NS`, default `graphagent`).
     pub namespace: Option<String>,
-    /// Database (env `GRAPHAGENT_GRAPH_DB`, default `main`).
+    /// Database (`GRAPHAGENT_GRAPH_DB`, default `main`).
     pub database: Option<String>,
 }
 
@@ -108,15 +110,71 @@ impl std::fmt::Debug for GraphOptions {
 }
 
 impl GraphOptions {
-    /// Options from the `GRAPHAGENT_GRAPH_*` environment variables.
-    pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Self {
-            username: var("GRAPHAGENT_GRAPH_USER"),
-            password: var("GRAPHAGENT_GRAPH_PASSWORD"),
-            namespace: var("GRAPHAGENT_GRAPH_NS"),
-            database: var("GRAPHAGENT_GRAPH_DB"),
+    /// The settings these options are read from (the URL is the host's `graph_url`).
+    pub const KEYS: &'static [Key] = &[
+        Key::plain("graph_user"),
+        Key::secret("graph_password"),
+        Key::plain("graph_ns"),
+        Key::plain("graph_db"),
+    ];
+
+    /// Options from `source` (`GRAPHAGENT_GRAPH_*`); plain text, so nothing to refuse.
+    pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
+        let f = Fields::new(source);
+        Ok(Self {
+            username: f.text("graph_user"),
+            password: f.text("graph_password"),
+            namespace: f.text("graph_ns"),
+            database: f.text("graph_db"),
+        })
+    }
+
+    /// What makes `url` with these options unusable, before anything is opened: an
+    /// unknown engine, or a server with only one of user and password.
+    pub fn validate(&self, url: &str, source: &Source) -> Vec<SettingError> {
+        let mut errors = Vec::new();
+        match engine(url) {
+            Err(message) => errors.push(source.error("graph_url", message)),
+            Ok(Engine::Remote) => match (&self.username, &self.password) {
+                (Some(_), None) => errors.push(source.error(
+                    "graph_password",
+                    "expected a password for the graph server with GRAPHAGENT_GRAPH_USER \
+                     (set both or neither), got none",
+                )),
+                (None, Some(_)) => errors.push(source.error(
+                    "graph_user",
+                    "expected a user for the graph server with GRAPHAGENT_GRAPH_PASSWORD \
+                     (set both or neither), got none",
+                )),
+                _ => {}
+            },
+            Ok(Engine::Local) => {}
         }
+        errors
+    }
+}
+
+/// Where a graph URL's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// In this process: `surrealkv://`, `mem://`.
+    Local,
+    /// A SurrealDB server: `ws://`, `wss://`.
+    Remote,
+}
+
+/// The engine a graph URL names; the message says what is expected (credentials in the
+/// URL are never shown).
+fn engine(url: &str) -> Result<Engine, String> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(Engine::Remote)
+    } else if url.starts_with("mem://") || url == "memory" || url.starts_with("surrealkv://") {
+        Ok(Engine::Local)
+    } else {
+        Err(format!(
+            "expected surrealkv://PATH, mem://, ws://HOST:PORT or wss://HOST:PORT, got `{}`",
+            redact_url(url)
+        ))
     }
 }
 
@@ -148,19 +206,12 @@ const CONFLICT_RETRIES: u32 = 64;
 impl Graph {
     /// Connect by URL: `surrealkv://PATH`, `mem://`, `ws://HOST:PORT`, `wss://HOST:PORT`.
     pub async fn connect(url: &str, options: &GraphOptions) -> GraphResult<Self> {
-        let remote = url.starts_with("ws://") || url.starts_with("wss://");
-        if !(remote
-            || url.starts_with("mem://")
-            || url == "memory"
-            || url.starts_with("surrealkv://"))
-        {
-            return Err(GraphError::new(
-                GraphErrorKind::Config,
-                format!(
-                    "unsupported graph URL `{url}`: use surrealkv://PATH, mem://, ws:// or wss://"
-                ),
-            ));
+        let problems = options.validate(url, &Source::new());
+        if !problems.is_empty() {
+            let message = SettingsErrors(problems).to_string();
+            return Err(GraphError::new(GraphErrorKind::Config, message));
         }
+        let remote = engine(url) == Ok(Engine::Remote);
         if let Some(path) = url.strip_prefix("surrealkv://")
             && let Some(parent) = Path::new(path).parent()
             && !parent.as_os_str().is_empty()
@@ -172,18 +223,7 @@ impl Graph {
                 )
             })?;
         }
-        let root = match (&options.username, &options.password) {
-            (Some(username), Some(password)) => Some((username, password)),
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) if remote => {
-                return Err(GraphError::new(
-                    GraphErrorKind::Config,
-                    "a graph server needs both a user and a password \
-                     (GRAPHAGENT_GRAPH_USER, GRAPHAGENT_GRAPH_PASSWORD); only one is set",
-                ));
-            }
-            _ => None,
-        };
+        let root = options.username.as_ref().zip(options.password.as_ref());
         let db = connect_engine(url).await?;
         if remote && let Some((username, password)) = root {
             db.signin(surrealdb::opt::auth::Root {
@@ -594,7 +634,47 @@ mod tests {
             .await
             .expect_err("half the credentials");
         assert_eq!(err.kind, GraphErrorKind::Config, "{err}");
-        assert!(err.message.contains("both a user and a password"), "{err}");
+        assert_eq!(
+            err.message,
+            "GRAPHAGENT_GRAPH_PASSWORD: expected a password for the graph server with \
+             GRAPHAGENT_GRAPH_USER (set both or neither), got none"
+        );
+    }
+
+    #[test]
+    fn graph_urls_and_credentials_are_checked_without_connecting() {
+        let none = GraphOptions::default();
+        let source = Source::new();
+        for url in [
+            "mem://",
+            "memory",
+            "surrealkv://./data/g",
+            "ws://h:1",
+            "wss://h",
+        ] {
+            assert!(none.validate(url, &source).is_empty(), "{url}");
+        }
+        let e = none.validate("postgres://root:hunter2@db", &source);
+        assert_eq!(
+            e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "GRAPHAGENT_GRAPH_URL: expected surrealkv://PATH, mem://, ws://HOST:PORT or \
+              wss://HOST:PORT, got `postgres://db`"
+            ]
+        );
+        let half = GraphOptions {
+            password: Some("hunter2".into()),
+            ..GraphOptions::default()
+        };
+        // Only a server needs credentials; an embedded engine ignores them.
+        assert!(half.validate("mem://", &source).is_empty());
+        let e = half.validate("wss://db", &source);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].to_string()
+                .starts_with("GRAPHAGENT_GRAPH_USER: expected")
+        );
+        assert!(!e[0].to_string().contains("hunter2"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::outbox::{self, EventPublisher};
 use crate::plugin::{Action, ActionDirectory, ActionTypes, AgentHandle, HostInfo, ScopedKeys};
 use crate::runtime::{self, LoadError, ReloadReport, Runtime};
 use crate::server::{self, ServerSettings};
-use crate::settings::Settings;
+use crate::settings::{Settings, SettingsErrors, Source};
 use crate::state::HostState;
 use crate::webhooks::Webhooks;
 
@@ -27,9 +27,12 @@ pub enum HostError {
     /// The graph could not be opened or written.
     #[error("graph: {0}")]
     Graph(#[from] GraphError),
-    /// A host setting is unusable.
-    #[error("{0}")]
-    Settings(String),
+    /// Host settings are unusable (every problem, one per line).
+    #[error("invalid settings:\n{0}")]
+    Settings(#[from] SettingsErrors),
+    /// Auth could not start (the admin password could not be hashed).
+    #[error("auth: {0}")]
+    Auth(String),
     /// Binding or serving failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -52,7 +55,8 @@ impl From<auth::AuthInitError> for HostError {
     fn from(e: auth::AuthInitError) -> Self {
         match e {
             auth::AuthInitError::Graph(e) => Self::Graph(e),
-            auth::AuthInitError::Config(m) => Self::Settings(m),
+            auth::AuthInitError::Settings(e) => Self::Settings(e),
+            auth::AuthInitError::Config(m) => Self::Auth(m),
         }
     }
 }
@@ -103,11 +107,13 @@ impl HostBuilder {
         Ok(files)
     }
 
-    /// Open the graph, seed auth, load the configured agents (running their hooks) and
-    /// assemble the router.
+    /// Check the settings and agent files, then open the graph, seed auth, load the
+    /// configured agents (running their hooks) and assemble the router.
     pub async fn build(self) -> Result<Host, HostError> {
         let settings = self.settings;
-        // Validate before touching the graph, so a bad file fails fast and creates nothing.
+        // Validate before touching the graph, so bad settings or a bad file fail fast and
+        // create nothing.
+        settings.validate()?;
         let files = match &settings.config_path {
             Some(path) => {
                 let files = config::load_path(path).map_err(HostError::Config)?;
@@ -116,14 +122,11 @@ impl HostBuilder {
             }
             None => Vec::new(),
         };
-        let mut problems = settings.invalid_env.clone();
-        problems.extend(settings.server.validate());
-        problems.extend(settings.webhooks.validate());
-        if !problems.is_empty() {
-            return Err(HostError::Settings(problems.join("; ")));
-        }
         let public_base_url = match &settings.public_base_url {
-            Some(url) => Some(normalize_base_url(url)?),
+            Some(url) => Some(
+                crate::settings::public_base_url(url)
+                    .map_err(|m| SettingsErrors(vec![Source::new().error("public_base_url", m)]))?,
+            ),
             None => None,
         };
         let graph = Graph::connect(&settings.graph_url, &settings.graph).await?;
@@ -168,21 +171,6 @@ impl HostBuilder {
             webhooks,
         })
     }
-}
-
-fn normalize_base_url(url: &str) -> Result<String, HostError> {
-    let trimmed = url.trim().trim_end_matches('/');
-    let ok = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
-        && trimmed
-            .split("://")
-            .nth(1)
-            .is_some_and(|rest| !rest.is_empty());
-    if !ok {
-        return Err(HostError::Settings(format!(
-            "GRAPHAGENT_PUBLIC_BASE_URL must be an http(s) URL such as https://agents.example.com, got `{url}`"
-        )));
-    }
-    Ok(trimmed.to_owned())
 }
 
 /// A built host: loaded agents, router, OpenAPI document.

@@ -9,7 +9,8 @@
 //! # async fn demo() -> Result<(), graphagent::HostError> {
 //! let host = graphagent::HostBuilder::new()
 //!     // .action::<MyAction>()
-//!     .settings(graphagent::Settings::from_env())
+//!     // Defaults, then the file GRAPHAGENT_SETTINGS names (if any), then GRAPHAGENT_*.
+//!     .settings(graphagent::Settings::load(None)?)
 //!     .build()
 //!     .await?;
 //! host.run().await
@@ -44,6 +45,6 @@ pub use plugin::{
 };
 pub use runtime::ReloadReport;
 pub use server::ServerSettings;
-pub use settings::{DEFAULT_BIND, DEFAULT_GRAPH_URL, Settings};
+pub use settings::{DEFAULT_BIND, DEFAULT_GRAPH_URL, Settings, SettingsErrors};
 pub use state::HostState;
 pub use webhooks::WebhookSettings;

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
+use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// Limits on clients and on shutdown (`GRAPHAGENT_*`; see the README's configuration table).
 #[derive(Debug, Clone)]
@@ -74,63 +75,63 @@ impl Default for ServerSettings {
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 impl ServerSettings {
-    /// Settings from the environment. Values that are not numbers are returned as
-    /// problems (reported by [`HostBuilder::build`](crate::HostBuilder::build)).
-    pub fn from_env() -> (Self, Vec<String>) {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
+    /// The settings these are read from.
+    pub const KEYS: &'static [Key] = &[
+        Key::plain("header_read_timeout_secs"),
+        Key::plain("body_timeout_secs"),
+        Key::plain("idle_timeout_secs"),
+        Key::plain("max_connections"),
+        Key::plain("shutdown_grace_secs"),
+    ];
 
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
-        let mut s = Self::default();
-        let mut invalid = Vec::new();
-        let mut number = |name: &str| -> Option<u64> {
-            let value = var(name).filter(|v| !v.trim().is_empty())?;
-            match value.trim().parse::<u64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    invalid.push(format!("{name} must be a whole number, got `{value}`"));
-                    None
-                }
-            }
+    /// Settings from `source` over the defaults, checked; every problem, not just the
+    /// first.
+    pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
+        let mut f = Fields::new(source);
+        let d = Self::default();
+        let mut secs = |key: &str, default: Duration| {
+            f.whole(key, "seconds").map_or(default, Duration::from_secs)
         };
-        if let Some(n) = number("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS") {
-            s.header_read_timeout = Duration::from_secs(n);
-        }
-        if let Some(n) = number("GRAPHAGENT_BODY_TIMEOUT_SECS") {
-            s.body_timeout = Duration::from_secs(n);
-        }
-        if let Some(n) = number("GRAPHAGENT_IDLE_TIMEOUT_SECS") {
-            s.idle_timeout = Duration::from_secs(n);
-        }
-        if let Some(n) = number("GRAPHAGENT_MAX_CONNECTIONS") {
-            s.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
-        }
-        if let Some(n) = number("GRAPHAGENT_SHUTDOWN_GRACE_SECS") {
-            s.shutdown_grace = Duration::from_secs(n);
-        }
-        (s, invalid)
+        let s = Self {
+            header_read_timeout: secs("header_read_timeout_secs", d.header_read_timeout),
+            body_timeout: secs("body_timeout_secs", d.body_timeout),
+            idle_timeout: secs("idle_timeout_secs", d.idle_timeout),
+            shutdown_grace: secs("shutdown_grace_secs", d.shutdown_grace),
+            max_connections: f
+                .whole("max_connections", "connections")
+                .unwrap_or(d.max_connections),
+        };
+        f.checked(s, |s| s.validate(source))
     }
 
-    /// Range checks; every problem, not just the first.
-    pub fn validate(&self) -> Vec<String> {
+    /// Range checks; every problem, not just the first, named as `source` has them.
+    pub fn validate(&self, source: &Source) -> Vec<SettingError> {
         let mut problems = Vec::new();
-        for (name, value) in [
-            (
-                "GRAPHAGENT_HEADER_READ_TIMEOUT_SECS",
-                self.header_read_timeout,
-            ),
-            ("GRAPHAGENT_BODY_TIMEOUT_SECS", self.body_timeout),
-            ("GRAPHAGENT_IDLE_TIMEOUT_SECS", self.idle_timeout),
+        let max = MAX_DURATION.as_secs();
+        for (key, value) in [
+            ("header_read_timeout_secs", self.header_read_timeout),
+            ("body_timeout_secs", self.body_timeout),
+            ("idle_timeout_secs", self.idle_timeout),
         ] {
+            // Zero, not "under a second": code (tests) may set sub-second timeouts.
             if value.is_zero() || value > MAX_DURATION {
-                problems.push(format!("{name} must be between 1 and 86400 seconds"));
+                problems.push(source.error(
+                    key,
+                    format!("expected 1 to {max} seconds, got {}", value.as_secs()),
+                ));
             }
         }
         if self.shutdown_grace > MAX_DURATION {
-            problems.push("GRAPHAGENT_SHUTDOWN_GRACE_SECS must be at most 86400".to_owned());
+            problems.push(source.error(
+                "shutdown_grace_secs",
+                format!(
+                    "expected 0 to {max} seconds, got {}",
+                    self.shutdown_grace.as_secs()
+                ),
+            ));
         }
         if self.max_connections == 0 {
-            problems.push("GRAPHAGENT_MAX_CONNECTIONS must be at least 1".to_owned());
+            problems.push(source.error("max_connections", "expected at least 1, got 0"));
         }
         problems
     }
@@ -713,44 +714,40 @@ impl HttpBody for TimedBody {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
+    fn shown(errors: &[SettingError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
     }
 
     #[test]
     fn defaults_are_valid() {
-        assert!(ServerSettings::default().validate().is_empty());
+        assert!(
+            ServerSettings::default()
+                .validate(&Source::new())
+                .is_empty()
+        );
     }
 
     #[test]
-    fn environment_values_are_read_and_bad_ones_named() {
-        let (s, invalid) = ServerSettings::from_vars(vars(&[
-            ("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS", "5"),
-            ("GRAPHAGENT_IDLE_TIMEOUT_SECS", " 620 "),
-            ("GRAPHAGENT_MAX_CONNECTIONS", "lots"),
-            ("GRAPHAGENT_SHUTDOWN_GRACE_SECS", "0"),
-            ("GRAPHAGENT_BODY_TIMEOUT_SECS", ""),
-        ]));
+    fn values_are_read_and_bad_ones_named() {
+        let mut source = Source::new();
+        source.set_env("header_read_timeout_secs", "5");
+        source.set_env("idle_timeout_secs", " 620 ");
+        source.set_env("shutdown_grace_secs", "0");
+        source.set_env("body_timeout_secs", "");
+        let s = ServerSettings::from_source(&source).expect("valid");
         assert_eq!(s.header_read_timeout, Duration::from_secs(5));
         assert_eq!(s.idle_timeout, Duration::from_secs(620));
         assert_eq!(s.shutdown_grace, Duration::ZERO);
         // Unset and empty keep the defaults.
         assert_eq!(s.body_timeout, Duration::from_secs(30));
         assert_eq!(s.max_connections, 512);
+
+        source.set_env("max_connections", "lots");
+        let errors = ServerSettings::from_source(&source).expect_err("refused");
         assert_eq!(
-            invalid,
-            ["GRAPHAGENT_MAX_CONNECTIONS must be a whole number, got `lots`"]
+            shown(&errors.0),
+            ["GRAPHAGENT_MAX_CONNECTIONS: expected a whole number of connections, got `lots`"]
         );
-        assert!(s.validate().is_empty());
     }
 
     #[test]
@@ -762,12 +759,15 @@ mod tests {
             max_connections: 0,
             shutdown_grace: Duration::from_secs(86_401),
         };
-        let problems = s.validate();
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[0].starts_with("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS"));
-        assert!(problems[1].starts_with("GRAPHAGENT_BODY_TIMEOUT_SECS"));
-        assert!(problems[2].starts_with("GRAPHAGENT_SHUTDOWN_GRACE_SECS"));
-        assert!(problems[3].starts_with("GRAPHAGENT_MAX_CONNECTIONS"));
+        assert_eq!(
+            shown(&s.validate(&Source::new())),
+            [
+                "GRAPHAGENT_HEADER_READ_TIMEOUT_SECS: expected 1 to 86400 seconds, got 0",
+                "GRAPHAGENT_BODY_TIMEOUT_SECS: expected 1 to 86400 seconds, got 86401",
+                "GRAPHAGENT_SHUTDOWN_GRACE_SECS: expected 0 to 86400 seconds, got 86401",
+                "GRAPHAGENT_MAX_CONNECTIONS: expected at least 1, got 0",
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,7 +65,11 @@ pub(crate) fn error_at(
     }
 }
 
-fn syntax_error(path: &Path, source: &SourceMap, error: &serde_yaml::Error) -> ConfigErrors {
+pub(crate) fn syntax_error(
+    path: &Path,
+    source: &SourceMap,
+    error: &serde_yaml::Error,
+) -> ConfigErrors {
     let mut message = error.to_string();
     let mut pos = error.location().map(|l| Pos {
         line: l.line(),

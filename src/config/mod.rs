@@ -6,8 +6,8 @@
 
 mod env;
 mod error;
-mod load;
-mod source;
+pub(crate) mod load;
+pub(crate) mod source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

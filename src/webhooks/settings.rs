@@ -1,9 +1,12 @@
-//! Outbound webhook settings (`GRAPHAGENT_WEBHOOK_*`).
+//! Outbound webhook settings (`GRAPHAGENT_WEBHOOK_*`): their defaults, how they are
+//! read from a settings [`Source`] and checked, schedule parsing, allow-list entries.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// How outbound webhooks are delivered. Defaults follow svix-server where the issue is
 /// silent (see `docs/decisions.md`).
@@ -103,99 +106,130 @@ fn parse_duration(part: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n.saturating_mul(mult_ms)))
 }
 
+/// Most retries a schedule may hold.
+const MAX_RETRIES: usize = 20;
+
 impl WebhookSettings {
-    /// Settings from the `GRAPHAGENT_WEBHOOK_*` environment variables. Unparseable values
-    /// are reported by [`validate`](Self::validate) through `invalid`.
-    pub fn from_env() -> (Self, Vec<String>) {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let mut s = Self::default();
-        let mut invalid = Vec::new();
-        let mut num = |name: &str, apply: &mut dyn FnMut(u64)| {
-            if let Some(v) = var(name) {
-                match v.trim().parse::<u64>() {
-                    Ok(n) => apply(n),
-                    Err(_) => invalid.push(format!("{name} must be a number, got `{v}`")),
-                }
-            }
+    /// The settings these are read from.
+    pub const KEYS: &'static [Key] = &[
+        Key::plain("webhook_worker"),
+        Key::plain("webhook_retry_schedule"),
+        Key::plain("webhook_timeout_secs"),
+        Key::plain("webhook_max_concurrency"),
+        Key::plain("webhook_per_subscription_concurrency"),
+        Key::plain("webhook_disable_after_failures"),
+        Key::plain("webhook_disable_after_hours"),
+        Key::plain("webhook_allow_http_loopback"),
+        Key::plain("webhook_allowed_private"),
+        Key::plain("webhook_payload_retention_days"),
+        Key::plain("webhook_rotation_grace_hours"),
+        Key::plain("webhook_poll_ms"),
+        Key::plain("webhook_cleaner_interval_secs"),
+    ];
+
+    /// Settings from `source` (`GRAPHAGENT_WEBHOOK_*`) over the defaults, checked; every
+    /// problem, not just the first.
+    pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
+        let mut f = Fields::new(source);
+        let d = Self::default();
+        let hours = |n: u64| Duration::from_secs(n.saturating_mul(3600));
+        let s = Self {
+            worker: f.flag("webhook_worker").unwrap_or(d.worker),
+            retry_schedule: f
+                .parse(
+                    "webhook_retry_schedule",
+                    "comma-separated delays such as 5s,5m,2h (units ms, s, m, h)",
+                    |t| parse_schedule(t).ok(),
+                )
+                .unwrap_or(d.retry_schedule),
+            timeout: f
+                .whole("webhook_timeout_secs", "seconds")
+                .map_or(d.timeout, Duration::from_secs),
+            max_concurrency: f
+                .whole("webhook_max_concurrency", "attempts")
+                .unwrap_or(d.max_concurrency),
+            per_subscription_concurrency: f
+                .whole("webhook_per_subscription_concurrency", "attempts")
+                .unwrap_or(d.per_subscription_concurrency),
+            disable_after_failures: f
+                .whole("webhook_disable_after_failures", "failures")
+                .unwrap_or(d.disable_after_failures),
+            disable_after_failing_for: f
+                .whole("webhook_disable_after_hours", "hours")
+                .map_or(d.disable_after_failing_for, hours),
+            allow_http_loopback: f
+                .flag("webhook_allow_http_loopback")
+                .unwrap_or(d.allow_http_loopback),
+            allowed_private: f
+                .list("webhook_allowed_private")
+                .unwrap_or(d.allowed_private),
+            payload_retention: f
+                .whole("webhook_payload_retention_days", "days")
+                .map_or(d.payload_retention, |n: u64| {
+                    Duration::from_secs(n.saturating_mul(86_400))
+                }),
+            rotation_grace: f
+                .whole("webhook_rotation_grace_hours", "hours")
+                .map_or(d.rotation_grace, hours),
+            poll_interval: f
+                .whole("webhook_poll_ms", "milliseconds")
+                .map_or(d.poll_interval, Duration::from_millis),
+            cleaner_interval: f
+                .whole("webhook_cleaner_interval_secs", "seconds")
+                .map_or(d.cleaner_interval, Duration::from_secs),
+            lease: d.lease,
         };
-        num("GRAPHAGENT_WEBHOOK_TIMEOUT_SECS", &mut |n| {
-            s.timeout = Duration::from_secs(n)
-        });
-        num("GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY", &mut |n| {
-            s.max_concurrency = n as usize
-        });
-        num(
-            "GRAPHAGENT_WEBHOOK_PER_SUBSCRIPTION_CONCURRENCY",
-            &mut |n| s.per_subscription_concurrency = n as usize,
-        );
-        num("GRAPHAGENT_WEBHOOK_DISABLE_AFTER_FAILURES", &mut |n| {
-            s.disable_after_failures = u32::try_from(n).unwrap_or(u32::MAX)
-        });
-        num("GRAPHAGENT_WEBHOOK_DISABLE_AFTER_HOURS", &mut |n| {
-            s.disable_after_failing_for = Duration::from_secs(n.saturating_mul(3600))
-        });
-        num("GRAPHAGENT_WEBHOOK_PAYLOAD_RETENTION_DAYS", &mut |n| {
-            s.payload_retention = Duration::from_secs(n.saturating_mul(86400))
-        });
-        num("GRAPHAGENT_WEBHOOK_ROTATION_GRACE_HOURS", &mut |n| {
-            s.rotation_grace = Duration::from_secs(n.saturating_mul(3600))
-        });
-        num("GRAPHAGENT_WEBHOOK_POLL_MS", &mut |n| {
-            s.poll_interval = Duration::from_millis(n)
-        });
-        num("GRAPHAGENT_WEBHOOK_CLEANER_INTERVAL_SECS", &mut |n| {
-            s.cleaner_interval = Duration::from_secs(n)
-        });
-        let flag = |v: String| matches!(v.trim(), "1" | "true" | "yes" | "on");
-        if let Some(v) = var("GRAPHAGENT_WEBHOOK_WORKER") {
-            s.worker = flag(v);
-        }
-        if let Some(v) = var("GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK") {
-            s.allow_http_loopback = flag(v);
-        }
-        if let Some(v) = var("GRAPHAGENT_WEBHOOK_ALLOWED_PRIVATE") {
-            s.allowed_private = v
-                .split(',')
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .collect();
-        }
-        if let Some(v) = var("GRAPHAGENT_WEBHOOK_RETRY_SCHEDULE") {
-            match parse_schedule(&v) {
-                Ok(schedule) => s.retry_schedule = schedule,
-                Err(e) => invalid.push(format!("GRAPHAGENT_WEBHOOK_RETRY_SCHEDULE: {e}")),
-            }
-        }
-        (s, invalid)
+        f.checked(s, |s| s.validate(source))
     }
 
-    /// Range checks; every problem, not just the first.
-    pub fn validate(&self) -> Vec<String> {
+    /// Range checks; every problem, not just the first, named as `source` has them.
+    pub fn validate(&self, source: &Source) -> Vec<SettingError> {
         let mut problems = Vec::new();
         if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(30) {
-            problems.push("GRAPHAGENT_WEBHOOK_TIMEOUT_SECS must be between 1 and 30".to_owned());
+            problems.push(source.error(
+                "webhook_timeout_secs",
+                format!("expected 1 to 30 seconds, got {}", self.timeout.as_secs()),
+            ));
         }
-        if self.max_concurrency == 0 || self.per_subscription_concurrency == 0 {
-            problems.push("webhook concurrency limits must be at least 1".to_owned());
+        for (key, value) in [
+            ("webhook_max_concurrency", self.max_concurrency),
+            (
+                "webhook_per_subscription_concurrency",
+                self.per_subscription_concurrency,
+            ),
+            (
+                "webhook_disable_after_failures",
+                self.disable_after_failures as usize,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(source.error(key, "expected at least 1, got 0"));
+            }
         }
-        if self.disable_after_failures == 0 {
-            problems
-                .push("GRAPHAGENT_WEBHOOK_DISABLE_AFTER_FAILURES must be at least 1".to_owned());
+        if self.retry_schedule.len() > MAX_RETRIES {
+            problems.push(source.error(
+                "webhook_retry_schedule",
+                format!(
+                    "expected at most {MAX_RETRIES} delays, got {}",
+                    self.retry_schedule.len()
+                ),
+            ));
         }
-        if self.retry_schedule.len() > 20 {
-            problems.push("GRAPHAGENT_WEBHOOK_RETRY_SCHEDULE has at most 20 entries".to_owned());
-        }
-        if self.payload_retention.is_zero() {
-            problems
-                .push("GRAPHAGENT_WEBHOOK_PAYLOAD_RETENTION_DAYS must be at least 1".to_owned());
-        }
-        if self.poll_interval.is_zero() || self.cleaner_interval.is_zero() {
-            problems.push("webhook poll and cleaner intervals must be positive".to_owned());
+        for (key, value) in [
+            ("webhook_payload_retention_days", self.payload_retention),
+            ("webhook_poll_ms", self.poll_interval),
+            ("webhook_cleaner_interval_secs", self.cleaner_interval),
+        ] {
+            if value.is_zero() {
+                problems.push(source.error(key, "expected at least 1, got 0"));
+            }
         }
         for entry in &self.allowed_private {
             if entry.contains('/') && parse_net(entry).is_none() {
-                problems.push(format!(
-                    "GRAPHAGENT_WEBHOOK_ALLOWED_PRIVATE: `{entry}` is not a CIDR"
+                problems.push(source.invalid(
+                    "webhook_allowed_private",
+                    "CIDRs such as 10.0.0.0/8, addresses or host names",
+                    entry,
                 ));
             }
         }
@@ -249,16 +283,54 @@ mod tests {
             allowed_private: vec!["10.0.0.0/33".to_owned(), "internal.example".to_owned()],
             ..WebhookSettings::default()
         };
-        assert_eq!(bad.validate().len(), 1);
+        assert_eq!(bad.validate(&Source::new()).len(), 1);
     }
 
     #[test]
     fn defaults_are_valid() {
-        assert!(WebhookSettings::default().validate().is_empty());
+        assert!(
+            WebhookSettings::default()
+                .validate(&Source::new())
+                .is_empty()
+        );
         let bad = WebhookSettings {
             timeout: Duration::from_secs(31),
             ..WebhookSettings::default()
         };
-        assert_eq!(bad.validate().len(), 1);
+        assert_eq!(bad.validate(&Source::new()).len(), 1);
+    }
+
+    #[test]
+    fn values_are_read_and_each_bad_one_named() {
+        let mut source = Source::new();
+        source.set_env("webhook_worker", "off");
+        source.set_env("webhook_retry_schedule", "1s, 2m");
+        source.set_env("webhook_allowed_private", "10.0.0.0/8, hooks.internal");
+        source.set_env("webhook_disable_after_hours", "2");
+        let s = WebhookSettings::from_source(&source).expect("valid");
+        assert!(!s.worker);
+        assert_eq!(
+            s.retry_schedule,
+            [Duration::from_secs(1), Duration::from_secs(120)]
+        );
+        assert_eq!(s.allowed_private, ["10.0.0.0/8", "hooks.internal"]);
+        assert_eq!(s.disable_after_failing_for, Duration::from_secs(7200));
+
+        source.set_env("webhook_allow_http_loopback", "sometimes");
+        source.set_env("webhook_retry_schedule", "soon");
+        source.set_env("webhook_poll_ms", "0");
+        source.set_env("webhook_max_concurrency", "0");
+        let errors = WebhookSettings::from_source(&source).expect_err("refused");
+        let shown: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "GRAPHAGENT_WEBHOOK_RETRY_SCHEDULE: expected comma-separated delays such as \
+                 5s,5m,2h (units ms, s, m, h), got `soon`",
+                "GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK: expected true or false, got `sometimes`",
+                "GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY: expected at least 1, got 0",
+                "GRAPHAGENT_WEBHOOK_POLL_MS: expected at least 1, got 0",
+            ]
+        );
     }
 }

@@ -361,11 +361,11 @@ async fn unusable_server_settings_stop_start_up() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS must be between 1 and 86400 seconds"),
+        err.contains("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS: expected 1 to 86400 seconds, got 0"),
         "{err}"
     );
     assert!(
-        err.contains("GRAPHAGENT_MAX_CONNECTIONS must be at least 1"),
+        err.contains("GRAPHAGENT_MAX_CONNECTIONS: expected at least 1, got 0"),
         "{err}"
     );
 }

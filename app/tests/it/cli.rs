@@ -62,13 +62,15 @@ fn help_documents_every_command() {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let expected: &[&str] = match args[0] {
             "serve" => &[
+                "--settings",
+                "GRAPHAGENT_SETTINGS",
                 "--config",
                 "--bind",
                 "--graph",
                 "--public-base-url",
                 "GRAPHAGENT_BIND",
             ],
-            "check" => &["--config"],
+            "check" => &["--config", "--settings"],
             _ => &["serve", "check"],
         };
         for word in expected {
@@ -77,14 +79,9 @@ fn help_documents_every_command() {
     }
 }
 
-#[test]
-fn unparsable_server_settings_stop_serve_naming_the_variable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = serve_command(dir.path(), free_port())
-        .env("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS", "soon")
-        .env("GRAPHAGENT_IDLE_TIMEOUT_SECS", "0")
-        .spawn()
-        .expect("spawn");
+/// Waits for `child` to exit on its own (it must not start serving) and returns its
+/// exit code and stderr.
+fn exits(mut child: Child) -> (Option<i32>, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
@@ -94,20 +91,123 @@ fn unparsable_server_settings_stop_serve_naming_the_variable() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unparsable_server_settings_stop_serve_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = serve_command(dir.path(), free_port())
+        .env("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS", "soon")
+        .env("GRAPHAGENT_IDLE_TIMEOUT_SECS", "0")
+        .spawn()
+        .expect("spawn");
+    let (code, stderr) = exits(child);
+    assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("GRAPHAGENT_HEADER_READ_TIMEOUT_SECS must be a whole number, got `soon`"),
+        stderr.contains(
+            "\nGRAPHAGENT_HEADER_READ_TIMEOUT_SECS: expected a whole number of seconds, got `soon`\n"
+        ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("GRAPHAGENT_IDLE_TIMEOUT_SECS must be between 1 and 86400 seconds"),
+        stderr.contains("\nGRAPHAGENT_IDLE_TIMEOUT_SECS: expected 1 to 86400 seconds, got 0"),
         "{stderr}"
     );
     assert!(
         !dir.path().join("graph").exists(),
         "the graph was not opened"
     );
+}
+
+#[test]
+fn a_bad_bind_stops_serve_before_the_graph_is_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = bare_serve_command(dir.path())
+        .env("GRAPHAGENT_BIND", "localhost:8000")
+        .env("GRAPHAGENT_MAX_BODY_BYTES", "1MB")
+        .env("GRAPHAGENT_JWT_SECRET", "too-short-never-shown")
+        .spawn()
+        .expect("spawn");
+    let (code, stderr) = exits(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    // Every problem, one per line, each naming its variable.
+    for line in [
+        "GRAPHAGENT_BIND: expected an IP address and port such as 127.0.0.1:8000 or [::]:8000, \
+         got `localhost:8000`",
+        "GRAPHAGENT_MAX_BODY_BYTES: expected a whole number of bytes, got `1MB`",
+        "GRAPHAGENT_JWT_SECRET: expected at least 32 characters",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line} not in: {stderr}");
+    }
+    assert!(!stderr.contains("too-short-never-shown"), "{stderr}");
+    assert!(
+        !dir.path().join("graph").exists(),
+        "the graph was not opened"
+    );
+}
+
+#[test]
+fn a_settings_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("graphagent.yaml");
+    std::fs::write(
+        &file,
+        "bind: 127.0.0.1:1\nwebhook_timeout: 10\nidle_timeout_secs: forever\n",
+    )
+    .expect("write");
+    // `check` reports the settings file's problems with their lines, and still checks
+    // the agent file (fine here).
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(example())
+        .arg("--settings")
+        .arg(&file)
+        .env_remove("GRAPHAGENT_SETTINGS")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |line: usize, key: &str| format!("{}:{line}:1: {key}: ", file.display());
+    assert!(
+        stderr.contains(&format!("{}unknown key", at(2, "webhook_timeout"))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}expected a whole number of seconds, got `forever`",
+            at(3, "idle_timeout_secs")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 1 action(s))"),
+        "the agent file was checked too"
+    );
+
+    // `serve` reads the file named by GRAPHAGENT_SETTINGS: the environment wins over it
+    // and the flag over both, so only the file's bad bind is left out.
+    std::fs::write(&file, "bind: 127.0.0.1:nope\nmax_connections: 0\n").expect("write");
+    let child = bare_serve_command(dir.path())
+        .env("GRAPHAGENT_SETTINGS", &file)
+        .env("GRAPHAGENT_BIND", "also bad")
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .spawn()
+        .expect("spawn");
+    let (code, stderr) = exits(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}expected at least 1, got 0",
+            at(2, "max_connections")
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("bind"), "{stderr}");
+    assert!(!dir.path().join("graph").exists());
 }
 
 struct Server {
@@ -131,11 +231,23 @@ fn free_port() -> u16 {
 
 /// `graphagent serve` with the example agent and a graph under `data`, logs piped.
 fn serve_command(data: &std::path::Path, port: u16) -> Command {
+    let mut command = bare_serve_command(data);
+    command.args(["--bind", &format!("127.0.0.1:{port}")]);
+    command
+}
+
+/// [`serve_command`] without `--bind`, and with no `GRAPHAGENT_*` setting inherited
+/// from the test's own environment besides the credentials.
+fn bare_serve_command(data: &std::path::Path) -> Command {
     let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("GRAPHAGENT_") {
+            command.env_remove(name);
+        }
+    }
     command
         .args(["serve", "--config"])
         .arg(example())
-        .args(["--bind", &format!("127.0.0.1:{port}")])
         .arg("--graph")
         .arg(format!("surrealkv://{}", data.join("graph").display()))
         .env("GRAPHAGENT_JWT_SECRET", SECRET)
@@ -143,7 +255,6 @@ fn serve_command(data: &std::path::Path, port: u16) -> Command {
         .env("GRAPHAGENT_ADMIN_PASSWORD", PASSWORD)
         .env("GRAPHAGENT_LOG_FORMAT", "json")
         .env("SENTDM_API_BASE", "http://127.0.0.1:9")
-        .env_remove("GRAPHAGENT_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command
