@@ -31,7 +31,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::graph::Graph;
 use crate::plugin::ScopedKeys;
-use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
+use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// The scope that grants every admin endpoint.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -142,7 +142,7 @@ impl AuthSettings {
     /// Settings from `source` over the defaults, checked; every problem, not just the
     /// first.
     pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
-        let mut f = Fields::new(source);
+        let mut f = Fields::new(source, Self::KEYS);
         let d = Self::default();
         // Secrets are taken as written: spaces may be part of them.
         let secret = |key: &str| source.get(key).map(|e| e.value.clone());
@@ -208,7 +208,7 @@ impl AuthSettings {
             && !normalize_email(email).contains('@')
         {
             problems.push(source.invalid(
-                "admin_email",
+                &Key::plain("admin_email"),
                 "an email address such as admin@example.com",
                 email,
             ));

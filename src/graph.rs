@@ -16,7 +16,7 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::types::QueryError;
 
-use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
+use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// Why a graph operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,7 +120,7 @@ impl GraphOptions {
 
     /// Options from `source` (`GRAPHAGENT_GRAPH_*`); plain text, so nothing to refuse.
     pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
-        let f = Fields::new(source);
+        let f = Fields::new(source, Self::KEYS);
         Ok(Self {
             username: f.text("graph_user"),
             password: f.text("graph_password"),

@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+mod settings_source;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
-use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
+use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// Limits on clients and on shutdown (`GRAPHAGENT_*`; see the README's configuration table).
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ impl ServerSettings {
     /// Settings from `source` over the defaults, checked; every problem, not just the
     /// first.
     pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
-        let mut f = Fields::new(source);
+        let mut f = Fields::new(source, Self::KEYS);
         let d = Self::default();
         let mut secs = |key: &str, default: Duration| {
             f.whole(key, "seconds").map_or(default, Duration::from_secs)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::settings::{Fields, Key, SettingError, SettingsErrors, Source};
+use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
 
 /// How outbound webhooks are delivered. Defaults follow svix-server where the issue is
 /// silent (see `docs/decisions.md`).
@@ -130,7 +130,7 @@ impl WebhookSettings {
     /// Settings from `source` (`GRAPHAGENT_WEBHOOK_*`) over the defaults, checked; every
     /// problem, not just the first.
     pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
-        let mut f = Fields::new(source);
+        let mut f = Fields::new(source, Self::KEYS);
         let d = Self::default();
         let hours = |n: u64| Duration::from_secs(n.saturating_mul(3600));
         let s = Self {
@@ -227,7 +227,7 @@ impl WebhookSettings {
         for entry in &self.allowed_private {
             if entry.contains('/') && parse_net(entry).is_none() {
                 problems.push(source.invalid(
-                    "webhook_allowed_private",
+                    &Key::plain("webhook_allowed_private"),
                     "CIDRs such as 10.0.0.0/8, addresses or host names",
                     entry,
                 ));

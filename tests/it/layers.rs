@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundation",
-        &["time", "error", "graph", "config", "outbox"],
+        &[
+            "time",
+            "error",
+            "settings_source",
+            "graph",
+            "config",
+            "outbox",
+        ],
     ),
     ("contract", &["plugin"]),
     ("services", &["server", "runtime", "auth", "webhooks"]),

@@ -2,12 +2,12 @@
 //! `GRAPHAGENT_*` environment (then the command line's flags); every invalid value is
 //! reported at once, before anything is opened.
 
-pub mod source;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use source::{Entry, Fields, Key, Origin, SettingError, SettingsErrors, Source};
+pub use crate::settings_source::{
+    Entry, Fields, Key, Origin, SettingError, SettingsErrors, Source,
+};
 
 use crate::auth::AuthSettings;
 use crate::graph::GraphOptions;
@@ -44,11 +44,6 @@ pub fn keys() -> Vec<Key> {
         WebhookSettings::KEYS,
     ]
     .concat()
-}
-
-/// Whether `key` names a secret (its value never appears in a message).
-pub(crate) fn is_secret(key: &str) -> bool {
-    keys().iter().any(|k| k.name == key && k.secret)
 }
 
 /// Everything the host needs to start, besides the action types.
@@ -112,7 +107,7 @@ impl Settings {
         let server = part(ServerSettings::from_source(source), &mut errors);
         let webhooks = part(WebhookSettings::from_source(source), &mut errors);
         let defaults = Self::default();
-        let mut f = Fields::new(source);
+        let mut f = Fields::new(source, HOST_KEYS);
         let settings = Self {
             config_path: f.text("config").map(PathBuf::from),
             bind: f

@@ -18,7 +18,7 @@ pub const ENV_PREFIX: &str = "GRAPHAGENT_";
 pub const SETTINGS_ENV: &str = "GRAPHAGENT_SETTINGS";
 
 /// One setting: its file key; its environment variable is the key in upper case behind
-/// [`ENV_PREFIX`]. A secret's value never appears in a message.
+/// `GRAPHAGENT_`. A secret's value never appears in a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     /// The file key, e.g. `bind`.
@@ -193,8 +193,12 @@ impl Source {
     }
 
     /// `{label}: expected {expected}, got `{value}`` (the value left out for a secret).
-    pub fn invalid(&self, key: &str, expected: &str, value: &str) -> SettingError {
-        if super::is_secret(key) {
+    pub fn invalid(&self, key: &Key, expected: &str, value: &str) -> SettingError {
+        self.invalid_named(key.name, key.secret, expected, value)
+    }
+
+    fn invalid_named(&self, key: &str, secret: bool, expected: &str, value: &str) -> SettingError {
+        if secret {
             self.error(key, format!("expected {expected}"))
         } else {
             self.error(key, format!("expected {expected}, got `{value}`"))
@@ -348,14 +352,17 @@ fn file_value(value: Yaml) -> Result<Option<String>, &'static str> {
 /// that does not parse leaves the setting at its default and is reported.
 pub struct Fields<'a> {
     source: &'a Source,
+    keys: &'a [Key],
     errors: Vec<SettingError>,
 }
 
 impl<'a> Fields<'a> {
-    /// Start reading `source`.
-    pub fn new(source: &'a Source) -> Self {
+    /// Start reading `source` for the settings `keys` declares (which of them are
+    /// secrets: their values never appear in a message).
+    pub fn new(source: &'a Source, keys: &'a [Key]) -> Self {
         Self {
             source,
+            keys,
             errors: Vec::new(),
         }
     }
@@ -380,7 +387,15 @@ impl<'a> Fields<'a> {
         let text = self.text(key)?;
         let parsed = parse(&text);
         if parsed.is_none() {
-            self.errors.push(self.source.invalid(key, expected, &text));
+            // A key the part did not declare is treated as a secret: better a message
+            // without the value than a secret in a log.
+            let secret = self
+                .keys
+                .iter()
+                .find(|k| k.name == key)
+                .is_none_or(|k| k.secret);
+            let error = self.source.invalid_named(key, secret, expected, &text);
+            self.errors.push(error);
         }
         parsed
     }
@@ -577,13 +592,17 @@ mod tests {
     fn a_secret_is_never_shown_in_a_message() {
         let mut source = Source::new();
         source.set_env("jwt_secret", "hunter2-hunter2");
-        let e = source.invalid("jwt_secret", "at least 32 characters", "hunter2-hunter2");
+        let e = source.invalid(
+            &Key::secret("jwt_secret"),
+            "at least 32 characters",
+            "hunter2-hunter2",
+        );
         assert_eq!(
             e.to_string(),
             "GRAPHAGENT_JWT_SECRET: expected at least 32 characters"
         );
         source.set_env("bind", "nowhere");
-        let e = source.invalid("bind", "IP:PORT", "nowhere");
+        let e = source.invalid(&Key::plain("bind"), "IP:PORT", "nowhere");
         assert_eq!(
             e.to_string(),
             "GRAPHAGENT_BIND: expected IP:PORT, got `nowhere`"
@@ -598,7 +617,8 @@ mod tests {
         source.set_env("c", "Yes");
         source.set_env("d", "maybe");
         source.set_env("e", "x, ,y,");
-        let mut f = Fields::new(&source);
+        let keys = ["a", "b", "c", "d", "e"].map(Key::plain);
+        let mut f = Fields::new(&source, &keys);
         assert_eq!(f.whole::<u64>("a", "seconds"), Some(12));
         assert_eq!(f.whole::<u64>("b", "seconds"), None);
         assert_eq!(f.flag("c"), Some(true));
