@@ -236,8 +236,8 @@ mod tests {
     #[test]
     fn keys_are_unique_lower_case_and_documented() {
         let keys = keys();
-        let readme = include_str!("../../README.md");
-        let example = include_str!("../../graphagent.yaml.example");
+        let readme = include_str!("../README.md");
+        let example = include_str!("../graphagent.yaml.example");
         for (i, key) in keys.iter().enumerate() {
             assert!(
                 key.name
