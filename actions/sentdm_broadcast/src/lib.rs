@@ -579,17 +579,33 @@ impl SentDmBroadcast {
         let template = &plan.template;
         let now = now_rfc3339();
         let limit = self.config.record_event_history_limit;
+        let node = store::BroadcastNode {
+            action_id: self.ctx.action_id.clone(),
+            agent_id: Some(self.ctx.agent_id.clone()),
+            recipients: result
+                .messages
+                .iter()
+                .map(|m| m.to.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            channels: plan.channels.clone(),
+            template_id: template.id.clone(),
+            template_name: template.name.clone(),
+            idempotency_key: plan.idempotency_key.clone(),
+            sandbox: result.sandbox,
+            message_count: result.messages.len() as u64,
+            status: result.status.clone(),
+            request_ids: result
+                .requests
+                .iter()
+                .filter_map(|r| r.request_id.clone())
+                .collect(),
+        };
         let broadcast = json!({
             "id": result.broadcast_id,
             "action_id": self.ctx.action_id,
-            "fields": without_nulls(json!({
-                "action_id": self.ctx.action_id, "agent_id": self.ctx.agent_id,
-                "recipients": result.messages.iter().map(|m| m.to.clone()).collect::<std::collections::BTreeSet<_>>(),
-                "channels": plan.channels, "template_id": template.id, "template_name": template.name,
-                "idempotency_key": plan.idempotency_key, "sandbox": result.sandbox,
-                "message_count": result.messages.len(), "status": result.status,
-                "request_ids": result.requests.iter().filter_map(|r| r.request_id.clone()).collect::<Vec<_>>(),
-            })),
+            "fields": node,
             // Set once: a retry with the same idempotency key keeps the first time.
             "created_at": now,
         });

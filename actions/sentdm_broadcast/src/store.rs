@@ -703,17 +703,15 @@ pub fn record_key(action_id: &str, message_id: &str) -> String {
     format!("{action_id}_{message_id}")
 }
 
-/// A broadcast (one `send_broadcast` call) as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(as = SentDmBroadcastSummary)]
-pub struct BroadcastSummary {
-    /// Broadcast id (`bc_…`).
-    #[schema(example = "bc_0192f1c3a7d87b2e9c1f4a5b6c7d8e9f")]
-    pub id: String,
+/// A broadcast node's fields as stored (one `send_broadcast` call); written by the send,
+/// read back inside [`BroadcastSummary`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastNode)]
+pub struct BroadcastNode {
     /// Owning action.
     pub action_id: String,
     /// Owning agent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// Recipients SentDM accepted, each once.
     #[serde(default)]
@@ -722,13 +720,13 @@ pub struct BroadcastSummary {
     #[serde(default)]
     pub channels: Vec<String>,
     /// Template id sent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
     /// Template name sent (when no id was).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_name: Option<String>,
     /// The caller's idempotency key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Sent in sandbox mode.
     #[serde(default)]
@@ -742,7 +740,19 @@ pub struct BroadcastSummary {
     /// SentDM request ids of the accepted requests.
     #[serde(default)]
     pub request_ids: Vec<String>,
-    /// When it was sent (RFC 3339).
+}
+
+/// A broadcast as the API shows it: the node, its id and time, and the delivery funnel.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmBroadcastSummary)]
+pub struct BroadcastSummary {
+    /// Broadcast id (`bc_…`).
+    #[schema(example = "bc_0192f1c3a7d87b2e9c1f4a5b6c7d8e9f")]
+    pub id: String,
+    /// The stored fields.
+    #[serde(flatten)]
+    pub node: BroadcastNode,
+    /// When it was sent (RFC 3339); a retry with the same idempotency key keeps the first.
     #[serde(default)]
     pub created_at: Option<String>,
     /// Records counted by current status, e.g. `{"delivered": 3, "failed": 1}`.
