@@ -78,7 +78,8 @@ impl Default for WebhookSettings {
     }
 }
 
-/// Parse `5s,5m,30m,2h` (units `ms`, `s`, `m`, `h`; a bare number is seconds).
+/// Parse `5s,5m,30m,2h`: comma-separated durations in humantime's forms (`20ms`, `5s`,
+/// `5m`, `2h`, `1h 30m`, `1d`); a bare number is seconds.
 pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
     text.split(',')
         .map(str::trim)
@@ -88,22 +89,11 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
 }
 
 fn parse_duration(part: &str) -> Result<Duration, String> {
-    let (num, mult_ms) = if let Some(n) = part.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = part.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = part.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = part.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (part, 1000)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{part}` is not a duration such as 5s, 5m or 2h"))?;
-    Ok(Duration::from_millis(n.saturating_mul(mult_ms)))
+    match part.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(part)
+            .map_err(|_| format!("`{part}` is not a duration such as 5s, 5m or 2h")),
+    }
 }
 
 /// Most retries a schedule may hold.
@@ -138,7 +128,7 @@ impl WebhookSettings {
             retry_schedule: f
                 .parse(
                     "webhook_retry_schedule",
-                    "comma-separated delays such as 5s,5m,2h (units ms, s, m, h)",
+                    "comma-separated delays such as 5s,5m,2h (ms, s, m, h, d; a bare number is seconds)",
                     |t| parse_schedule(t).ok(),
                 )
                 .unwrap_or(d.retry_schedule),
@@ -258,16 +248,20 @@ mod tests {
     #[test]
     fn schedule_parses_units() {
         assert_eq!(
-            parse_schedule("5s, 5m,2h,20ms,7").expect("parses"),
+            parse_schedule("5s, 5m,2h,20ms,7,1h 30m,1d").expect("parses"),
             vec![
                 Duration::from_secs(5),
                 Duration::from_secs(300),
                 Duration::from_secs(7200),
                 Duration::from_millis(20),
-                Duration::from_secs(7)
+                Duration::from_secs(7),
+                Duration::from_secs(5400),
+                Duration::from_secs(86_400),
             ]
         );
         assert!(parse_schedule("soon").is_err());
+        assert!(parse_schedule("5 parsecs").is_err());
+        assert!(parse_schedule("-5s").is_err());
     }
 
     #[test]
@@ -326,7 +320,7 @@ mod tests {
             shown,
             [
                 "GRAPHAGENT_WEBHOOK_RETRY_SCHEDULE: expected comma-separated delays such as \
-                 5s,5m,2h (units ms, s, m, h), got `soon`",
+                 5s,5m,2h (ms, s, m, h, d; a bare number is seconds), got `soon`",
                 "GRAPHAGENT_WEBHOOK_ALLOW_HTTP_LOOPBACK: expected true or false, got `sometimes`",
                 "GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY: expected at least 1, got 0",
                 "GRAPHAGENT_WEBHOOK_POLL_MS: expected at least 1, got 0",
