@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lru::LruCache;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -58,20 +59,21 @@ const MIN_SECRET_CHARS: usize = 32;
 /// trip, and anything longer than a month is a job for an API key.
 const TOKEN_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 86_400;
 
-/// Auth settings (login, tokens, keys); see the README's configuration table.
-#[derive(Clone)]
+/// Auth settings (login, tokens, keys); see the README's configuration table. Secrets
+/// are `SecretString`s: `Debug` shows them redacted and their memory is zeroed on drop.
+#[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// HS256 secret (`GRAPHAGENT_JWT_SECRET`, at least 32 characters). Without one an
     /// ephemeral secret is used: tokens die with the process and no scoped key can be
     /// derived.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
     /// Access token lifetime (`GRAPHAGENT_JWT_TTL_SECS`, seconds, 60 to 2592000; default
     /// 3600).
     pub token_ttl: Duration,
     /// Admin user seeded at start (`GRAPHAGENT_ADMIN_EMAIL`).
     pub admin_email: Option<String>,
     /// Its password (`GRAPHAGENT_ADMIN_PASSWORD`).
-    pub admin_password: Option<String>,
+    pub admin_password: Option<SecretString>,
     /// Login attempts allowed per client address per minute
     /// (`GRAPHAGENT_LOGIN_PER_MINUTE`, at least 1; default 10).
     pub login_per_minute: u32,
@@ -85,30 +87,6 @@ pub struct AuthSettings {
     /// Longest wait (`GRAPHAGENT_LOGIN_BACKOFF_MAX_SECS`, seconds; default 60, at most
     /// one day).
     pub login_backoff_max: Duration,
-}
-
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthSettings")
-            .field(
-                "jwt_secret",
-                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("token_ttl", &self.token_ttl)
-            .field("admin_email", &self.admin_email)
-            .field(
-                "admin_password",
-                &self.admin_password.as_ref().map(|_| "<redacted>"),
-            )
-            .field("login_per_minute", &self.login_per_minute)
-            .field(
-                "login_backoff_after_failures",
-                &self.login_backoff_after_failures,
-            )
-            .field("login_backoff_base", &self.login_backoff_base)
-            .field("login_backoff_max", &self.login_backoff_max)
-            .finish()
-    }
 }
 
 impl Default for AuthSettings {
@@ -145,7 +123,7 @@ impl AuthSettings {
         let mut f = Fields::new(source, Self::KEYS);
         let d = Self::default();
         // Secrets are taken as written: spaces may be part of them.
-        let secret = |key: &str| source.get(key).map(|e| e.value.clone());
+        let secret = |key: &str| source.get(key).map(|e| SecretString::from(e.value.clone()));
         let s = Self {
             jwt_secret: secret("jwt_secret"),
             token_ttl: f
@@ -175,7 +153,7 @@ impl AuthSettings {
     pub fn validate(&self, source: &Source) -> Vec<SettingError> {
         let mut problems = Vec::new();
         if let Some(secret) = &self.jwt_secret
-            && secret.chars().count() < MIN_SECRET_CHARS
+            && secret.expose_secret().chars().count() < MIN_SECRET_CHARS
         {
             problems.push(source.error(
                 "jwt_secret",
@@ -323,7 +301,7 @@ impl Auth {
         SettingsErrors::check(settings.validate(&Source::new()))?;
         graph.apply_schema("auth", SCHEMA).await?;
         let (secret, stable_secret) = match &settings.jwt_secret {
-            Some(s) => (s.as_bytes().to_vec(), true),
+            Some(s) => (s.expose_secret().as_bytes().to_vec(), true),
             None => {
                 tracing::warn!(
                     "GRAPHAGENT_JWT_SECRET is not set: using a random secret for this process; \
@@ -344,7 +322,7 @@ impl Auth {
             backoff: AccountBackoff::new(BackoffPolicy::from(settings), BACKOFF_ACCOUNTS),
         };
         if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
-            auth.seed_admin(email, password).await?;
+            auth.seed_admin(email, password.expose_secret()).await?;
         }
         Ok(auth)
     }
@@ -1090,7 +1068,7 @@ mod tests {
         Auth::new(
             graph,
             &AuthSettings {
-                jwt_secret: secret.map(str::to_owned),
+                jwt_secret: secret.map(SecretString::from),
                 ..AuthSettings::default()
             },
         )
@@ -1407,7 +1385,10 @@ mod tests {
         // Secrets are taken as written, spaces included.
         let s = AuthSettings::from_source(&source(&[("jwt_secret", &format!(" {SECRET} "))]))
             .expect("valid");
-        assert_eq!(s.jwt_secret, Some(format!(" {SECRET} ")));
+        assert_eq!(
+            s.jwt_secret.as_ref().map(ExposeSecret::expose_secret),
+            Some(format!(" {SECRET} ").as_str())
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use surrealdb::Surreal;
@@ -85,28 +86,18 @@ impl GraphError {
 /// Result alias for graph operations.
 pub type GraphResult<T> = Result<T, GraphError>;
 
-/// Connection options beyond the URL (used for `ws://` / `wss://` servers).
-#[derive(Clone, Default)]
+/// Connection options beyond the URL (used for `ws://` / `wss://` servers). The
+/// password's `Debug` is redacted.
+#[derive(Debug, Clone, Default)]
 pub struct GraphOptions {
     /// Root user name (`GRAPHAGENT_GRAPH_USER`).
     pub username: Option<String>,
     /// Root password (`GRAPHAGENT_GRAPH_PASSWORD`).
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Namespace (`GRAPHAGENT_GRAPH_NS`, default `graphagent`).
     pub namespace: Option<String>,
     /// Database (`GRAPHAGENT_GRAPH_DB`, default `main`).
     pub database: Option<String>,
-}
-
-impl std::fmt::Debug for GraphOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GraphOptions")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("namespace", &self.namespace)
-            .field("database", &self.database)
-            .finish()
-    }
 }
 
 impl GraphOptions {
@@ -123,7 +114,7 @@ impl GraphOptions {
         let f = Fields::new(source, Self::KEYS);
         Ok(Self {
             username: f.text("graph_user"),
-            password: f.text("graph_password"),
+            password: f.text("graph_password").map(SecretString::from),
             namespace: f.text("graph_ns"),
             database: f.text("graph_db"),
         })
@@ -228,7 +219,7 @@ impl Graph {
         if remote && let Some((username, password)) = root {
             db.signin(surrealdb::opt::auth::Root {
                 username: username.clone(),
-                password: password.clone(),
+                password: password.expose_secret().to_owned(),
             })
             .await
             .map_err(|e| {

@@ -347,7 +347,13 @@ mod tests {
             [Duration::from_secs(1), Duration::from_secs(60)]
         );
         assert_eq!(s.max_body_bytes, 2048);
-        assert_eq!(s.auth.jwt_secret.as_deref(), Some(SECRET));
+        assert_eq!(
+            s.auth
+                .jwt_secret
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
+            Some(SECRET)
+        );
 
         // A bad value in the file is named by the file and key.
         std::fs::write(&path, "max_body_bytes: lots\n").expect("write");
@@ -375,6 +381,23 @@ mod tests {
             )),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let mut s = Settings::default();
+        s.auth.jwt_secret = Some("jwt-secret-never-printed-0123456789".into());
+        s.auth.admin_password = Some("admin-password-never-printed".into());
+        s.graph.password = Some("graph-password-never-printed".into());
+        let shown = format!("{s:?} {s:#?}");
+        for secret in [
+            "jwt-secret-never",
+            "admin-password-never",
+            "graph-password-never",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 
     #[test]

@@ -40,9 +40,9 @@ pub fn test_settings(config: Option<PathBuf>, graph_url: &str) -> Settings {
         graph_url: graph_url.to_owned(),
         ..Settings::default()
     };
-    s.auth.jwt_secret = Some(JWT_SECRET.to_owned());
+    s.auth.jwt_secret = Some(JWT_SECRET.into());
     s.auth.admin_email = Some(ADMIN_EMAIL.to_owned());
-    s.auth.admin_password = Some(ADMIN_PASSWORD.to_owned());
+    s.auth.admin_password = Some(ADMIN_PASSWORD.into());
     s
 }
 
@@ -115,7 +115,12 @@ impl TestHost {
         init_test_logging();
         let admin = (
             settings.auth.admin_email.clone().unwrap_or_default(),
-            settings.auth.admin_password.clone().unwrap_or_default(),
+            settings
+                .auth
+                .admin_password
+                .as_ref()
+                .map(|p| secrecy::ExposeSecret::expose_secret(p).to_owned())
+                .unwrap_or_default(),
         );
         let host = builder
             .settings(settings)

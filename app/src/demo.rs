@@ -107,7 +107,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         public_base_url: Some(base.clone()),
         ..Settings::default()
     };
-    settings.auth.jwt_secret = Some(Alphanumeric.sample_string(&mut rand::rng(), 48));
+    settings.auth.jwt_secret = Some(Alphanumeric.sample_string(&mut rand::rng(), 48).into());
 
     println!("SentDM simulator   {}", sim.base_url());
     println!("graphagent         {base} (graph in memory, agent {AGENT})");

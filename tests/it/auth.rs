@@ -341,7 +341,7 @@ async fn a_changed_admin_password_revokes_earlier_tokens() {
 
     let new_password = "a different, longer passphrase";
     let mut cfg = settings(None, &url);
-    cfg.auth.admin_password = Some(new_password.to_owned());
+    cfg.auth.admin_password = Some(new_password.into());
     let third = TestHost::start(builder(), cfg).await;
     let (status, err) = agents_with(&third, &old).await;
     assert_eq!(status, 401);

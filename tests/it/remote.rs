@@ -135,7 +135,7 @@ impl SurrealServer {
     fn options(&self, database: &str) -> GraphOptions {
         GraphOptions {
             username: Some(USER.to_owned()),
-            password: Some(PASSWORD.to_owned()),
+            password: Some(PASSWORD.into()),
             namespace: Some("graphagent_it".to_owned()),
             database: Some(database.to_owned()),
         }
@@ -183,7 +183,7 @@ async fn wrong_credentials_stop_start_up_without_showing_the_password() {
     };
     let wrong = "not-the-root-password-9c2d";
     let mut options = server.options("main");
-    options.password = Some(wrong.to_owned());
+    options.password = Some(wrong.into());
     let dir = ConfigDir::new("agent: x\nactions:\n  - action: echo\n");
     let err = builder()
         .settings(settings_with_graph(Some(dir.path()), &server.url, &options))
