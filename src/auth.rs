@@ -33,6 +33,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::graph::Graph;
 use crate::plugin::ScopedKeys;
 use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
+use crate::time::now_secs;
 
 /// The scope that grants every admin endpoint.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -907,8 +908,6 @@ fn hex_sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-use crate::time::now_secs;
-
 #[derive(Deserialize)]
 struct UserRow {
     email: String,
@@ -1051,11 +1050,6 @@ pub struct ApiKeyCreated {
     /// The key itself; store it now, it cannot be shown again.
     #[schema(example = "gak_key_3f9a61c2d4e5b6a7_Zm9vYmFy…")]
     pub key: String,
-}
-
-/// Current time as unix seconds (for tests that forge old tokens).
-pub fn unix_now() -> u64 {
-    now_secs()
 }
 
 #[cfg(test)]

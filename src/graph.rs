@@ -83,6 +83,18 @@ impl GraphError {
     }
 }
 
+/// `value` as a row to insert whose record id is `key` (its `id` field), so that
+/// inserting it twice cannot create a second copy.
+pub fn keyed_row<T: serde::Serialize>(key: &str, value: &T) -> Value {
+    #[derive(serde::Serialize)]
+    struct Row<'a, T> {
+        id: &'a str,
+        #[serde(flatten)]
+        value: &'a T,
+    }
+    serde_json::to_value(Row { id: key, value }).unwrap_or(Value::Null)
+}
+
 /// Result alias for graph operations.
 pub type GraphResult<T> = Result<T, GraphError>;
 

@@ -158,17 +158,7 @@ impl OutboxEvent {
     /// The row to insert: the event with `id` set to its key, so that it is the record's
     /// id and repeating an insert cannot create a second copy.
     pub fn row(&self) -> Value {
-        #[derive(Serialize)]
-        struct Row<'a> {
-            id: &'a str,
-            #[serde(flatten)]
-            event: &'a OutboxEvent,
-        }
-        serde_json::to_value(Row {
-            id: &self.key,
-            event: self,
-        })
-        .unwrap_or(Value::Null)
+        crate::graph::keyed_row(&self.key, self)
     }
 
     /// Consume into the row.

@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::config::{AgentFile, ConfigError, ConfigErrors};
@@ -22,6 +20,7 @@ use crate::plugin::{
     ActionContext, ActionDirectory, ActionInfo, ActionStatus, ActionTypes, AgentInfo, HostInfo,
     ScopedKeys, Slot, State, action_id, agent_id,
 };
+use crate::time::now_rfc3339;
 
 /// What a (re)load changed.
 #[derive(Debug, Clone, Default, Serialize, ToSchema, PartialEq)]
@@ -59,12 +58,6 @@ DEFINE TABLE IF NOT EXISTS action SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS has_action TYPE RELATION IN agent OUT action;
 DEFINE INDEX IF NOT EXISTS action_agent ON action FIELDS agent_id;
 "#;
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
 
 impl Runtime {
     /// A runtime with no agents loaded yet. Applies the host's and every action type's

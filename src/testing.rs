@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -250,22 +249,13 @@ pub struct Hit {
     pub answered: u16,
 }
 
-impl Hit {
-    /// The body as JSON (`null` if it is not JSON).
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
 /// A webhook endpoint on loopback that records every request, on any path, and answers
 /// with the next scripted status, else the default one. A 429 carries `Retry-After: 0`
 /// and a 307 a `Location`, as real endpoints do. Clones share the record; the servers
 /// stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct WebhookReceiver {
-    hits: Arc<Mutex<Vec<Hit>>>,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    default_status: Arc<AtomicU16>,
+    record: Record,
     servers: Arc<Servers>,
 }
 
@@ -286,9 +276,11 @@ impl WebhookReceiver {
     /// first if the first answers matter, then [`start`](Self::start)).
     pub fn new(default_status: u16) -> Self {
         Self {
-            hits: Arc::default(),
-            script: Arc::default(),
-            default_status: Arc::new(AtomicU16::new(default_status)),
+            record: Record {
+                hits: Arc::default(),
+                script: Arc::default(),
+                default_status: Arc::new(AtomicU16::new(default_status)),
+            },
             servers: Arc::default(),
         }
     }
@@ -310,7 +302,9 @@ impl WebhookReceiver {
     /// Serve on a listener the test bound (e.g. an endpoint that comes back on the
     /// address it had), recording into the same log.
     pub fn serve(&self, listener: tokio::net::TcpListener) {
-        let me = self.clone_record();
+        // The server's copy holds the record, not the server handles: those must die
+        // with the last clone the test holds.
+        let me = self.record.clone();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
                 let me = me.clone();
@@ -323,46 +317,24 @@ impl WebhookReceiver {
         lock(&self.servers.0).push(task);
     }
 
-    /// The record and script without the server handles (the servers' own copy must not
-    /// keep them alive).
-    fn clone_record(&self) -> Record {
-        Record {
-            hits: self.hits.clone(),
-            script: self.script.clone(),
-            default_status: self.default_status.clone(),
-        }
-    }
-
     /// Answer the next requests with these statuses, in order, then the default again.
     pub fn script(&self, statuses: &[u16]) {
-        lock(&self.script).extend(statuses.iter().copied());
+        lock(&self.record.script).extend(statuses.iter().copied());
     }
 
     /// Change the status given when nothing is scripted.
     pub fn set_default(&self, status: u16) {
-        self.default_status.store(status, Ordering::SeqCst);
+        self.record.default_status.store(status, Ordering::SeqCst);
     }
 
     /// Every request so far, in arrival order.
     pub fn hits(&self) -> Vec<Hit> {
-        lock(&self.hits).clone()
+        lock(&self.record.hits).clone()
     }
 
     /// The requests to `path`.
     pub fn hits_on(&self, path: &str) -> Vec<Hit> {
         self.hits().into_iter().filter(|h| h.path == path).collect()
-    }
-
-    /// Wait until at least `n` requests have arrived, or `timeout` passes; the requests.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Hit> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let hits = self.hits();
-            if hits.len() >= n || tokio::time::Instant::now() >= deadline {
-                return hits;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 

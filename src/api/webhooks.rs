@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::outbox::{EventType, OutboxEvent};
 use crate::plugin::{Json, Paging, Path, Query};
 use crate::state::HostState;
-use crate::time::{ms_to_rfc3339, now_ms};
+use crate::time::{ms_to_rfc3339, now_ms, rfc3339_to_ms};
 use crate::webhooks::{
     AttemptRow, AttemptTrigger, DeliveryRow, DeliveryStatus, ManualError, SubRow, Webhooks,
     new_secret,
@@ -430,15 +430,12 @@ fn manual_error(e: ManualError) -> ApiError {
 }
 
 fn parse_time(field: &str, text: &str) -> ApiResult<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| {
-            ApiError::invalid_param(
-                field,
-                "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
-            )
-        })?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| ApiError::invalid_param(field, "out of range"))
+    rfc3339_to_ms(text).ok_or_else(|| {
+        ApiError::invalid_param(
+            field,
+            "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
+        )
+    })
 }
 
 /// The event types subscriptions may name, with a description and an example payload.

@@ -20,16 +20,6 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
-    /// The word stored in the graph.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Sending => "sending",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-        }
-    }
-
     /// Succeeded or failed: no attempt will follow.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
@@ -167,11 +157,7 @@ impl DeliveryRow {
 
     /// The row to insert (`id` is the record key).
     pub(crate) fn row(&self) -> serde_json::Value {
-        let mut row = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = row.as_object_mut() {
-            map.insert("id".to_owned(), serde_json::Value::String(self.key.clone()));
-        }
-        row
+        crate::graph::keyed_row(&self.key, self)
     }
 }
 

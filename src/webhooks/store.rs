@@ -298,12 +298,16 @@ impl DeliveryStore {
         disable: &DisablePolicy,
     ) -> GraphResult<()> {
         let scheduled = attempt.trigger == AttemptTrigger::Scheduled;
-        let sql = match settled.status {
-            DeliveryStatus::Succeeded if scheduled => RECORD_SUCCEEDED,
-            DeliveryStatus::Failed if scheduled => RECORD_FAILED,
-            _ => RECORD,
+        // Only a scheduled final failure can disable the subscription, so only it needs
+        // the event a disabling publishes.
+        let (sql, op) = match settled.status {
+            DeliveryStatus::Succeeded if scheduled => (RECORD_SUCCEEDED, None),
+            DeliveryStatus::Failed if scheduled => (
+                RECORD_FAILED,
+                Some(OutboxEvent::new("webhook.subscription.disabled", json!({})).row()),
+            ),
+            _ => (RECORD, None),
         };
-        let op = OutboxEvent::new("webhook.subscription.disabled", json!({}));
         self.graph
             .transaction(
                 sql,
@@ -314,7 +318,7 @@ impl DeliveryStore {
                     "completed": settled.completed_ms, "lease": lease,
                     "attempt": serde_json::to_value(attempt).unwrap_or(Value::Null),
                     "sub": attempt.subscription_id, "threshold": disable.after_failures,
-                    "period": disable.after_failing_ms, "reason": disable.reason, "op": op.row(),
+                    "period": disable.after_failing_ms, "reason": disable.reason, "op": op,
                 }),
             )
             .await

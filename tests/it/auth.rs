@@ -112,7 +112,7 @@ async fn bad_credentials_are_401_with_a_json_error() {
     assert_eq!(res.status(), 401);
     let err: Value = res.json().await.expect("json");
     assert_eq!(err["error"]["message"], "access token expired");
-    let now = graphagent::auth::unix_now();
+    let now = graphagent::time::now_secs();
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": "u", "email": ADMIN_EMAIL, "role": "admin", "iss": "graphagent", "iat": now, "exp": now + 600}),

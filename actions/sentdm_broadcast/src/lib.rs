@@ -14,6 +14,7 @@ pub mod routes;
 pub mod store;
 mod webhook;
 
+use graphagent::time::now_rfc3339;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -351,12 +352,6 @@ impl Drop for SentDmBroadcast {
 }
 
 use store::without_nulls;
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 impl SentDmBroadcast {
     /// The configuration this instance runs with.

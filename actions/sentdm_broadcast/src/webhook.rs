@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use crate::inbound::{self, Parsed};
 use crate::record::ReplyRecord;
-use crate::{SentDmBroadcast, SentDmError, Verifier, now_rfc3339, store};
+use crate::{SentDmBroadcast, SentDmError, Verifier, store};
+use graphagent::time::now_rfc3339;
 use sentdm_client::model::{Webhook, WebhookRequest};
 use sentdm_client::signing::{self, SignedParts, SigningSecret};
 
