@@ -7,17 +7,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 use http::{HeaderMap, Method, StatusCode};
 use rand::Rng as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+use subtle::ConstantTimeEq as _;
 
 use crate::model::{
     Account, Message, MessageActivities, Meta, Page, PageRequest, Pagination, SendMessageRequest,
@@ -28,19 +30,27 @@ use crate::model::{
 /// SentDM's production base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.sent.dm";
 
-/// An API key. Its `Debug` never prints the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+/// An API key, kept as a [`SecretString`] so neither `Debug` nor a log line can print it.
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
 
 impl ApiKey {
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        Self(SecretString::from(key.into()))
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for ApiKey {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.expose().as_bytes().ct_eq(other.expose().as_bytes()))
+    }
+}
+
+impl Eq for ApiKey {}
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -285,41 +295,55 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-struct Bucket {
-    limit: RateLimit,
-    tokens: f64,
-    last: Instant,
+/// governor's clock, read from tokio's: paused-clock tests then drive the limiter, and
+/// its waits are tokio sleeps like every other wait of the client.
+#[derive(Clone)]
+struct TokioClock(tokio::time::Instant);
+
+impl governor::clock::Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
 }
 
-/// Token bucket shared by clones of one client.
-struct Limiter(Mutex<Bucket>);
+type Gcra = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
+
+/// A GCRA limiter shared by clones of one client: `burst` at once, then one request per
+/// `60 s / per_minute`, which is exactly a token bucket of `burst` tokens refilled at
+/// `per_minute`.
+struct Limiter {
+    gcra: Gcra,
+    clock: TokioClock,
+}
 
 impl Limiter {
     fn new(limit: RateLimit) -> Self {
-        Self(Mutex::new(Bucket {
-            limit,
-            tokens: f64::from(limit.burst.max(1)),
-            last: Instant::now(),
-        }))
+        let per_minute = NonZeroU32::new(limit.per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::per_minute(per_minute).allow_burst(burst);
+        let clock = TokioClock(tokio::time::Instant::now());
+        Self {
+            gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+        }
     }
 
-    async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut b = self.0.lock().await;
-                let now = Instant::now();
-                let rate = f64::from(b.limit.per_minute.max(1)) / 60.0;
-                let cap = f64::from(b.limit.burst.max(1));
-                b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(cap);
-                b.last = now;
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - b.tokens) / rate)
-            };
+    /// Waits for a slot; returns how long it waited.
+    async fn acquire(&self) -> Duration {
+        let mut waited = Duration::ZERO;
+        while let Err(not_until) = self.gcra.check() {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
             tokio::time::sleep(wait).await;
+            waited += wait;
         }
+        waited
     }
 }
 
@@ -627,98 +651,132 @@ impl Client {
         // POSTs are retried only under an idempotency key: without one a lost response
         // followed by a retry could send a broadcast twice.
         let retryable_method = req.method != Method::POST || req.key.is_some();
+        let scale = self.cfg.backoff_scale.max(0.0);
         let mut retry = 0u32;
-        loop {
-            if let Some(l) = if req.sensitive {
-                &self.sensitive
-            } else {
-                &self.limiter
-            } {
-                l.acquire().await;
-            }
-            let mut rb = self
-                .http
-                .request(req.method.clone(), &url)
-                .header("x-api-key", self.cfg.api_key.expose())
-                .header("accept", "application/json");
-            if let Some(p) = &self.cfg.profile_id {
-                rb = rb.header("x-profile-id", p);
-            }
-            if let Some(k) = &req.key {
-                rb = rb.header("idempotency-key", k);
-            }
-            if !req.query.is_empty() {
-                rb = rb.query(&req.query);
-            }
-            if let Some(b) = &req.body {
-                rb = rb.json(b);
-            }
-            let outcome = match rb.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => Ok(Raw {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Err(classify(e)),
-                    }
+        let outcome = (|| self.attempt(&req, &url, retryable_method))
+            .retry(self.backoff_policy())
+            .sleep(move |delay: Duration| async move {
+                let scaled = delay.mul_f64(scale);
+                if !scaled.is_zero() {
+                    tokio::time::sleep(scaled).await;
                 }
-                Err(e) => Err(classify(e)),
-            };
-            let can_retry = retryable_method && retry < self.cfg.max_retries;
-            let (status, hint) = match outcome {
-                Ok(raw) if raw.status.is_success() => return Ok(raw),
-                Ok(raw) => {
-                    let should = should_retry(&raw);
-                    if !(can_retry && should) {
-                        return Err(api_error(&raw).into());
-                    }
-                    (Some(raw.status.as_u16()), retry_after(&raw.headers))
-                }
-                Err(Error::Timeout(_) | Error::Connect(_)) if can_retry => (None, None),
-                Err(e) => return Err(e),
-            };
-            retry += 1;
-            let (delay, from_retry_after) = match hint {
-                Some(d) => (d, true),
-                None => (self.backoff(retry), false),
-            };
-            if let Some(hook) = &self.cfg.on_retry {
-                hook(&RetryEvent {
-                    method: req.method.clone(),
-                    path: req.path.clone(),
-                    retry,
-                    status,
-                    delay,
-                    from_retry_after,
-                });
-            }
-            tracing::debug!(
-                http.method = %req.method,
-                http.path = %req.path,
-                retry,
-                status,
-                delay_ms = delay.as_millis() as u64,
-                "retrying SentDM request"
-            );
-            let scaled = delay.mul_f64(self.cfg.backoff_scale.max(0.0));
-            if !scaled.is_zero() {
-                tokio::time::sleep(scaled).await;
-            }
-        }
+            })
+            .when(|f: &Failed| f.retryable)
+            // `Retry-After` replaces the policy's delay, but only while retries remain.
+            .adjust(|f: &Failed, next| next.map(|d| f.retry_after.unwrap_or(d)))
+            .notify(|f: &Failed, delay| {
+                retry += 1;
+                self.on_retry(&req, retry, f, delay);
+            })
+            .await;
+        outcome.map_err(|f| f.error)
     }
 
-    fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << (retry - 1).min(16))
-            .min(self.cfg.backoff_cap);
-        let jitter = 1.0 - 0.25 * rand::rng().random::<f64>();
-        exp.mul_f64(jitter)
+    /// One attempt, after the rate limiter; a failure says whether it may be retried.
+    async fn attempt(&self, req: &Req, url: &str, retryable_method: bool) -> Result<Raw, Failed> {
+        if let Some(l) = if req.sensitive {
+            &self.sensitive
+        } else {
+            &self.limiter
+        } {
+            l.acquire().await;
+        }
+        let mut rb = self
+            .http
+            .request(req.method.clone(), url)
+            .header("x-api-key", self.cfg.api_key.expose())
+            .header("accept", "application/json");
+        if let Some(p) = &self.cfg.profile_id {
+            rb = rb.header("x-profile-id", p);
+        }
+        if let Some(k) = &req.key {
+            rb = rb.header("idempotency-key", k);
+        }
+        if !req.query.is_empty() {
+            rb = rb.query(&req.query);
+        }
+        if let Some(b) = &req.body {
+            rb = rb.json(b);
+        }
+        let raw = match rb.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                match resp.bytes().await {
+                    Ok(body) => Raw {
+                        status,
+                        headers,
+                        body,
+                    },
+                    Err(e) => return Err(Failed::transport(classify(e), retryable_method)),
+                }
+            }
+            Err(e) => return Err(Failed::transport(classify(e), retryable_method)),
+        };
+        if raw.status.is_success() {
+            return Ok(raw);
+        }
+        Err(Failed {
+            retryable: retryable_method && should_retry(&raw),
+            status: Some(raw.status.as_u16()),
+            retry_after: retry_after(&raw.headers),
+            error: api_error(&raw).into(),
+        })
+    }
+
+    /// SentDM's SDK schedule (CONTRACT §1.9): `min(base × 2^n, cap)`, each scaled by
+    /// `1 − 0.25·rand` (backon's own jitter only lengthens delays, up to double).
+    fn backoff_policy(&self) -> impl backon::Backoff {
+        let cap = self.cfg.backoff_cap;
+        ExponentialBuilder::new()
+            .with_min_delay(self.cfg.backoff_base.min(cap))
+            .with_max_delay(cap)
+            .with_factor(2.0)
+            .with_max_times(usize::try_from(self.cfg.max_retries).unwrap_or(usize::MAX))
+            .build()
+            .map(|d| d.mul_f64(1.0 - 0.25 * rand::rng().random::<f64>()))
+    }
+
+    fn on_retry(&self, req: &Req, retry: u32, f: &Failed, delay: Duration) {
+        if let Some(hook) = &self.cfg.on_retry {
+            hook(&RetryEvent {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                retry,
+                status: f.status,
+                delay,
+                from_retry_after: f.retry_after == Some(delay),
+            });
+        }
+        tracing::debug!(
+            http.method = %req.method,
+            http.path = %req.path,
+            retry,
+            status = f.status,
+            delay_ms = delay.as_millis() as u64,
+            "retrying SentDM request"
+        );
+    }
+}
+
+/// A failed attempt, as the retry loop sees it.
+struct Failed {
+    error: Error,
+    retryable: bool,
+    /// HTTP status, `None` for connect errors and timeouts.
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+impl Failed {
+    /// Connect errors and timeouts may be retried; other transport errors may not.
+    fn transport(error: Error, retryable_method: bool) -> Self {
+        Self {
+            retryable: retryable_method && matches!(error, Error::Timeout(_) | Error::Connect(_)),
+            error,
+            status: None,
+            retry_after: None,
+        }
     }
 }
 
@@ -1027,12 +1085,12 @@ mod tests {
             per_minute: 200,
             burst: 50,
         });
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         for _ in 0..50 {
-            l.acquire().await;
+            assert_eq!(l.acquire().await, Duration::ZERO);
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        l.acquire().await;
+        assert!(l.acquire().await >= Duration::from_millis(300));
         // One token per 300 ms at 200/min; the paused clock makes this exact.
         assert!(start.elapsed() >= Duration::from_millis(300));
         assert!(start.elapsed() < Duration::from_millis(310));

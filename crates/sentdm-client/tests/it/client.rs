@@ -647,3 +647,21 @@ async fn timeouts_are_retried_then_reported() {
     assert_eq!(*count.lock().unwrap(), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn debug_of_client_and_config_never_prints_the_api_key() {
+    let key = "sk_live_do-not-print-9f8e7d";
+    let cfg = ClientConfig::new("http://127.0.0.1:9", ApiKey::new(key));
+    let client = Client::new(cfg.clone()).unwrap();
+    for printed in [
+        format!("{cfg:?}"),
+        format!("{cfg:#?}"),
+        format!("{client:?}"),
+        format!("{:?}", client.config().api_key),
+    ] {
+        assert!(!printed.contains(key), "{printed}");
+        assert!(!printed.contains("do-not-print"), "{printed}");
+    }
+    // The key is still what goes on the wire.
+    assert_eq!(client.config().api_key.expose(), key);
+}
