@@ -161,7 +161,8 @@ impl HostBuilder {
             "agents loaded"
         );
         let state = HostState::new(runtime.clone(), auth, webhooks.clone());
-        let (router, openapi) = api::build_router(state.clone(), settings.max_body_bytes)?;
+        let (router, openapi) =
+            api::build_router(state.clone(), settings.max_body_bytes, &settings.telemetry)?;
         Ok(Host {
             runtime,
             router,
@@ -169,6 +170,7 @@ impl HostBuilder {
             bind: settings.bind,
             server: settings.server,
             webhooks,
+            metrics_refresh: settings.telemetry.metrics_refresh,
         })
     }
 }
@@ -181,6 +183,7 @@ pub struct Host {
     bind: SocketAddr,
     server: ServerSettings,
     webhooks: Arc<Webhooks>,
+    metrics_refresh: std::time::Duration,
 }
 
 impl Host {
@@ -234,6 +237,12 @@ impl Host {
             .settings()
             .worker
             .then(|| tokio::spawn(self.webhooks.clone().run(stopping.clone())));
+        let metrics_graph = self.runtime.graph().clone();
+        tokio::spawn(crate::telemetry::refresh_gauges(
+            metrics_graph,
+            self.metrics_refresh,
+            stopping.clone(),
+        ));
         server::serve(listener, self.router.clone(), &self.server, stopping).await;
         if let Some(task) = reload {
             task.abort();

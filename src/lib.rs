@@ -31,6 +31,7 @@ pub mod server;
 pub mod settings;
 mod settings_source;
 pub mod state;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
@@ -48,4 +49,5 @@ pub use runtime::ReloadReport;
 pub use server::ServerSettings;
 pub use settings::{DEFAULT_BIND, DEFAULT_GRAPH_URL, Settings, SettingsErrors};
 pub use state::HostState;
+pub use telemetry::TelemetrySettings;
 pub use webhooks::WebhookSettings;

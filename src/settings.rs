@@ -12,6 +12,7 @@ pub use crate::settings_source::{
 use crate::auth::AuthSettings;
 use crate::graph::GraphOptions;
 use crate::server::ServerSettings;
+use crate::telemetry::TelemetrySettings;
 use crate::webhooks::WebhookSettings;
 
 /// Body size limit for every route, unless configured otherwise.
@@ -42,6 +43,7 @@ pub fn keys() -> Vec<Key> {
         AuthSettings::KEYS,
         ServerSettings::KEYS,
         WebhookSettings::KEYS,
+        TelemetrySettings::KEYS,
     ]
     .concat()
 }
@@ -67,6 +69,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Outbound webhooks (`GRAPHAGENT_WEBHOOK_*`).
     pub webhooks: WebhookSettings,
+    /// `/metrics` (`GRAPHAGENT_METRICS_*`).
+    pub telemetry: TelemetrySettings,
 }
 
 impl Default for Settings {
@@ -81,6 +85,7 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             server: ServerSettings::default(),
             webhooks: WebhookSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -106,6 +111,7 @@ impl Settings {
         let auth = part(AuthSettings::from_source(source), &mut errors);
         let server = part(ServerSettings::from_source(source), &mut errors);
         let webhooks = part(WebhookSettings::from_source(source), &mut errors);
+        let telemetry = part(TelemetrySettings::from_source(source), &mut errors);
         let defaults = Self::default();
         let mut f = Fields::new(source, HOST_KEYS);
         let settings = Self {
@@ -126,6 +132,7 @@ impl Settings {
                 .unwrap_or(defaults.max_body_bytes),
             server,
             webhooks,
+            telemetry,
         };
         errors.extend(f.finish());
         errors.extend(settings.host_problems(source));
@@ -141,6 +148,7 @@ impl Settings {
         errors.extend(self.auth.validate(&source));
         errors.extend(self.server.validate(&source));
         errors.extend(self.webhooks.validate(&source));
+        errors.extend(self.telemetry.validate(&source));
         SettingsErrors::check(errors)
     }
 

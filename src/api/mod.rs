@@ -6,6 +6,7 @@
 //! serves a request is resolved per request from the `{action_id}` path parameter, so a
 //! reload swaps instances without rebuilding the router.
 
+mod access;
 mod auth;
 mod docs;
 mod host;
@@ -37,6 +38,7 @@ use openapi::{HostDoc, SchemaOwners, complete_doc, restrict_items};
 pub(crate) fn build_router(
     state: HostState,
     max_body_bytes: usize,
+    telemetry: &crate::telemetry::TelemetrySettings,
 ) -> Result<(Router, OpenApiDoc), SchemaConflict> {
     let mut api = OpenApiRouter::with_openapi(HostDoc::openapi())
         .routes(routes!(host::healthz))
@@ -89,8 +91,13 @@ pub(crate) fn build_router(
     let swagger: Router<HostState> = SwaggerUi::new("/docs")
         .url("/openapi.json", doc.clone())
         .into();
+    let mut router = router.merge(swagger);
+    if telemetry.metrics_enabled {
+        // Unauthenticated, as Prometheus scrapes: it holds counts, never secrets (see
+        // docs/metrics.md); `GRAPHAGENT_METRICS_ENABLED=false` removes it.
+        router = router.route("/metrics", axum::routing::get(metrics));
+    }
     let router = router
-        .merge(swagger)
         .route("/redoc", axum::routing::get(docs::redoc_page))
         .route("/redoc/redoc.standalone.js", axum::routing::get(docs::redoc_js))
         .fallback(not_found)
@@ -98,6 +105,7 @@ pub(crate) fn build_router(
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(access::track))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 // Path only: query strings can carry machine keys (`?api_key=`).
@@ -114,6 +122,16 @@ async fn require_admin(State(state): State<HostState>, request: Request, next: N
         Ok(_) => next.run(request).await,
         Err(e) => e.into_response(),
     }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -154,6 +154,7 @@ impl Webhooks {
         trigger: AttemptTrigger,
     ) -> GraphResult<AttemptRow> {
         let outcome = self.sender.send(sub, event).await;
+        crate::telemetry::outbound_attempt(outcome.class.label(), outcome.duration_ms);
         let now = now_ms();
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         let settled = retry::settle(delivery, outcome.class, trigger, now, |failed| {

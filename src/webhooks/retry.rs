@@ -17,6 +17,17 @@ pub(crate) enum Class {
     Permanent,
 }
 
+impl Class {
+    /// The class as a metrics label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
 /// Class an HTTP answer by its status code.
 pub(crate) fn classify(code: u16) -> Class {
     match code {

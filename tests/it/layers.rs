@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "graph",
             "config",
             "outbox",
+            "telemetry",
         ],
     ),
     ("contract", &["plugin"]),

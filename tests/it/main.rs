@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod layers;
 mod lifecycle;
+mod observability;
 mod openapi;
 mod remote;
 mod server;

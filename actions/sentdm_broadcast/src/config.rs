@@ -93,6 +93,8 @@ pub struct SentDmConfig {
     pub sweep_interval_seconds: u64,
     /// How long a record may sit in a non-final status before the sweeper refreshes it.
     pub sweep_stale_after_seconds: u64,
+    /// How often the `graphagent_sentdm_records` gauge is recounted from the graph; 0 = off.
+    pub metrics_refresh_seconds: u64,
     /// Fold writer tasks (1–64): webhook events are sharded by record over this many
     /// writers, each committing its own batches. Absent: one per core.
     pub fold_writers: Option<u32>,
@@ -124,6 +126,7 @@ impl Default for SentDmConfig {
             record_event_history_limit: 25,
             sweep_interval_seconds: 300,
             sweep_stale_after_seconds: 900,
+            metrics_refresh_seconds: 15,
             fold_writers: None,
         }
     }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod events;
 pub mod inbound;
+mod metrics;
 pub mod plan;
 pub mod record;
 pub mod routes;
@@ -995,6 +996,7 @@ impl Action for SentDmBroadcast {
             tracing::warn!(action.id = %self.ctx.action_id, "SentDM action loaded without an API key: set SENTDM_API_KEY");
         }
         webhook::spawn_sweeper(self);
+        metrics::spawn_records_gauge(self);
         let report = self.reconcile_webhook_endpoint().await;
         if report.outcome == "failed" {
             return Err(ActionError::new(format!(

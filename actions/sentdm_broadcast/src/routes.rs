@@ -414,7 +414,9 @@ async fn receive_webhook(
         .ok_or_else(|| ApiError::not_found(format!("no loaded SentDM action `{action_id}`")))?;
     // Only now: a caller without the key, or for no action, never costs a body buffer.
     let body = read_body(body, MAX_DELIVERY_BYTES).await?;
-    match action.receive_webhook(&headers, &body).await {
+    let result = action.receive_webhook(&headers, &body).await;
+    crate::metrics::inbound(&result);
+    match result {
         Ok(ack) => Ok(Json(ack)),
         Err(WebhookRejection::Unauthorized(why)) => {
             Err(ApiError::unauthorized(format!("delivery rejected: {why}")))

@@ -537,6 +537,7 @@ pub async fn apply_batch(
     scope: &FoldScope,
     events: &[FoldEvent],
 ) -> Result<Vec<FoldOutcome>, GraphError> {
+    let _timer = crate::metrics::FoldTimer::start(events.len());
     let mut attempt = 0;
     loop {
         let txn = graph.begin().await?;

@@ -321,10 +321,12 @@ type Gcra = governor::RateLimiter<
 struct Limiter {
     gcra: Gcra,
     clock: TokioClock,
+    /// `standard` or `sensitive`, the metrics label.
+    class: &'static str,
 }
 
 impl Limiter {
-    fn new(limit: RateLimit) -> Self {
+    fn new(limit: RateLimit, class: &'static str) -> Self {
         let per_minute = NonZeroU32::new(limit.per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
         let quota = governor::Quota::per_minute(per_minute).allow_burst(burst);
@@ -332,6 +334,7 @@ impl Limiter {
         Self {
             gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
+            class,
         }
     }
 
@@ -343,6 +346,8 @@ impl Limiter {
             tokio::time::sleep(wait).await;
             waited += wait;
         }
+        metrics::histogram!("sentdm_client_rate_limit_wait_seconds", "class" => self.class)
+            .record(waited.as_secs_f64());
         waited
     }
 }
@@ -392,8 +397,12 @@ impl Client {
             .map_err(Error::Transport)?;
         Ok(Self {
             http,
-            limiter: cfg.rate_limit.map(|l| Arc::new(Limiter::new(l))),
-            sensitive: cfg.sensitive_rate_limit.map(|l| Arc::new(Limiter::new(l))),
+            limiter: cfg
+                .rate_limit
+                .map(|l| Arc::new(Limiter::new(l, "standard"))),
+            sensitive: cfg
+                .sensitive_rate_limit
+                .map(|l| Arc::new(Limiter::new(l, "sensitive"))),
             base: base.into(),
             cfg: Arc::new(cfg),
         })
@@ -698,21 +707,23 @@ impl Client {
         if let Some(b) = &req.body {
             rb = rb.json(b);
         }
-        let raw = match rb.send().await {
+        let raw = match rb.send().await.map_err(classify) {
             Ok(resp) => {
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 match resp.bytes().await {
-                    Ok(body) => Raw {
+                    Ok(body) => Ok(Raw {
                         status,
                         headers,
                         body,
-                    },
-                    Err(e) => return Err(Failed::transport(classify(e), retryable_method)),
+                    }),
+                    Err(e) => Err(classify(e)),
                 }
             }
-            Err(e) => return Err(Failed::transport(classify(e), retryable_method)),
+            Err(e) => Err(e),
         };
+        count_request(&req.method, &raw);
+        let raw = raw.map_err(|e| Failed::transport(e, retryable_method))?;
         if raw.status.is_success() {
             return Ok(raw);
         }
@@ -738,6 +749,8 @@ impl Client {
     }
 
     fn on_retry(&self, req: &Req, retry: u32, f: &Failed, delay: Duration) {
+        metrics::counter!("sentdm_client_retries_total", "method" => req.method.to_string())
+            .increment(1);
         if let Some(hook) = &self.cfg.on_retry {
             hook(&RetryEvent {
                 method: req.method.clone(),
@@ -757,6 +770,19 @@ impl Client {
             "retrying SentDM request"
         );
     }
+}
+
+/// Counts one attempt by method and answer: the HTTP status, or `timeout`, `connect` or
+/// `transport` when there was none (labels from fixed sets: never a path, id or key).
+fn count_request(method: &Method, outcome: &Result<Raw>) {
+    let status = match outcome {
+        Ok(raw) => raw.status.as_u16().to_string(),
+        Err(Error::Timeout(_)) => "timeout".into(),
+        Err(Error::Connect(_)) => "connect".into(),
+        Err(_) => "transport".into(),
+    };
+    metrics::counter!("sentdm_client_requests_total", "method" => method.to_string(), "status" => status)
+        .increment(1);
 }
 
 /// A failed attempt, as the retry loop sees it.
@@ -1081,10 +1107,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limiter_allows_burst_then_paces() {
-        let l = Limiter::new(RateLimit {
-            per_minute: 200,
-            burst: 50,
-        });
+        let l = Limiter::new(
+            RateLimit {
+                per_minute: 200,
+                burst: 50,
+            },
+            "standard",
+        );
         let start = tokio::time::Instant::now();
         for _ in 0..50 {
             assert_eq!(l.acquire().await, Duration::ZERO);

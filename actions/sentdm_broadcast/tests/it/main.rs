@@ -3,5 +3,6 @@
 
 mod action;
 mod app;
+mod metrics;
 mod openapi;
 mod util;
