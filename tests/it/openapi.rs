@@ -275,8 +275,14 @@ async fn docs_pages_reference_nothing_outside_the_server() {
         .text()
         .await
         .expect("text");
-    assert!(!redoc.contains("cdn.redoc.ly"), "Redoc loads its logo from a CDN");
-    assert!(!redoc.contains(r#"src:"http"#), "Redoc loads an image from outside");
+    assert!(
+        !redoc.contains("cdn.redoc.ly"),
+        "Redoc loads its logo from a CDN"
+    );
+    assert!(
+        !redoc.contains(r#"src:"http"#),
+        "Redoc loads an image from outside"
+    );
 }
 
 /// Validate `instance` against component `name` of the served document.

@@ -296,17 +296,40 @@ mod tests {
     fn the_default_filter_takes_every_status_sentdm_reports() {
         let defaults = SentDmConfig::default();
         let message = &defaults.webhook_event_filters["message"];
-        for word in ["queued", "routed", "sent", "delivered", "read", "failed", "blocked", "filtered", "cancelled", "scheduled", "received"] {
-            assert!(message.iter().any(|w| w == word), "`{word}` missing from {message:?}");
+        for word in [
+            "queued",
+            "routed",
+            "sent",
+            "delivered",
+            "read",
+            "failed",
+            "blocked",
+            "filtered",
+            "cancelled",
+            "scheduled",
+            "received",
+        ] {
+            assert!(
+                message.iter().any(|w| w == word),
+                "`{word}` missing from {message:?}"
+            );
         }
-        assert!(!message.iter().any(|w| w == "accepted" || w == "processed"), "{message:?}");
+        assert!(
+            !message.iter().any(|w| w == "accepted" || w == "processed"),
+            "{message:?}"
+        );
         let bad = SentDmConfig {
             webhook_event_filters: BTreeMap::from([("message".into(), vec!["Delivered".into()])]),
             ..SentDmConfig::default()
         };
         let problem = &bad.problems()[0];
         assert_eq!(problem.key, "webhook_event_filters.message[0]");
-        assert!(problem.message.contains("`Delivered`") && problem.message.contains("blocked, filtered"), "{}", problem.message);
+        assert!(
+            problem.message.contains("`Delivered`")
+                && problem.message.contains("blocked, filtered"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

@@ -3,5 +3,6 @@
 
 mod action;
 mod app;
+mod checks;
 mod openapi;
 mod util;
