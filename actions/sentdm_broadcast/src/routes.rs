@@ -78,8 +78,26 @@ impl From<SentDmError> for ApiError {
     }
 }
 
+/// Description of the `SentDM` tag in the document.
+const TAG_DESCRIPTION: &str = "SentDM broadcast action: template SMS / WhatsApp broadcasts through \
+    SentDM v3, one record per sent message with its delivery status (folded from SentDM's \
+    signed webhooks), inbound replies, and the action's webhook at SentDM. Try it without an \
+    account against the bundled simulator (`graphagent demo`).";
+
+/// The document part that carries the tag's description (merged with the routes').
+fn tag_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = utoipa::openapi::OpenApi::default();
+    doc.tags = Some(vec![
+        utoipa::openapi::tag::TagBuilder::new()
+            .name(TAG)
+            .description(Some(TAG_DESCRIPTION))
+            .build(),
+    ]);
+    doc
+}
+
 pub(super) fn private() -> OpenApiRouter<ActionState> {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(tag_doc())
         .routes(routes!(send_broadcast))
         .routes(routes!(get_broadcast))
         .routes(routes!(get_message))

@@ -335,6 +335,18 @@ async fn every_route_answers_as_documented() {
     let agent_id = graphagent::plugin::agent_id("acme/notifier");
     let a = format!("/api/actions/{action_id}");
     use Method as M;
+    let sentdm_tag = p.doc["tags"]
+        .as_array()
+        .and_then(|tags| tags.iter().find(|t| t["name"] == "SentDM"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        sentdm_tag["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "the SentDM tag is described: {}",
+        p.doc["tags"]
+    );
 
     // Host: health, agents, actions.
     p.expect(200, M::GET, "/healthz", Auth::None, Body::None)
