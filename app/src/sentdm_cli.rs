@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use graphagent_sentdm::config::CHANNELS;
-use graphagent_sentdm::record::MessageRecord;
-use graphagent_sentdm::routes::{RecordPage, WebhookInfo};
+use graphagent_sentdm::record::{MessageRecord, Reply};
+use graphagent_sentdm::routes::{RecordPage, ReplyPage, WebhookInfo};
 use graphagent_sentdm::{BroadcastRequest, BroadcastResult};
 use graphagent_sentdm::{ReconcileReport, SentDmHealth, TemplateInput};
 use reqwest::{Method, Url};
@@ -82,6 +82,38 @@ pub enum SentdmCommand {
     /// Records of sent messages, with their delivery status and event log.
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// Inbound replies, each with the record it answers when known.
+    #[command(subcommand)]
+    Replies(RepliesCommand),
+}
+
+/// `graphagent sentdm replies …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RepliesCommand {
+    /// List replies, newest first.
+    List(ReplyListArgs),
+    /// One reply.
+    Show {
+        /// Reply id (from `replies list`).
+        reply_id: String,
+    },
+}
+
+/// `graphagent sentdm replies list`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReplyListArgs {
+    /// The contact who wrote, E.164.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Replies linked to this record id.
+    #[arg(long)]
+    pub record_id: Option<String>,
+    /// Page, from 1.
+    #[arg(long)]
+    pub page: Option<u32>,
+    /// Items per page (1–100).
+    #[arg(long)]
+    pub page_size: Option<u32>,
 }
 
 /// `graphagent sentdm webhook …`.
@@ -629,6 +661,29 @@ pub async fn execute(
                 show_record(&decode(v)?);
             }
         }
+        SentdmCommand::Replies(RepliesCommand::List(r)) => {
+            let mut q = Vec::new();
+            push_opt(&mut q, "from", r.from);
+            push_opt(&mut q, "record_id", r.record_id);
+            push_opt(&mut q, "page", r.page);
+            push_opt(&mut q, "page_size", r.page_size);
+            let v = get(path(&["replies"]), q).await?;
+            if json {
+                print_json(&v);
+            } else {
+                show_replies(&decode(v)?);
+            }
+        }
+        SentdmCommand::Replies(RepliesCommand::Show { reply_id }) => {
+            let mut p = path(&["replies"]);
+            p.push(reply_id);
+            let v = get(p, vec![]).await?;
+            if json {
+                print_json(&v);
+            } else {
+                show_reply(&decode(v)?);
+            }
+        }
     }
     Ok(())
 }
@@ -730,6 +785,9 @@ fn show_health(h: &SentDmHealth) {
             ""
         }
     );
+    if let Some(problem) = &h.webhook_problem {
+        println!("webhook problem {problem}");
+    }
     println!("webhook url     {}", or_dash(h.webhook_url.as_deref()));
     if let Some(r) = &h.last_reconcile {
         println!("last reconcile  {}", reconcile_line(r));
@@ -791,6 +849,9 @@ fn show_broadcast(b: &BroadcastResult) {
                 r.index
             );
         }
+    }
+    for w in &b.warnings {
+        println!("warning ({}): {}", w.code, w.message);
     }
     let p = &b.persisted;
     if let Some(e) = &p.error {
@@ -972,6 +1033,52 @@ fn show_records(p: &RecordPage) {
         "page {} ({} per page), {} record(s) in all",
         p.page, p.page_size, p.total
     );
+}
+
+fn show_replies(p: &ReplyPage) {
+    let rows: Vec<Vec<String>> = p
+        .items
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                or_dash(r.from.as_deref()),
+                or_dash(r.received_at.as_deref().or(Some(r.created_at.as_str()))),
+                or_dash(r.answers_record.as_deref()),
+                or_dash(r.text.as_deref()).chars().take(60).collect(),
+            ]
+        })
+        .collect();
+    table(
+        &["REPLY ID", "FROM", "RECEIVED", "ANSWERS RECORD", "TEXT"],
+        &rows,
+    );
+    println!(
+        "page {} ({} per page), {} repl{} in all",
+        p.page,
+        p.page_size,
+        p.total,
+        if p.total == 1 { "y" } else { "ies" }
+    );
+}
+
+fn show_reply(r: &Reply) {
+    println!("reply       {}", r.id);
+    println!("message     {}", r.sentdm_message_id);
+    println!("from        {}", or_dash(r.from.as_deref()));
+    println!("to          {}", or_dash(r.to.as_deref()));
+    println!("channel     {}", or_dash(r.channel.as_deref()));
+    println!("received    {}", or_dash(r.received_at.as_deref()));
+    println!("in reply to {}", or_dash(r.in_reply_to.as_deref()));
+    println!(
+        "answers     {}{}",
+        or_dash(r.answers_record.as_deref()),
+        r.link
+            .as_deref()
+            .map(|l| format!(" (by {l})"))
+            .unwrap_or_default()
+    );
+    println!("text        {}", or_dash(r.text.as_deref()));
 }
 
 /// Statuses in the order the record's log saw them, without repeats.

@@ -3,7 +3,17 @@
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 
-const REDOC_JS: &str = include_str!("../../assets/redoc/redoc.standalone.js");
+use std::sync::LazyLock;
+
+const REDOC_BUNDLE: &str = include_str!("../../assets/redoc/redoc.standalone.js");
+
+/// The Redocly logo Redoc's sidebar loads from a CDN; it is left out (not rendered) so
+/// the page fetches nothing from outside the server.
+const REDOC_CDN_LOGO: &str = r#"e?n.createElement("img",{alt:"redocly logo",onError:()=>t(!1),src:"https://cdn.redoc.ly/redoc/logo-mini.svg"}):null"#;
+
+/// The bundle as served: the vendored file without its CDN logo.
+static REDOC_JS: LazyLock<String> =
+    LazyLock::new(|| REDOC_BUNDLE.replacen(REDOC_CDN_LOGO, "null", 1));
 
 pub(super) async fn redoc_page() -> Html<&'static str> {
     Html(
@@ -27,7 +37,22 @@ pub(super) async fn redoc_js() -> Response {
                 HeaderValue::from_static("public, max-age=86400"),
             ),
         ],
-        REDOC_JS,
+        REDOC_JS.as_str(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_redoc_bundle_loads_no_cdn_logo() {
+        assert!(
+            REDOC_BUNDLE.contains(REDOC_CDN_LOGO),
+            "the vendored Redoc changed: find its CDN logo again"
+        );
+        assert!(!REDOC_JS.contains("cdn.redoc.ly"));
+        assert!(!REDOC_JS.contains(r#"src:"http"#));
+    }
 }

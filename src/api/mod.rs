@@ -88,8 +88,11 @@ pub(crate) fn build_router(
         restrict_items(&mut doc, name, "event_types", &event_types);
     }
 
+    // `validatorUrl: none`: Swagger UI would otherwise send the document to
+    // validator.swagger.io from any host but localhost; the docs load nothing from outside.
     let swagger: Router<HostState> = SwaggerUi::new("/docs")
         .url("/openapi.json", doc.clone())
+        .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"))
         .into();
     let mut router = router.merge(swagger);
     if telemetry.metrics_enabled {

@@ -77,7 +77,8 @@ pub struct SentDmConfig {
     pub webhook_display_name: String,
     /// Event families the webhook subscribes to.
     pub webhook_event_types: Vec<String>,
-    /// Sub-types per family; `{}` means all.
+    /// Sub-types per family; `{}` means all. Default: every `message` sub-type SentDM
+    /// reports ([`message_filters`]).
     pub webhook_event_filters: BTreeMap<String, Vec<String>>,
     /// SentDM's retries per event (1–5).
     pub webhook_retry_count: u32,
@@ -113,11 +114,11 @@ impl Default for SentDmConfig {
             sandbox: false,
             webhook_display_name: "graphagent SentDM broadcast".into(),
             webhook_event_types: vec!["message".into()],
+            // Every status SentDM reports: a filter that leaves one out leaves records
+            // of that outcome (a BLOCKED or FILTERED send) in a stale status.
             webhook_event_filters: BTreeMap::from([(
                 "message".into(),
-                ["queued", "sent", "delivered", "read", "failed", "received"]
-                    .map(String::from)
-                    .to_vec(),
+                message_filters().map(String::from).collect(),
             )]),
             webhook_retry_count: 3,
             webhook_timeout_seconds: 30,
@@ -292,6 +293,46 @@ mod tests {
         assert_eq!(set(3).fold_writer_count(), 3);
         assert!(set(64).problems().is_empty());
         assert_eq!(set(65).problems()[0].key, "fold_writers");
+    }
+
+    #[test]
+    fn the_default_filter_takes_every_status_sentdm_reports() {
+        let defaults = SentDmConfig::default();
+        let message = &defaults.webhook_event_filters["message"];
+        for word in [
+            "queued",
+            "routed",
+            "sent",
+            "delivered",
+            "read",
+            "failed",
+            "blocked",
+            "filtered",
+            "cancelled",
+            "scheduled",
+            "received",
+        ] {
+            assert!(
+                message.iter().any(|w| w == word),
+                "`{word}` missing from {message:?}"
+            );
+        }
+        assert!(
+            !message.iter().any(|w| w == "accepted" || w == "processed"),
+            "{message:?}"
+        );
+        let bad = SentDmConfig {
+            webhook_event_filters: BTreeMap::from([("message".into(), vec!["Delivered".into()])]),
+            ..SentDmConfig::default()
+        };
+        let problem = &bad.problems()[0];
+        assert_eq!(problem.key, "webhook_event_filters.message[0]");
+        assert!(
+            problem.message.contains("`Delivered`")
+                && problem.message.contains("blocked, filtered"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

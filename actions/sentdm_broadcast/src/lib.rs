@@ -13,6 +13,7 @@ pub mod plan;
 pub mod record;
 pub mod routes;
 pub mod store;
+pub mod templates;
 mod webhook;
 
 use graphagent::time::now_rfc3339;
@@ -263,6 +264,34 @@ pub struct BroadcastResult {
     pub requests: Vec<RequestOutcome>,
     /// Bookkeeping outcome.
     pub persisted: Persisted,
+    /// Things the caller should know although SentDM accepted the send (no webhook
+    /// registered, parameters not checked); empty when there are none.
+    #[serde(default)]
+    pub warnings: Vec<SendWarning>,
+}
+
+/// Something a successful send did not do as asked, or that will not happen after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmSendWarning)]
+pub struct SendWarning {
+    /// `no_webhook`: no webhook is registered at SentDM, so no delivery status will
+    /// arrive (records stay `accepted` until refreshed); `template_not_checked`: the
+    /// template could not be read from SentDM, so the parameters were not checked.
+    #[schema(schema_with = warning_code_schema)]
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+/// Codes of [`SendWarning`].
+pub const WARNING_CODES: &[&str] = &["no_webhook", "template_not_checked"];
+
+fn warning_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(WARNING_CODES.iter().copied()))
+        .description(Some("What the warning is about."))
+        .build()
 }
 
 /// `healthcheck` answer.
@@ -276,8 +305,20 @@ pub struct SentDmHealth {
     pub reachable_error: Option<String>,
     /// Channels configured on the account.
     pub channels: Option<BTreeMap<String, bool>>,
-    /// A webhook is registered at SentDM for this action.
+    /// A webhook is registered at SentDM for this action: checked at SentDM by the
+    /// status endpoint (`healthcheck`); the action's own record of it otherwise.
     pub webhook_registered: bool,
+    /// SentDM has the webhook on record and said whether it is active; `false` when
+    /// SentDM could not be asked (not configured, unreachable) or there is none.
+    #[serde(default)]
+    pub webhook_checked: bool,
+    /// Whether SentDM delivers to it (SentDM disables a webhook after repeated failures).
+    #[serde(default)]
+    pub webhook_active: Option<bool>,
+    /// Why deliveries will not arrive, when the check found a reason (gone at SentDM,
+    /// disabled, not registered) or could not be made.
+    #[serde(default)]
+    pub webhook_problem: Option<String>,
     /// Its signing secret is on record here (deliveries can be verified).
     pub signing_secret_on_record: bool,
     /// The public URL deliveries reach (machine key redacted).
@@ -342,6 +383,7 @@ pub struct SentDmBroadcast {
     last_reconcile: Mutex<Option<ReconcileReport>>,
     replies: broadcast::Sender<ReplyEvent>,
     counters: AtomicCounters,
+    templates: templates::TemplateCache,
     stop: CancellationToken,
 }
 
@@ -416,6 +458,7 @@ impl SentDmBroadcast {
         let client = client
             .with_options(plan.sandbox, plan.profile_id.clone())
             .map_err(|_| SentDmError::invalid("profile_id", "must not be empty"))?;
+        let warnings = self.send_warnings(&client, &plan).await?;
         // Owned chunks: the futures must not borrow from the closure's argument.
         let sends = plan.chunks.clone().into_iter().map(|chunk| {
             let count = chunk.recipients.len();
@@ -521,6 +564,7 @@ impl SentDmBroadcast {
                 skipped: None,
                 error: None,
             },
+            warnings,
         };
         if !self.config.persist_records && !plan.sandbox {
             // Nothing is stored, but subscribers still hear that SentDM accepted the send.
@@ -550,6 +594,45 @@ impl SentDmBroadcast {
             self.persist(&mut result, &plan).await
         };
         Ok(result)
+    }
+
+    /// Checks of a send before it goes out: the parameters against the template's
+    /// variables (an error when they do not match), and what the caller should be told
+    /// although the send will be accepted.
+    async fn send_warnings(
+        &self,
+        client: &Client,
+        plan: &BroadcastPlan,
+    ) -> Result<Vec<SendWarning>, SentDmError> {
+        let mut warnings = Vec::new();
+        let profile = plan.sent_as_profile.as_deref();
+        match self.templates.lookup(client, profile, &plan.template).await {
+            Ok(templates::Lookup::Found(t)) => plan::check_parameters(&plan.template, &t)?,
+            Ok(templates::Lookup::Unknown) => {}
+            // Not reading the template must not stop a send SentDM would take: it still
+            // checks the parameters itself (and fails the message when they are wrong).
+            Err(e) => {
+                tracing::warn!(action.id = %self.ctx.action_id, error = %e, "template could not be read; parameters not checked");
+                warnings.push(SendWarning {
+                    code: "template_not_checked".into(),
+                    message: format!(
+                        "the template could not be read from SentDM ({e}); its parameters were not checked, and a missing one fails the message later"
+                    ),
+                });
+            }
+        }
+        let registered = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !registered && !plan.sandbox {
+            warnings.push(SendWarning {
+                code: "no_webhook".into(),
+                message: "no webhook is registered at SentDM for this action, so no delivery status will arrive: records stay `accepted` until refreshed. See `last_reconcile` in the action's status, then register it (POST …/sentdm/webhook/register)".into(),
+            });
+        }
+        Ok(warnings)
     }
 
     /// The `sentdm.broadcast.accepted` outbox row of a send.
@@ -726,7 +809,52 @@ impl SentDmBroadcast {
         health.reachable = reachable;
         health.reachable_error = reachable_error;
         health.channels = channels;
+        if reachable {
+            self.check_webhook(&mut health).await;
+        }
         health
+    }
+
+    /// Ask SentDM whether the webhook on record still exists and is active: a webhook
+    /// deleted or disabled at SentDM means no delivery status arrives, whatever our
+    /// record says.
+    async fn check_webhook(&self, health: &mut SentDmHealth) {
+        const REPAIR: &str = "run `graphagent sentdm webhook register` (POST …/sentdm/webhook/register) to repair it";
+        let webhook_id = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|v| v.webhook_id.clone());
+        let (Some(client), Some(id)) = (&self.client, webhook_id) else {
+            health.webhook_problem = Some(format!(
+                "no webhook is registered: delivery statuses will not arrive; {REPAIR}"
+            ));
+            return;
+        };
+        match client.get_webhook(&id).await {
+            Ok(w) => {
+                health.webhook_checked = true;
+                health.webhook_active = Some(w.is_active);
+                if !w.is_active {
+                    health.webhook_problem = Some(format!(
+                        "SentDM has disabled webhook {id} (after {} consecutive failures): delivery statuses will not arrive; {REPAIR}",
+                        w.consecutive_failures
+                    ));
+                }
+            }
+            Err(client::Error::Api(e)) if e.status == 404 => {
+                health.webhook_checked = true;
+                health.webhook_registered = false;
+                health.webhook_problem = Some(format!(
+                    "webhook {id} no longer exists at SentDM: delivery statuses will not arrive; {REPAIR}"
+                ));
+            }
+            Err(e) => {
+                health.webhook_problem =
+                    Some(format!("could not check the webhook at SentDM: {e}"));
+            }
+        }
     }
 
     fn local_health(&self) -> SentDmHealth {
@@ -746,6 +874,9 @@ impl SentDmBroadcast {
             reachable_error: None,
             channels: None,
             webhook_registered: verifier.is_some(),
+            webhook_checked: false,
+            webhook_active: None,
+            webhook_problem: None,
             signing_secret_on_record: verifier.is_some(),
             webhook_url: webhook::webhook_url_redacted(self),
             last_reconcile: last,
@@ -759,6 +890,22 @@ impl SentDmBroadcast {
         filter: &RecordFilter,
     ) -> Result<(Vec<MessageRecord>, u64), SentDmError> {
         Ok(self.store.list_records(filter).await?)
+    }
+
+    /// Inbound replies of this action, newest first, with the total.
+    pub async fn list_replies(
+        &self,
+        filter: &store::ReplyFilter,
+    ) -> Result<(Vec<record::Reply>, u64), SentDmError> {
+        Ok(self.store.list_replies(filter).await?)
+    }
+
+    /// One inbound reply.
+    pub async fn get_reply(&self, reply_id: &str) -> Result<record::Reply, SentDmError> {
+        self.store
+            .get_reply(reply_id)
+            .await?
+            .ok_or_else(|| SentDmError::NotFound(format!("no reply `{reply_id}`")))
     }
 
     /// One record.
@@ -986,6 +1133,7 @@ impl Action for SentDmBroadcast {
             last_reconcile: Mutex::new(None),
             replies: broadcast::channel(1024).0,
             counters: AtomicCounters::default(),
+            templates: templates::TemplateCache::default(),
             stop: CancellationToken::new(),
         })
     }

@@ -2,7 +2,7 @@
 //! later step (the SentDM requests, the records, the outbound event) takes the plan.
 
 use sentdm_client::client::IdempotencyKey;
-use sentdm_client::model::TemplateRef;
+use sentdm_client::model::{Template, TemplateRef};
 
 use crate::config::{CHANNELS, SentDmConfig};
 use crate::{BroadcastRequest, MAX_RECIPIENTS, RECIPIENTS_PER_REQUEST, SentDmError, store};
@@ -177,6 +177,47 @@ fn template_ref(
     })
 }
 
+/// The send's parameters against the variables SentDM says `known` declares: each
+/// variable given (SentDM fails the message later otherwise), nothing it does not declare
+/// (a misspelt name is a missing one). The error names both lists.
+pub fn check_parameters(template: &TemplateRef, known: &Template) -> Result<(), SentDmError> {
+    let missing: Vec<&str> = known
+        .variables
+        .iter()
+        .filter(|v| !template.parameters.contains_key(v.as_str()))
+        .map(String::as_str)
+        .collect();
+    let unknown: Vec<&str> = template
+        .parameters
+        .keys()
+        .filter(|k| !known.variables.contains(k))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() && unknown.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", missing.join(", ")));
+    }
+    if !unknown.is_empty() {
+        problems.push(format!("unknown {}", unknown.join(", ")));
+    }
+    let declared = if known.variables.is_empty() {
+        "none".to_owned()
+    } else {
+        known.variables.join(", ")
+    };
+    Err(SentDmError::invalid(
+        "template.parameters",
+        format!(
+            "{} (template `{}` declares: {declared})",
+            problems.join("; "),
+            known.name
+        ),
+    ))
+}
+
 pub(crate) fn valid_e164(s: &str) -> bool {
     let digits = s.strip_prefix('+').unwrap_or("");
     (7..=15).contains(&digits.len())
@@ -289,6 +330,34 @@ mod tests {
         let bare = SentDmConfig::default();
         let e = BroadcastPlan::parse(req, &bare, "a").expect_err("no template");
         assert_eq!(invalid_field(e), "template");
+    }
+
+    #[test]
+    fn parameters_must_match_the_templates_variables() {
+        let known = Template {
+            name: "order_confirmation".into(),
+            variables: vec!["name".into(), "order_id".into()],
+            ..Template::default()
+        };
+        let with = |pairs: &[(&str, &str)]| TemplateRef {
+            id: None,
+            name: Some("order_confirmation".into()),
+            parameters: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        assert!(check_parameters(&with(&[("name", "Jo"), ("order_id", "1")]), &known).is_ok());
+        match check_parameters(&with(&[("name", "Jo"), ("orderid", "1")]), &known) {
+            Err(SentDmError::Invalid { field, message }) => {
+                assert_eq!(field, "template.parameters");
+                assert_eq!(
+                    message,
+                    "missing order_id; unknown orderid (template `order_confirmation` declares: name, order_id)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

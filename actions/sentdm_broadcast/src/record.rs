@@ -155,6 +155,69 @@ pub struct ReplyRecord {
     pub created_at: String,
 }
 
+/// An inbound reply as the API shows it (`sentdm_inbound`), with the message it answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmReply)]
+pub struct Reply {
+    /// Reply id (a digest of the delivery).
+    #[schema(example = "3f2a9c0d5b8e7f6a1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b")]
+    pub id: String,
+    /// SentDM id of the inbound message.
+    pub sentdm_message_id: String,
+    /// The contact who wrote (E.164).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Our number it was sent to.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Text of the reply.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// When SentDM received it.
+    #[serde(default)]
+    pub received_at: Option<String>,
+    /// SentDM id of the message it answers, when SentDM says.
+    #[serde(default)]
+    pub in_reply_to: Option<String>,
+    /// Id of the record (`…/sentdm/broadcasts/{record_id}`) it answers, when one of this
+    /// action's records is linked.
+    #[serde(default)]
+    pub answers_record: Option<String>,
+    /// How `answers_record` was found: `in_reply_to` (SentDM named the message) or
+    /// `latest_to_sender` (SentDM did not; our latest message to that number).
+    #[serde(default)]
+    #[schema(schema_with = link_schema)]
+    pub link: Option<String>,
+    /// When it was stored.
+    pub created_at: String,
+}
+
+fn link_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::schema::Type::String,
+            utoipa::openapi::schema::Type::Null,
+        ]))
+        .enum_values(Some(["in_reply_to", "latest_to_sender"]))
+        .description(Some("How `answers_record` was found."))
+        .build()
+}
+
+impl Reply {
+    /// `link` from what the stored node holds (the edge is only made to a record that
+    /// exists, so `answers_record` is read through it).
+    pub(crate) fn with_link(mut self) -> Self {
+        self.link = match (&self.answers_record, &self.in_reply_to) {
+            (None, _) => None,
+            (Some(_), Some(_)) => Some("in_reply_to".into()),
+            (Some(_), None) => Some("latest_to_sender".into()),
+        };
+        self
+    }
+}
+
 /// Statuses are kept as lowercase words in the graph (the client's wire form is
 /// uppercase); any case reads back.
 mod stored_status {

@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::record::MessageRecord;
-use crate::store::{BroadcastSummary, RecordFilter};
+use crate::record::{MessageRecord, Reply};
+use crate::store::{BroadcastSummary, RecordFilter, ReplyFilter};
 use crate::webhook::webhook_scope;
 use crate::{
     BroadcastRequest, BroadcastResult, ReconcileReport, SentDmBroadcast, SentDmError, SentDmHealth,
@@ -78,8 +78,26 @@ impl From<SentDmError> for ApiError {
     }
 }
 
+/// Description of the `SentDM` tag in the document.
+const TAG_DESCRIPTION: &str = "SentDM broadcast action: template SMS / WhatsApp broadcasts through \
+    SentDM v3, one record per sent message with its delivery status (folded from SentDM's \
+    signed webhooks), inbound replies, and the action's webhook at SentDM. Try it without an \
+    account against the bundled simulator (`graphagent demo`).";
+
+/// The document part that carries the tag's description (merged with the routes').
+fn tag_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = utoipa::openapi::OpenApi::default();
+    doc.tags = Some(vec![
+        utoipa::openapi::tag::TagBuilder::new()
+            .name(TAG)
+            .description(Some(TAG_DESCRIPTION))
+            .build(),
+    ]);
+    doc
+}
+
 pub(super) fn private() -> OpenApiRouter<ActionState> {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(tag_doc())
         .routes(routes!(send_broadcast))
         .routes(routes!(get_broadcast))
         .routes(routes!(get_message))
@@ -91,6 +109,8 @@ pub(super) fn private() -> OpenApiRouter<ActionState> {
         .routes(routes!(list_records))
         .routes(routes!(get_record))
         .routes(routes!(refresh_record))
+        .routes(routes!(list_replies))
+        .routes(routes!(get_reply))
 }
 
 pub(super) fn public() -> OpenApiRouter<ActionState> {
@@ -370,6 +390,84 @@ async fn refresh_record(
     Path(ids): Path<(String, String)>,
 ) -> ApiResult<Json<MessageRecord>> {
     Ok(Json(action.refresh_record(&ids.1).await?))
+}
+
+/// Reply filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReplyParams {
+    /// The contact who wrote, E.164.
+    #[param(pattern = r"^\+[1-9][0-9]{6,14}$")]
+    from: Option<String>,
+    /// Replies linked to this record id.
+    record_id: Option<String>,
+    /// Page, from 1.
+    #[param(minimum = 1, maximum = 4_294_967_295_u32, format = Int64, default = 1)]
+    page: Option<u32>,
+    /// Items per page (1–100).
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    page_size: Option<u32>,
+}
+
+/// A page of inbound replies.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = SentDmReplyPage)]
+pub struct ReplyPage {
+    /// Replies, newest first.
+    pub items: Vec<Reply>,
+    /// This page.
+    pub page: u32,
+    /// Its size.
+    pub page_size: u32,
+    /// Replies matching the filters.
+    pub total: u64,
+}
+
+/// Inbound replies (`message.received`), each with the record it answers when known.
+#[utoipa::path(get, path = "/sentdm/replies", tag = TAG, params(ReplyParams),
+    responses(
+        (status = 200, description = "One page of replies, newest first", body = ReplyPage),
+        (status = 400, description = "`from` is not E.164, or `page` / `page_size` out of range", body = ErrorBody),
+    ))]
+async fn list_replies(
+    ActionRef(action): ActionRef<SentDmBroadcast>,
+    Query(q): Query<ReplyParams>,
+) -> ApiResult<Json<ReplyPage>> {
+    let paging = paging(q.page, q.page_size)?;
+    if let Some(from) = &q.from
+        && !crate::plan::valid_e164(from)
+    {
+        return Err(ApiError::invalid_param(
+            "from",
+            format!("`{from}` is not an E.164 phone number (+ and 7-15 digits)"),
+        ));
+    }
+    let filter = ReplyFilter {
+        from: q.from,
+        answers_record: q.record_id,
+        paging,
+    };
+    let (items, total) = action.list_replies(&filter).await?;
+    Ok(Json(ReplyPage {
+        items,
+        page: paging.page,
+        page_size: paging.page_size,
+        total,
+    }))
+}
+
+/// One inbound reply.
+#[utoipa::path(get, path = "/sentdm/replies/{reply_id}", tag = TAG,
+    params(("reply_id" = String, Path, description = "Reply id (from the replies list)")),
+    responses(
+        (status = 200, description = "The reply", body = Reply),
+        (status = 404, description = "No such action, or no such reply of this action", body = ErrorBody),
+    ))]
+async fn get_reply(
+    ActionRef(action): ActionRef<SentDmBroadcast>,
+    Path(ids): Path<(String, String)>,
+) -> ApiResult<Json<Reply>> {
+    Ok(Json(action.get_reply(&ids.1).await?))
 }
 
 /// The machine key of a delivery.

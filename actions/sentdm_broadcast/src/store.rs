@@ -831,6 +831,34 @@ static LIST_RECORDS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The filter of [`LIST_REPLIES`]; `from` is a keyword, hence the backticks.
+const REPLY_FILTER: &str = "action_id = $action
+    AND ($from = NONE OR `from` = $from)
+    AND ($answers = NONE OR answers_record = $answers)";
+
+/// A reply as [`Reply`] reads it: `answers_record` only through the edge, which exists
+/// only when the record it names does.
+const REPLY_PROJECTION: &str = "*, record::id(id) AS id,
+    (SELECT VALUE record::id(out) FROM sentdm_replies_to WHERE in = $parent.id LIMIT 1)[0] AS answers_record";
+
+/// A page of this action's replies, newest first, and how many match.
+static LIST_REPLIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {REPLY_PROJECTION} FROM sentdm_inbound WHERE {REPLY_FILTER} ORDER BY created_at DESC LIMIT $limit START $start;
+         RETURN count(SELECT id FROM sentdm_inbound WHERE {REPLY_FILTER});"
+    )
+});
+
+/// Filters for listing replies.
+#[derive(Debug, Clone)]
+pub struct ReplyFilter {
+    /// The contact who wrote.
+    pub from: Option<String>,
+    /// Replies linked to this record.
+    pub answers_record: Option<String>,
+    pub paging: graphagent::plugin::Paging,
+}
+
 /// Filters for listing records.
 #[derive(Debug, Clone)]
 pub struct RecordFilter {
@@ -1018,6 +1046,40 @@ impl Store {
             )
             .await?;
         Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
+    }
+
+    /// A page of this action's inbound replies, newest first, with the total.
+    pub async fn list_replies(
+        &self,
+        f: &ReplyFilter,
+    ) -> Result<(Vec<crate::record::Reply>, u64), GraphError> {
+        let vars = without_nulls(json!({
+            "action": self.action_id, "from": f.from, "answers": f.answers_record,
+            "limit": f.paging.page_size, "start": f.paging.offset(),
+        }));
+        let mut out = self.graph.query(&LIST_REPLIES, vars).await?.into_iter();
+        let rows: Vec<crate::record::Reply> =
+            graphagent::graph::rows_from(out.next().unwrap_or(Value::Null))?;
+        let total = out.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((
+            rows.into_iter()
+                .map(crate::record::Reply::with_link)
+                .collect(),
+            total,
+        ))
+    }
+
+    /// One inbound reply of this action.
+    pub async fn get_reply(&self, id: &str) -> Result<Option<crate::record::Reply>, GraphError> {
+        let reply: Option<crate::record::Reply> = self
+            .graph
+            .query_opt(
+                &format!("SELECT {REPLY_PROJECTION} FROM type::record('sentdm_inbound', $key) WHERE action_id = $action;"),
+                json!({"key": id, "action": self.action_id}),
+                0,
+            )
+            .await?;
+        Ok(reply.map(crate::record::Reply::with_link))
     }
 
     /// Latest record of this action sent to `to` (the message a reply most likely answers).

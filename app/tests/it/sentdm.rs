@@ -555,3 +555,47 @@ async fn sentdm_asks_which_action_when_several_are_loaded() {
     drop(server);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentdm_replies_and_a_webhook_gone_at_sentdm() {
+    let sim = start_sim().await;
+    let server = serve(&agent_yaml(&sim)).await;
+    let base = server.base.as_str();
+
+    let page = json_of(base, ADMIN, &["replies", "list", "--page-size", "5"]).await;
+    assert_eq!(
+        (page["total"].clone(), page["page_size"].clone()),
+        (json!(0), json!(5)),
+        "{page}"
+    );
+    let out = sentdm(base, ADMIN, &["replies", "list"]).await;
+    assert!(
+        text(&out.stdout).contains("0 replies in all"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = sentdm(base, ADMIN, &["replies", "show", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    let out = sentdm(base, ADMIN, &["replies", "list", "--from", "555"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("from"), "{}", text(&out.stderr));
+
+    // The webhook is deleted at SentDM behind the action's back: `status` says so.
+    let client = sentdm_client::client::Client::new(sentdm_client::client::ClientConfig::new(
+        sim.base_url(),
+        sentdm_client::client::ApiKey::new(sim.api_key()),
+    ))
+    .expect("client");
+    for w in client.list_all_webhooks().await.expect("list") {
+        client.delete_webhook(&w.id).await.expect("delete");
+    }
+    let out = sentdm(base, ADMIN, &["status"]).await;
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(shown.contains("webhook         not registered"), "{shown}");
+    assert!(shown.contains("no longer exists at SentDM"), "{shown}");
+
+    drop(server);
+    sim.shutdown().await;
+}

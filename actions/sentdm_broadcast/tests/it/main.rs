@@ -3,6 +3,7 @@
 
 mod action;
 mod app;
+mod checks;
 mod metrics;
 mod openapi;
 mod util;

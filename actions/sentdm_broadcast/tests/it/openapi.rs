@@ -335,6 +335,18 @@ async fn every_route_answers_as_documented() {
     let agent_id = graphagent::plugin::agent_id("acme/notifier");
     let a = format!("/api/actions/{action_id}");
     use Method as M;
+    let sentdm_tag = p.doc["tags"]
+        .as_array()
+        .and_then(|tags| tags.iter().find(|t| t["name"] == "SentDM"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        sentdm_tag["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "the SentDM tag is described: {}",
+        p.doc["tags"]
+    );
 
     // Host: health, agents, actions.
     p.expect(200, M::GET, "/healthz", Auth::None, Body::None)
@@ -604,6 +616,48 @@ async fn every_route_answers_as_documented() {
         404,
         M::GET,
         &format!("{s}/broadcasts/none"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    let reply = json!({"field": "message", "sub_type": "message.received", "timestamp": "2025-10-31T10:10:42Z",
+        "payload": {"message_id": "in-1", "inbound_number": "+14155551234", "outbound_number": "+14155550999",
+                    "channel": "sms", "text": "YES", "in_reply_to": message_id}});
+    let (status, ack) = p.app.deliver("sentdm", &reply.to_string(), |_| {}).await;
+    assert_eq!(status, 200, "{ack}");
+    let replies = p
+        .expect(
+            200,
+            M::GET,
+            &format!("{s}/replies?from=%2B14155551234&page=1"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    let reply_id = replies["items"][0]["id"]
+        .as_str()
+        .expect("reply id")
+        .to_owned();
+    p.expect(
+        200,
+        M::GET,
+        &format!("{s}/replies/{reply_id}"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        404,
+        M::GET,
+        &format!("{s}/replies/none"),
+        Auth::Admin,
+        Body::None,
+    )
+    .await;
+    p.expect(
+        400,
+        M::GET,
+        &format!("{s}/replies?from=555"),
         Auth::Admin,
         Body::None,
     )
