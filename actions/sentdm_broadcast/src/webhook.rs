@@ -509,38 +509,43 @@ pub(crate) async fn receive_webhook(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         WebhookRejection::Unauthorized(why)
     };
-    let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
-    let cached = action
-        .verifier
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let verified = match &cached {
-        Some(v) => verify(v, &parts, body),
-        None => Err("no signing secret in memory".to_owned()),
-    };
-    if let Err(first) = verified {
-        // Another replica may have registered or rotated the webhook since this one
-        // loaded its secret: look at the stored one before refusing. Only callers holding
-        // the machine key get here, and it costs one read by id.
-        load_verifier(action).await;
-        let fresh = action
+    let current = || {
+        action
             .verifier
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(fresh) = fresh else {
-            action
-                .counters
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(action.id = %action.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
-            return Err(WebhookRejection::NoSecret);
-        };
-        if cached.is_none() {
-            verify(&fresh, &parts, body).map_err(reject)?;
-        } else {
-            verify(&fresh, &parts, body).map_err(|_| reject(first))?;
+            .clone()
+    };
+    // Nothing in memory: another replica may have registered the webhook since this one
+    // started, so look at the stored secret first. With none on record the answer is 503
+    // (SentDM retries) whatever the delivery carries, as docs/sentdm.md promises.
+    let mut reloaded = false;
+    let mut cached = current();
+    if cached.is_none() {
+        load_verifier(action).await;
+        reloaded = true;
+        cached = current();
+    }
+    let Some(cached) = cached else {
+        action
+            .counters
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(action.id = %action.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
+        return Err(WebhookRejection::NoSecret);
+    };
+    let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
+    if let Err(first) = verify(&cached, &parts, body) {
+        if reloaded {
+            return Err(reject(first));
+        }
+        // Another replica may have rotated the secret since this one loaded it: look at
+        // the stored one before refusing. Only callers holding the machine key get here,
+        // and it costs one read by id.
+        load_verifier(action).await;
+        match current() {
+            Some(fresh) => verify(&fresh, &parts, body).map_err(|_| reject(first))?,
+            None => return Err(reject(first)),
         }
     }
     let event_id = headers
