@@ -347,8 +347,10 @@ impl Auth {
         let hash = hash_password(password.to_owned())
             .await
             .map_err(AuthInitError::Config)?;
+        // Replicas starting together on a fresh graph seed at once: retried on conflict,
+        // the last one's hash (of the same password) stays.
         self.graph
-            .query(
+            .transaction(
                 "UPSERT type::record('user', $key) MERGE { email: $email, password_hash: $hash, role: 'admin', updated_at: time::now() };",
                 json!({"key": user_key(&email), "email": email, "hash": hash}),
             )

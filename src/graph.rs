@@ -252,10 +252,21 @@ impl Graph {
             .clone()
             .unwrap_or_else(|| "graphagent".into());
         let database = options.database.clone().unwrap_or_else(|| "main".into());
-        db.use_ns(ns)
-            .use_db(database)
-            .await
-            .map_err(GraphError::from_db)?;
+        // Selecting a namespace and database that do not exist yet defines them; replicas
+        // starting together on a fresh server do that at the same moment and all but one
+        // conflict. Selecting again is harmless.
+        let mut attempt = 0;
+        loop {
+            match db.use_ns(ns.as_str()).use_db(database.as_str()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = GraphError::from_db(e);
+                    if !(e.is_conflict() && retry_after_conflict(&mut attempt).await) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         Ok(Self {
             inner: Arc::new(GraphInner {
                 db,
@@ -367,12 +378,23 @@ impl Graph {
     }
 
     /// Apply a schema script; scripts must be idempotent (`DEFINE … IF NOT EXISTS` or
-    /// `OVERWRITE`), as they run at every start.
+    /// `OVERWRITE`), as they run at every start. Replicas starting together on one
+    /// server define the same schema at the same moment and all but one of them get a
+    /// transaction conflict; being idempotent, the script is simply run again.
     pub async fn apply_schema(&self, name: &str, surql: &str) -> GraphResult<()> {
-        self.query(surql, Value::Null)
-            .await
-            .map(|_| ())
-            .map_err(|e| GraphError::new(e.kind, format!("schema `{name}`: {}", e.message)))
+        let mut attempt = 0;
+        loop {
+            match self.query(surql, Value::Null).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() && retry_after_conflict(&mut attempt).await => {}
+                Err(e) => {
+                    return Err(GraphError::new(
+                        e.kind,
+                        format!("schema `{name}`: {}", e.message),
+                    ));
+                }
+            }
+        }
     }
 }
 

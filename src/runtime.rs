@@ -274,9 +274,11 @@ impl Runtime {
         f(&mut state);
     }
 
+    // Both persist functions retry on conflict: replicas starting or reloading together
+    // write the same agent and action rows at the same moment.
     async fn persist_agent(&self, agent: &AgentInfo) -> GraphResult<()> {
         self.graph
-            .query(
+            .transaction(
                 "UPSERT type::record('agent', $id) MERGE { name: $name, alias: $alias, enabled: $enabled, file: $file, updated_at: time::now() };",
                 json!({"id": agent.id, "name": agent.name, "alias": agent.alias,
                        "enabled": agent.enabled, "file": agent.file}),
@@ -287,7 +289,7 @@ impl Runtime {
 
     async fn persist_action(&self, info: &ActionInfo) -> GraphResult<()> {
         self.graph
-            .query(
+            .transaction(
                 "BEGIN;
                  UPSERT type::record('agent', $agent_id) MERGE { name: $agent_name };
                  UPSERT type::record('action', $id) MERGE { name: $name, type_name: $type_name, agent_id: $agent_id, config: $config, status: $status, updated_at: time::now() };

@@ -1,6 +1,7 @@
 //! Test support for the host, for actions and for apps (feature `testing`): a host served
 //! on a free loopback port with a known admin, logging in, and a webhook receiver that
-//! records every request it gets and answers as a test scripts it.
+//! records every request it gets and answers as a test scripts it; a real SurrealDB
+//! server ([`SurrealServer`]) for tests of a graph shared over `ws://`.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -23,6 +24,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::{ActionDirectory, AgentHandle, Graph, HostBuilder, HostError, Settings};
+
+mod surreal;
+pub use surreal::{SURREAL_BIN_VAR, SURREAL_PASSWORD, SURREAL_USER, SurrealServer};
 
 /// The test admin's email.
 pub const ADMIN_EMAIL: &str = "admin@example.com";

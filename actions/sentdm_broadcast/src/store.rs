@@ -1116,6 +1116,43 @@ impl Store {
             .await
     }
 
+    /// Take the lease that lets one replica at a time reconcile this action's webhook
+    /// at SentDM, until `until_ms` (epoch ms). True when `holder` now has it: it was
+    /// free, expired, or already `holder`'s. Two replicas asking at once conflict on
+    /// the lease row, and the loser, run again, finds it taken.
+    pub async fn take_reconcile_lease(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, GraphError> {
+        let out = self
+            .graph
+            .transaction(
+                "BEGIN;
+                 LET $cur = (SELECT holder, until_ms FROM type::record('sentdm_webhook_lease', $action))[0];
+                 IF $cur = NONE OR $cur.until_ms < $now OR $cur.holder = $holder {
+                     UPSERT type::record('sentdm_webhook_lease', $action) CONTENT { holder: $holder, until_ms: $until };
+                     true
+                 } ELSE { false };
+                 COMMIT;",
+                json!({"action": self.action_id, "holder": holder, "now": now_ms, "until": until_ms}),
+            )
+            .await?;
+        Ok(out.iter().rev().find_map(Value::as_bool).unwrap_or(false))
+    }
+
+    /// Give the reconcile lease back, if `holder` still has it.
+    pub async fn release_reconcile_lease(&self, holder: &str) -> Result<(), GraphError> {
+        self.graph
+            .query(
+                "DELETE type::record('sentdm_webhook_lease', $action) WHERE holder = $holder;",
+                json!({"action": self.action_id, "holder": holder}),
+            )
+            .await
+            .map(|_| ())
+    }
+
     pub async fn save_webhook_state(
         &self,
         webhook_id: &str,

@@ -193,7 +193,7 @@ async fn adopt(
 /// our settings, whose signing secret we have. Idempotent: with nothing to change it
 /// only lists. Never touches webhooks of other actions or other origins.
 pub(crate) async fn reconcile_webhook_endpoint(action: &SentDmBroadcast) -> ReconcileReport {
-    let report = reconcile_inner(action).await;
+    let report = reconcile_leased(action).await;
     match report.outcome.as_str() {
         "failed" => {
             tracing::error!(action.id = %action.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile failed")
@@ -237,6 +237,73 @@ async fn publish_reconcile(action: &SentDmBroadcast, report: &ReconcileReport) {
             tracing::warn!(action.id = %action.ctx.action_id, error = %e, "could not queue the reconcile event")
         }
     }
+}
+
+/// How long one reconcile may take: a few SentDM calls, each within the client's
+/// timeout; at least a minute.
+fn reconcile_budget(action: &SentDmBroadcast) -> Duration {
+    Duration::from_secs((4 * action.config.timeout).max(60))
+}
+
+/// How long the lease outlives the budget, so that a reconcile still running (cut at its
+/// budget) never overlaps the next holder's.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// How often a replica waiting for the lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
+
+/// Reconcile while holding the action's lease in the shared graph, so that replicas
+/// reconcile one after another: the first registers the webhook and stores its secret,
+/// the next ones find it on record and keep it (only a list call each). Without the
+/// lease, replicas starting together each created a webhook and deleted the others'.
+async fn reconcile_leased(action: &SentDmBroadcast) -> ReconcileReport {
+    if action.client.is_none() || webhook_url(action).is_err() {
+        // Skipped without a SentDM call; no lease needed.
+        return reconcile_inner(action).await;
+    }
+    let budget = reconcile_budget(action);
+    let lease = budget + LEASE_MARGIN;
+    let holder = uuid::Uuid::new_v4().to_string();
+    // A holder killed mid-reconcile keeps the lease until it expires; waiting that long
+    // (plus a poll) is enough to get it.
+    let give_up = tokio::time::Instant::now() + lease + LEASE_POLL * 5;
+    loop {
+        let now = graphagent::time::now_ms();
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        match action.store.take_reconcile_lease(&holder, now, until).await {
+            Ok(true) => break,
+            Ok(false) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(LEASE_POLL).await;
+            }
+            Ok(false) => {
+                return ReconcileReport::new(
+                    "failed",
+                    Some("another replica kept the webhook reconcile lease; try again".into()),
+                );
+            }
+            Err(e) => {
+                return ReconcileReport::new(
+                    "failed",
+                    Some(format!("cannot take the webhook reconcile lease: {e}")),
+                );
+            }
+        }
+    }
+    let report = match tokio::time::timeout(budget, reconcile_inner(action)).await {
+        Ok(report) => report,
+        Err(_) => ReconcileReport::new(
+            "failed",
+            Some(format!(
+                "the reconcile took longer than {} s and was stopped",
+                budget.as_secs()
+            )),
+        ),
+    };
+    if let Err(e) = action.store.release_reconcile_lease(&holder).await {
+        // It expires by itself; the next reconcile waits for that.
+        tracing::warn!(action.id = %action.ctx.action_id, error = %e, "could not release the webhook reconcile lease");
+    }
+    report
 }
 
 async fn reconcile_inner(action: &SentDmBroadcast) -> ReconcileReport {
@@ -435,19 +502,6 @@ pub(crate) async fn receive_webhook(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<WebhookAck, WebhookRejection> {
-    let verifier = action
-        .verifier
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(verifier) = verifier else {
-        action
-            .counters
-            .failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(action.id = %action.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
-        return Err(WebhookRejection::NoSecret);
-    };
     let reject = |why: String| {
         action
             .counters
@@ -455,15 +509,45 @@ pub(crate) async fn receive_webhook(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         WebhookRejection::Unauthorized(why)
     };
-    let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
-    if parts.webhook_id != verifier.webhook_id {
-        return Err(reject("x-webhook-id is not this action's webhook".into()));
+    let current = || {
+        action
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
+    // Nothing in memory: another replica may have registered the webhook since this one
+    // started, so look at the stored secret first. With none on record the answer is 503
+    // (SentDM retries) whatever the delivery carries, as docs/sentdm.md promises.
+    let mut reloaded = false;
+    let mut cached = current();
+    if cached.is_none() {
+        load_verifier(action).await;
+        reloaded = true;
+        cached = current();
     }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    verifier
-        .secret
-        .verify(&parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
-        .map_err(|e| reject(e.to_string()))?;
+    let Some(cached) = cached else {
+        action
+            .counters
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(action.id = %action.ctx.action_id, "ALERT: a SentDM delivery arrived but no signing secret is on record; reconcile the webhook (POST …/sentdm/webhook/register)");
+        return Err(WebhookRejection::NoSecret);
+    };
+    let parts = SignedParts::from_headers(headers).map_err(|e| reject(e.to_string()))?;
+    if let Err(first) = verify(&cached, &parts, body) {
+        if reloaded {
+            return Err(reject(first));
+        }
+        // Another replica may have rotated the secret since this one loaded it: look at
+        // the stored one before refusing. Only callers holding the machine key get here,
+        // and it costs one read by id.
+        load_verifier(action).await;
+        match current() {
+            Some(fresh) => verify(&fresh, &parts, body).map_err(|_| reject(first))?,
+            None => return Err(reject(first)),
+        }
+    }
     let event_id = headers
         .get("x-webhook-event-id")
         .and_then(|v| v.to_str().ok())
@@ -513,6 +597,18 @@ pub(crate) async fn receive_webhook(
             })
         }
     }
+}
+
+/// Check a delivery's webhook id, signature and timestamp against `verifier`.
+fn verify(verifier: &Verifier, parts: &SignedParts<'_>, body: &[u8]) -> Result<(), String> {
+    if parts.webhook_id != verifier.webhook_id {
+        return Err("x-webhook-id is not this action's webhook".into());
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    verifier
+        .secret
+        .verify(parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+        .map_err(|e| e.to_string())
 }
 
 async fn store_reply(

@@ -1,8 +1,8 @@
 //! `surreal`, SurrealDB's own command-line server (`surreal start …`, `surreal isready …`),
-//! built from the `surrealdb-server` crate with in-memory storage only.
+//! built from the `surrealdb-server` crate with in-memory and SurrealKV storage.
 //!
-//! graphagent's remote-graph tests run it as
-//! `surreal start --bind 127.0.0.1:PORT --user U --pass P memory`.
+//! graphagent's tests run it as `surreal start --bind 127.0.0.1:PORT memory` (or
+//! `surrealkv://DIR`); production as in docs/operations.md.
 
 // As in `surrealdb-server` itself: without it a release build of this crate stops with
 // "queries overflow the depth limit" (computing the layout of SurrealDB's async fns).

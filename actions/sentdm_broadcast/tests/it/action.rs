@@ -1580,3 +1580,46 @@ async fn record_filters_narrow_the_page_and_the_total() {
     assert_eq!(list("status=delivered".into()).await.len(), 0);
     app.stop().await;
 }
+
+/// With no signing secret on record (the webhook could not be registered), a delivery is
+/// 503 (SentDM retries, an operator is alerted), whether or not it carries signature
+/// headers: the secret is looked for (in memory, then in the graph, where another replica
+/// may have stored it) before the headers are read.
+#[tokio::test]
+async fn no_secret_on_record_is_503_with_or_without_signature_headers() {
+    let sim = silent_sim().await;
+    // Every SentDM call fails: the webhook is never registered, no secret is stored.
+    sim.set_faults(Faults {
+        api_error_rate: 1.0,
+        ..Faults::default()
+    });
+    let app = App::start(&sim, AppOptions::default()).await;
+    let url = format!(
+        "{}/api/sentdm/webhook/{}?api_key={}",
+        app.base,
+        App::action_id("sentdm"),
+        app.scoped_key("sentdm")
+    );
+    let body = envelope("m-1", "SENT", "2026-05-14T18:49:16Z");
+    let bare = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(bare.status(), 503);
+    let signed = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-webhook-id", "00000000-0000-0000-0000-000000000000")
+        .header("x-webhook-timestamp", "1")
+        .header("x-webhook-signature", "v1,AAAA")
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(signed.status(), 503);
+}
