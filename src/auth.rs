@@ -324,6 +324,21 @@ impl Auth {
         };
         if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
             auth.seed_admin(email, password.expose_secret()).await?;
+        } else {
+            // Without this line a fresh server answers every login 401 and nothing says
+            // why. An admin seeded by an earlier start still logs in, so it is only said
+            // when the graph has no user at all.
+            let any: Option<serde_json::Value> = auth
+                .graph
+                .query_opt("SELECT email FROM user LIMIT 1;", json!({}), 0)
+                .await?;
+            if any.is_none() {
+                tracing::warn!(
+                    "no admin is configured and none is stored, so nobody can log in: set \
+                     GRAPHAGENT_ADMIN_EMAIL and GRAPHAGENT_ADMIN_PASSWORD (or admin_email and \
+                     admin_password in the settings file) and restart"
+                );
+            }
         }
         Ok(auth)
     }

@@ -136,41 +136,72 @@ impl HostCommand {
                     ExitCode::FAILURE
                 }
             }
-            Self::Serve(args) => {
-                let flags = [
-                    ("config", "--config", args.config.as_ref()),
-                    ("bind", "--bind", args.bind.as_ref()),
-                    ("graph_url", "--graph", args.graph.as_ref()),
-                    (
-                        "public_base_url",
-                        "--public-base-url",
-                        args.public_base_url.as_ref(),
-                    ),
-                ];
-                let settings = match load_settings(&args.settings, &flags).0 {
-                    Ok(settings) => settings,
-                    Err(errors) => {
-                        eprintln!("graphagent: invalid settings:\n{errors}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let host = match builder.settings(settings).build().await {
-                    Ok(host) => host,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("graphagent: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                match host.run().await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("graphagent: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
+            Self::Serve(args) => serve(args, builder, |_| Ok(())).await,
         }
+    }
+}
+
+/// `graphagent serve`, with `adjust` applied to the loaded settings before anything is
+/// opened (the bundled app's `serve --sim` points the agents at a simulator there; an
+/// `Err` stops start-up with its message). The address is bound before the graph is
+/// opened and the actions start, so a port in use fails at once and no action
+/// reconciles provider webhooks for a server that cannot run.
+pub async fn serve(
+    args: ServeArgs,
+    builder: HostBuilder,
+    adjust: impl FnOnce(&mut Settings) -> Result<(), String>,
+) -> ExitCode {
+    let flags = args.flags();
+    let mut settings = match load_settings(&args.settings, &flags).0 {
+        Ok(settings) => settings,
+        Err(errors) => {
+            eprintln!("graphagent: invalid settings:\n{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = adjust(&mut settings) {
+        eprintln!("graphagent: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listener = match tokio::net::TcpListener::bind(settings.bind).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("graphagent: cannot listen on {}: {e}", settings.bind);
+            return ExitCode::FAILURE;
+        }
+    };
+    let host = match builder.settings(settings).build().await {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("graphagent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        crate::host::log_listening(addr);
+    }
+    match host.serve(listener, crate::host::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("graphagent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl ServeArgs {
+    fn flags(&self) -> [(&'static str, &'static str, Option<&String>); 4] {
+        [
+            ("config", "--config", self.config.as_ref()),
+            ("bind", "--bind", self.bind.as_ref()),
+            ("graph_url", "--graph", self.graph.as_ref()),
+            (
+                "public_base_url",
+                "--public-base-url",
+                self.public_base_url.as_ref(),
+            ),
+        ]
     }
 }
 
@@ -181,14 +212,25 @@ pub async fn run(builder: HostBuilder) -> ExitCode {
     cli.command.run(builder).await
 }
 
+/// The log filter when `RUST_LOG` is unset: `info`, with the embedded graph engine's
+/// crates at `warn` (at `info` they wrote most of the start-up lines, about their own
+/// internals).
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,surrealdb=warn,surrealdb_core=warn,surrealdb_types=warn,surrealkv=warn,surrealmx=warn";
+
 /// Logs to stderr: human-readable by default, JSON lines with
-/// `GRAPHAGENT_LOG_FORMAT=json`; level from `RUST_LOG` (default `info`).
+/// `GRAPHAGENT_LOG_FORMAT=json`; level from `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
+/// Colour only when stderr is a terminal and `NO_COLOR` is unset.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = std::env::var("GRAPHAGENT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = if json {

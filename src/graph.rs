@@ -5,6 +5,7 @@
 //! statement so callers deserialize into their own serde types. Transaction conflicts
 //! are classified so writers can retry them (DESIGN invariant 3).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -499,14 +500,35 @@ impl Drop for GraphTxn {
 /// How long to wait for an embedded store that a previous handle is still closing.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// The embedded stores this process has opened: only these can be locked by a handle
+/// of ours that is still closing.
+static OPENED_HERE: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
 async fn connect_engine(url: &str) -> GraphResult<Surreal<Any>> {
     // The embedded engine shuts its store down in a background task after the last
-    // handle is dropped, so a restart in the same process (or right after the previous
-    // process exits) can briefly find the store locked. Wait for it rather than fail.
+    // handle is dropped, so a reopen in the same process can briefly find the store
+    // locked. Wait for that rather than fail. A store this process never opened is
+    // locked by another process (its lock ends with that process): say so at once.
+    let ours = OPENED_HERE.lock().is_ok_and(|o| o.contains(url));
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
         match surrealdb::engine::any::connect(url).await {
-            Ok(db) => return Ok(db),
+            Ok(db) => {
+                if let Ok(mut opened) = OPENED_HERE.lock() {
+                    opened.insert(url.to_owned());
+                }
+                return Ok(db);
+            }
+            Err(e) if e.message().contains("already locked") && !ours => {
+                return Err(GraphError::new(
+                    GraphErrorKind::Unavailable,
+                    format!(
+                        "{} is locked by another process (is another graphagent serving \
+                         it?); stop that one or give this one another --graph",
+                        redact_url(url)
+                    ),
+                ));
+            }
             Err(e)
                 if e.message().contains("already locked")
                     && tokio::time::Instant::now() < deadline =>

@@ -273,7 +273,7 @@ impl Host {
     /// Bind the configured address and serve until SIGTERM or Ctrl-C.
     pub async fn run(self) -> Result<(), HostError> {
         let listener = tokio::net::TcpListener::bind(self.bind).await?;
-        tracing::info!(address = %listener.local_addr()?, "listening");
+        log_listening(listener.local_addr()?);
         self.serve(listener, shutdown_signal()).await
     }
 
@@ -304,6 +304,19 @@ impl Host {
     fn spawn_sighup_reload(&self) -> Option<tokio::task::JoinHandle<()>> {
         None
     }
+}
+
+/// The start-up line that says where the server and its API documentation are.
+pub(crate) fn log_listening(addr: SocketAddr) {
+    // A wildcard address is not one a browser can open; loopback reaches it.
+    let mut local = addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    tracing::info!(address = %addr, docs = %format!("http://{local}/docs"), "listening");
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

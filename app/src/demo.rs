@@ -13,11 +13,10 @@ use graphagent_sentdm::record::MessageRecord;
 use graphagent_sentdm::store::RecordFilter;
 use graphagent_sentdm::{BroadcastRequest, SentDmBroadcast};
 use rand::distr::{Alphanumeric, SampleString};
-use sentdm_client::model::MessageStatus;
 use sentdm_sim::Simulator;
 use tokio::sync::oneshot;
 
-use crate::sentdm_cli::timeline;
+use crate::sentdm_cli::{is_final, timeline};
 
 /// The agent the demo declares.
 const AGENT: &str = "demo/notifier";
@@ -43,16 +42,6 @@ const RECIPIENTS: &[(&str, &str)] = &[
     ("+14155550001", "fails after sent (DELIVERY_007)"),
 ];
 const CHANNELS: &[&str] = &["sms", "whatsapp"];
-
-/// No further change is expected: the terminal statuses, and `delivered` on channels
-/// without read receipts.
-fn is_final(r: &MessageRecord) -> bool {
-    match &r.status {
-        Some(MessageStatus::Delivered) => !matches!(r.channel.as_deref(), Some("whatsapp" | "rcs")),
-        Some(s) => s.is_terminal(),
-        None => false,
-    }
-}
 
 fn agent_yaml(api_base: &str, api_key: &str) -> String {
     format!(

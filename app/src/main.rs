@@ -1,19 +1,24 @@
-//! The `graphagent` server: the host composed with its bundled actions, plus `sentdm`
-//! (the SentDM action over HTTP) and `demo` (SentDM against a local simulator).
+//! The `graphagent` server: the host composed with its bundled actions, plus the
+//! client commands (`login`, `logout`, `api-keys`, `sentdm`) and `demo` (SentDM against
+//! a local simulator).
 
 mod demo;
 mod sentdm_cli;
+mod session;
+mod sim;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// The bundled app's command line: the host's commands and the SentDM tools.
+/// The bundled app's command line: the host's commands and the client tools.
 #[derive(Debug, Parser)]
 #[command(
     name = "graphagent",
     version,
-    about = "Host for agent actions whose state lives in a graph"
+    about = "Host for agent actions whose state lives in a graph",
+    after_help = "A .env file in the current directory is read first; variables already \
+                  in the environment win over it."
 )]
 struct Cli {
     /// What to do.
@@ -23,8 +28,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    #[command(flatten)]
-    Host(graphagent::cli::HostCommand),
+    /// Start the server with the agents in the config.
+    Serve(sim::AppServeArgs),
+    /// Validate agent files without starting anything (exit 0 when valid).
+    Check(graphagent::cli::CheckArgs),
+    /// Log in to a server and cache the token (per server URL, until it expires).
+    Login(session::LoginArgs),
+    /// Forget the cached token of a server.
+    Logout(session::LogoutArgs),
+    /// Create, list and revoke API keys.
+    ApiKeys(session::ApiKeysArgs),
     /// Talk to the SentDM action of a running server (HTTP only).
     Sentdm(sentdm_cli::SentdmArgs),
     /// Try SentDM with no account: simulator + server in this process, one broadcast,
@@ -47,18 +60,54 @@ fn quiet_tracing(default: &str) {
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(default))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread exists: loading sets process variables. Those already set win.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("graphagent: .env: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
-    match cli.command {
-        Command::Host(cmd) => {
-            graphagent::cli::init_tracing();
-            cmd.run(host()).await
+    if matches!(
+        cli.command,
+        Command::Login(_) | Command::Logout(_) | Command::ApiKeys(_) | Command::Sentdm(_)
+    ) {
+        // Client commands die quietly on a closed pipe (`… | head`), as Unix tools do,
+        // instead of panicking in `println!`. Not the server: it must outlive its peers.
+        sigpipe::reset();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("graphagent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(args) => {
+            graphagent::cli::init_tracing();
+            sim::serve(args, host()).await
+        }
+        Command::Check(args) => {
+            graphagent::cli::init_tracing();
+            graphagent::cli::HostCommand::Check(args).run(host()).await
+        }
+        Command::Login(args) => session::login_command(args).await,
+        Command::Logout(args) => session::logout_command(&args),
+        Command::ApiKeys(args) => session::api_keys_command(args).await,
         Command::Sentdm(args) => sentdm_cli::run(args).await,
         Command::Demo(args) => {
             // The embedded engine reports its background tasks as cancelled when the

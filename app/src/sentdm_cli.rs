@@ -1,10 +1,11 @@
 //! `graphagent sentdm`: the SentDM action of a running server, over its HTTP API only
 //! (subcommands, or a numbered menu when run in a terminal without one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use graphagent_sentdm::config::CHANNELS;
@@ -18,14 +19,17 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::session::{self, TokenCache, server_key};
+
 /// Type name of the action this command talks to.
 const TYPE_NAME: &str = "sentdm_broadcast";
 
 const CREDENTIALS_HELP: &str = "\
-Credentials come from the environment:
-  GRAPHAGENT_API_KEY          an admin API key (sent as x-api-key), or
-  GRAPHAGENT_ADMIN_EMAIL and  an admin login (POST /api/auth/login, once per run;
-  GRAPHAGENT_ADMIN_PASSWORD   logins are rate-limited: scripts should use a key)
+Credentials, first found wins:
+  GRAPHAGENT_API_KEY          an admin API key (sent as x-api-key);
+  `graphagent login`          a token cached per server URL until it expires;
+  GRAPHAGENT_ADMIN_EMAIL and  an admin login, cached like `graphagent login`'s
+  GRAPHAGENT_ADMIN_PASSWORD   (logins are rate-limited: scripts should use a key)
 
 Run without a subcommand in a terminal for an interactive menu.";
 
@@ -44,7 +48,8 @@ pub struct SentdmArgs {
     /// SentDM action id (`act_…`); by default the server's only `sentdm_broadcast` action.
     #[arg(long, global = true)]
     pub action: Option<String>,
-    /// Print the server's JSON instead of a summary.
+    /// Print the server's JSON instead of a summary (errors too: a JSON object on
+    /// stderr).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do (an interactive menu when absent and stdin is a terminal).
@@ -166,7 +171,18 @@ pub struct SendArgs {
     /// Makes the send safe to repeat (`[A-Za-z0-9_-]`, up to 200).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// After the send, print each message's statuses as they arrive, until all are
+    /// final or `--follow-timeout` is up (not with `--json`).
+    #[arg(long)]
+    pub follow: bool,
+    /// Seconds `--follow` waits at most.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_FOLLOW_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub follow_timeout: u64,
 }
+
+/// How long `--follow` waits for final statuses by default.
+pub const DEFAULT_FOLLOW_SECS: u64 = 60;
 
 /// `graphagent sentdm templates`.
 #[derive(Debug, Clone, Default, Args)]
@@ -260,6 +276,46 @@ impl CliError {
             _ => ExitCode::FAILURE,
         }
     }
+
+    /// The error as `--json` prints it: the server's error body shape, with the HTTP
+    /// status when the server answered, or the client's own code (`usage`,
+    /// `credentials`, `failed`).
+    pub fn to_json(&self) -> Value {
+        let (code, message, field, status) = match self {
+            Self::Usage(m) => ("usage", m.as_str(), None, None),
+            Self::Credentials(m) => ("credentials", m.as_str(), None, None),
+            Self::Failed(m) => ("failed", m.as_str(), None, None),
+            Self::Api {
+                status,
+                code,
+                message,
+                field,
+            } => (
+                code.as_str(),
+                message.as_str(),
+                field.as_deref(),
+                Some(*status),
+            ),
+        };
+        let mut error = serde_json::json!({"code": code, "message": message});
+        if let Some(f) = field {
+            error["field"] = f.into();
+        }
+        if let Some(s) = status {
+            error["status"] = s.into();
+        }
+        serde_json::json!({ "error": error })
+    }
+}
+
+/// Print `e` on stderr (as JSON with `--json`) and give the exit code it calls for.
+pub fn report(program: &str, e: &CliError, json: bool) -> ExitCode {
+    if json {
+        eprintln!("{}", e.to_json());
+    } else {
+        eprintln!("{program}: {e}");
+    }
+    e.exit_code()
 }
 
 #[derive(Deserialize)]
@@ -288,11 +344,6 @@ struct ActionSummary {
     agent_name: String,
 }
 
-#[derive(Deserialize)]
-struct Token {
-    access_token: String,
-}
-
 /// `data` of a template list, as the action relays it.
 #[derive(Deserialize)]
 struct TemplatePage {
@@ -302,17 +353,23 @@ struct TemplatePage {
     pagination: Pagination,
 }
 
+#[derive(Clone)]
 enum Credential {
     ApiKey(String),
-    Bearer(String),
+    /// A token from a login; `cached` when it came from the token cache rather than
+    /// from a login in this run.
+    Bearer {
+        token: String,
+        cached: bool,
+    },
 }
 
 /// An authenticated HTTP client for one server.
 pub struct Api {
     http: reqwest::Client,
     base: Url,
-    /// `None` only while logging in.
-    credential: Option<Credential>,
+    /// `None` for [`Api::anonymous`]; replaced when a refused cached token is renewed.
+    credential: std::sync::Mutex<Option<Credential>>,
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -320,8 +377,8 @@ fn env_var(name: &str) -> Option<String> {
 }
 
 impl Api {
-    /// Credentials from the environment; logs in when they are an email and password.
-    pub async fn connect(url: &str) -> Result<Self, CliError> {
+    /// A client for `url` with no credential yet (logging in).
+    pub fn anonymous(url: &str) -> Result<Self, CliError> {
         let base = Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -330,46 +387,98 @@ impl Api {
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| CliError::Failed(format!("HTTP client: {e}")))?;
-        let mut api = Self {
+        Ok(Self {
             http,
             base,
-            credential: None,
+            credential: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// A client with credentials, first found wins: `GRAPHAGENT_API_KEY`; the token
+    /// cached for this server by a login (until it expires); a login with
+    /// `GRAPHAGENT_ADMIN_EMAIL` and `_PASSWORD`, whose token is then cached.
+    pub async fn connect(url: &str) -> Result<Self, CliError> {
+        let api = Self::anonymous(url)?;
+        let credential = if let Some(key) = env_var("GRAPHAGENT_API_KEY") {
+            Credential::ApiKey(key)
+        } else {
+            let cached = TokenCache::locate().and_then(|c| c.get(&server_key(&api.base)));
+            let env_email = env_var("GRAPHAGENT_ADMIN_EMAIL");
+            match cached {
+                // Credentials for someone else mean "log in as them", not "use the cache".
+                Some(t)
+                    if t.is_fresh()
+                        && env_email
+                            .as_deref()
+                            .is_none_or(|e| e.trim().eq_ignore_ascii_case(&t.email)) =>
+                {
+                    Credential::Bearer {
+                        token: t.access_token,
+                        cached: true,
+                    }
+                }
+                cached => {
+                    let token = api.login_from_env().await?.ok_or_else(|| {
+                        CliError::Credentials(match cached {
+                            Some(t) => format!(
+                                "the login to {} as {} has expired: run `graphagent login` again, \
+                                 or set GRAPHAGENT_API_KEY",
+                                server_key(&api.base),
+                                t.email
+                            ),
+                            None => format!(
+                                "no credentials for {}: run `graphagent login`, or set \
+                                 GRAPHAGENT_API_KEY, or GRAPHAGENT_ADMIN_EMAIL and \
+                                 GRAPHAGENT_ADMIN_PASSWORD",
+                                server_key(&api.base)
+                            ),
+                        })
+                    })?;
+                    Credential::Bearer {
+                        token,
+                        cached: false,
+                    }
+                }
+            }
         };
-        if let Some(key) = env_var("GRAPHAGENT_API_KEY") {
-            api.credential = Some(Credential::ApiKey(key));
-            return Ok(api);
-        }
+        api.set_credential(Some(credential));
+        Ok(api)
+    }
+
+    /// Log in with the environment's email and password (`None` when they are not
+    /// both set); the token is cached.
+    async fn login_from_env(&self) -> Result<Option<String>, CliError> {
         let (Some(email), Some(password)) = (
             env_var("GRAPHAGENT_ADMIN_EMAIL"),
             env_var("GRAPHAGENT_ADMIN_PASSWORD"),
         ) else {
-            return Err(CliError::Credentials(
-                "no credentials: set GRAPHAGENT_API_KEY, or GRAPHAGENT_ADMIN_EMAIL and GRAPHAGENT_ADMIN_PASSWORD"
-                    .into(),
-            ));
+            return Ok(None);
         };
-        let body = serde_json::json!({"email": email, "password": password});
-        let token: Token = api
-            .call(Method::POST, &["api", "auth", "login"], &[], Some(&body))
+        session::login(self, email.trim(), &password)
             .await
-            .and_then(decode)
+            .map(|t| Some(t.access_token))
             .map_err(|e| match e {
-                CliError::Api { status: 401, .. } => CliError::Credentials(
+                CliError::Credentials(m) if m.starts_with("login failed") => CliError::Credentials(
                     "login failed: wrong GRAPHAGENT_ADMIN_EMAIL or GRAPHAGENT_ADMIN_PASSWORD"
                         .into(),
                 ),
-                CliError::Api {
-                    status: 429,
-                    message,
-                    ..
-                } => CliError::Credentials(format!(
-                    "login refused: {message} (logins are rate-limited per address; \
-                     scripts should set GRAPHAGENT_API_KEY)"
-                )),
                 other => other,
-            })?;
-        api.credential = Some(Credential::Bearer(token.access_token));
-        Ok(api)
+            })
+    }
+
+    fn credential(&self) -> Option<Credential> {
+        self.credential.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn set_credential(&self, credential: Option<Credential>) {
+        if let Ok(mut c) = self.credential.lock() {
+            *c = credential;
+        }
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, CliError> {
@@ -381,10 +490,58 @@ impl Api {
         Ok(url)
     }
 
-    /// A call with the credential (when there is one); `segments` are percent-encoded
-    /// one by one. Error answers become [`CliError::Api`].
+    /// A call without credentials (logging in).
+    pub async fn call_anonymous(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        self.call_with(None, method, segments, &[], body).await
+    }
+
+    /// A call with the credential; `segments` are percent-encoded one by one. Error
+    /// answers become [`CliError::Api`]. A cached token the server refuses (it was
+    /// restarted with another secret, the user changed) is dropped from the cache and,
+    /// when the environment has an email and password, renewed once by a login.
     pub async fn call(
         &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        let credential = self.credential();
+        let result = self
+            .call_with(credential.as_ref(), method.clone(), segments, query, body)
+            .await;
+        let Err(CliError::Api { status: 401, .. }) = &result else {
+            return result;
+        };
+        let Some(Credential::Bearer { cached: true, .. }) = credential else {
+            return result;
+        };
+        let server = server_key(&self.base);
+        if let Some(cache) = TokenCache::locate() {
+            let _ = cache.remove(&server);
+        }
+        let Some(token) = self.login_from_env().await? else {
+            return Err(CliError::Credentials(format!(
+                "{server} refused the cached login: run `graphagent login` again"
+            )));
+        };
+        let renewed = Credential::Bearer {
+            token,
+            cached: false,
+        };
+        self.set_credential(Some(renewed.clone()));
+        self.call_with(Some(&renewed), method, segments, query, body)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        credential: Option<&Credential>,
         method: Method,
         segments: &[&str],
         query: &[(&str, String)],
@@ -395,9 +552,9 @@ impl Api {
         if !query.is_empty() {
             req = req.query(query);
         }
-        req = match &self.credential {
+        req = match credential {
             Some(Credential::ApiKey(k)) => req.header("x-api-key", k),
-            Some(Credential::Bearer(t)) => req.bearer_auth(t),
+            Some(Credential::Bearer { token, .. }) => req.bearer_auth(token),
             None => req,
         };
         if let Some(b) = body {
@@ -432,11 +589,12 @@ impl Api {
         })
     }
 
-    /// The `sentdm_broadcast` action to use: `explicit`, or the only one loaded.
-    pub async fn discover_action(&self, explicit: Option<&str>) -> Result<String, CliError> {
-        if let Some(id) = explicit {
-            return Ok(id.to_owned());
-        }
+    /// Every loaded `sentdm_broadcast` action, by agent.
+    async fn sentdm_actions(&self) -> Result<Vec<ActionSummary>, CliError> {
+        Ok(self.sentdm_actions_and_agents().await?.0)
+    }
+
+    async fn sentdm_actions_and_agents(&self) -> Result<(Vec<ActionSummary>, usize), CliError> {
         let agents: Vec<AgentSummary> = decode(
             self.call(Method::GET, &["api", "agents"], &[], None)
                 .await?,
@@ -454,12 +612,20 @@ impl Api {
             )?;
             found.extend(actions.into_iter().filter(|a| a.type_name == TYPE_NAME));
         }
+        Ok((found, agents.len()))
+    }
+
+    /// The `sentdm_broadcast` action to use: `explicit`, or the only one loaded.
+    pub async fn discover_action(&self, explicit: Option<&str>) -> Result<String, CliError> {
+        if let Some(id) = explicit {
+            return Ok(id.to_owned());
+        }
+        let (mut found, agents) = self.sentdm_actions_and_agents().await?;
         match found.len() {
             1 => Ok(found.remove(0).id),
             0 => Err(CliError::Failed(format!(
-                "no `{TYPE_NAME}` action is loaded at {} ({} agent(s))",
+                "no `{TYPE_NAME}` action is loaded at {} ({agents} agent(s))",
                 self.base,
-                agents.len()
             ))),
             _ => {
                 let list: Vec<String> = found
@@ -475,7 +641,7 @@ impl Api {
     }
 }
 
-fn decode<T: DeserializeOwned>(v: Value) -> Result<T, CliError> {
+pub fn decode<T: DeserializeOwned>(v: Value) -> Result<T, CliError> {
     serde_json::from_value(v)
         .map_err(|e| CliError::Failed(format!("unexpected answer from the server: {e}")))
 }
@@ -497,33 +663,31 @@ pub async fn run(args: SentdmArgs) -> ExitCode {
         let api = Api::connect(&args.url).await?;
         let action = api.discover_action(args.action.as_deref()).await?;
         match args.command {
-            Some(cmd) => execute(&api, &action, cmd, args.json).await,
+            Some(cmd) => execute(&api, &action, cmd, args.json, &mut Memory::default()).await,
             None => menu(&api, &action, args.json).await,
         }
     }
     .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("graphagent sentdm: {e}");
-            e.exit_code()
-        }
+        Err(e) => report("graphagent sentdm", &e, args.json),
     }
 }
 
-fn print_json(v: &Value) {
+pub fn print_json(v: &Value) {
     match serde_json::to_string_pretty(v) {
         Ok(s) => println!("{s}"),
         Err(_) => println!("{v}"),
     }
 }
 
-/// Run one subcommand against `action`.
+/// Run one subcommand against `action`; the ids it sends or reads go to `memory`.
 pub async fn execute(
     api: &Api,
     action: &str,
     cmd: SentdmCommand,
     json: bool,
+    memory: &mut Memory,
 ) -> Result<(), CliError> {
     let path = |rest: &[&'static str]| {
         let mut p: Vec<String> = vec!["api".into(), "actions".into(), action.to_owned()];
@@ -542,24 +706,57 @@ pub async fn execute(
     match cmd {
         SentdmCommand::Status => {
             let v = get(path(&["status"]), vec![]).await?;
+            let health: SentDmHealth = decode(v.clone())?;
             if json {
                 print_json(&v);
             } else {
-                show_health(&decode(v)?);
+                show_health(&health);
+            }
+            // Scripts and probes read the exit code: an action that cannot reach SentDM
+            // cannot send.
+            if !health.reachable {
+                return Err(CliError::Failed(format!(
+                    "SentDM is not reachable: {}",
+                    health
+                        .reachable_error
+                        .as_deref()
+                        .unwrap_or(if health.configured {
+                            "no answer"
+                        } else {
+                            "no API key is configured"
+                        })
+                )));
             }
         }
         SentdmCommand::Send(s) => {
+            if s.follow && json {
+                return Err(CliError::Usage(
+                    "--follow prints statuses for people; with --json, poll `records list \
+                     --broadcast-id` instead"
+                        .into(),
+                ));
+            }
+            let (follow, timeout) = (s.follow, Duration::from_secs(s.follow_timeout));
             let req = broadcast_request(s)?;
             let body =
                 serde_json::to_value(&req).map_err(|e| CliError::Usage(format!("request: {e}")))?;
             let v = post(path(&["broadcast"]), Some(body)).await?;
+            let result: BroadcastResult = decode(v.clone())?;
+            memory.broadcast_id = Some(result.broadcast_id.clone());
+            if let Some(r) = result.messages.iter().find_map(|m| m.record_id.clone()) {
+                memory.record_id = Some(r);
+            }
             if json {
                 print_json(&v);
             } else {
-                show_broadcast(&decode(v)?);
+                show_broadcast(&result);
+            }
+            if follow && !result.messages.is_empty() {
+                follow_broadcast(api, action, &result, timeout).await?;
             }
         }
         SentdmCommand::Broadcast { broadcast_id } => {
+            memory.broadcast_id = Some(broadcast_id.clone());
             let mut p = path(&["broadcast"]);
             p.push(broadcast_id);
             let v = get(p, vec![]).await?;
@@ -634,13 +831,18 @@ pub async fn execute(
             push_opt(&mut q, "page", r.page);
             push_opt(&mut q, "page_size", r.page_size);
             let v = get(path(&["broadcasts"]), q).await?;
+            let page: RecordPage = decode(v.clone())?;
+            if let Some(first) = page.items.first() {
+                memory.record_id = Some(first.id.clone());
+            }
             if json {
                 print_json(&v);
             } else {
-                show_records(&decode(v)?);
+                show_records(&page);
             }
         }
         SentdmCommand::Records(RecordsCommand::Show { record_id }) => {
+            memory.record_id = Some(record_id.clone());
             let mut p = path(&["broadcasts"]);
             p.push(record_id);
             let v = get(p, vec![]).await?;
@@ -688,6 +890,80 @@ pub async fn execute(
     Ok(())
 }
 
+/// Print each record's statuses of broadcast `sent` as they arrive, until every record
+/// is final or `timeout` is up (the demo's view, over HTTP).
+async fn follow_broadcast(
+    api: &Api,
+    action: &str,
+    sent: &BroadcastResult,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let expected = sent.messages.len();
+    let mut shown: HashMap<String, usize> = HashMap::new();
+    println!("\nstatuses as they arrive (up to {}s):", timeout.as_secs());
+    loop {
+        let mut records: Vec<MessageRecord> = Vec::new();
+        for page in 1u32.. {
+            let query = [
+                ("broadcast_id", sent.broadcast_id.clone()),
+                ("page", page.to_string()),
+                ("page_size", "100".to_owned()),
+            ];
+            let segments = ["api", "actions", action, "sentdm", "broadcasts"];
+            let p: RecordPage = decode(api.call(Method::GET, &segments, &query, None).await?)?;
+            let last = p.items.is_empty() || records.len() + p.items.len() >= p.total as usize;
+            records.extend(p.items);
+            if last {
+                break;
+            }
+        }
+        records.sort_by(|a, b| (&a.to, &a.channel).cmp(&(&b.to, &b.channel)));
+        for r in &records {
+            let steps = timeline(r);
+            let seen = shown.entry(r.id.clone()).or_default();
+            // `accepted` is the send itself, shown above.
+            for status in steps.iter().skip(*seen).filter(|s| *s != "accepted") {
+                println!(
+                    "  {:>5.1}s  {:<13} {:<9} {status}",
+                    started.elapsed().as_secs_f64(),
+                    r.to.as_deref().unwrap_or("-"),
+                    r.channel.as_deref().unwrap_or("-"),
+                );
+            }
+            *seen = (*seen).max(steps.len());
+        }
+        let done = records.iter().filter(|r| is_final(r)).count();
+        if records.len() >= expected && done == records.len() {
+            println!(
+                "all {done} message(s) final after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            println!(
+                "{done} of {expected} message(s) final after {}s; `graphagent sentdm broadcast {}` \
+                 shows the rest later",
+                timeout.as_secs(),
+                sent.broadcast_id
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// No further change is expected: the terminal statuses, and `delivered` on channels
+/// without read receipts.
+pub fn is_final(r: &MessageRecord) -> bool {
+    match &r.status {
+        Some(MessageStatus::Delivered) => !matches!(r.channel.as_deref(), Some("whatsapp" | "rcs")),
+        Some(s) => s.is_terminal(),
+        None => false,
+    }
+}
+
 fn push_opt(q: &mut Vec<(&'static str, String)>, key: &'static str, v: Option<impl ToString>) {
     if let Some(v) = v {
         q.push((key, v.to_string()));
@@ -732,7 +1008,7 @@ fn broadcast_request(s: SendArgs) -> Result<BroadcastRequest, CliError> {
 
 /// Left-aligned columns without borders, wrapped to the terminal's width when output
 /// goes to a terminal (ids and descriptions wrap instead of pushing columns off screen).
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING)
         .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
@@ -1145,15 +1421,41 @@ fn show_record(r: &MessageRecord) {
     table(&["OCCURRED", "SOURCE", "STATUS", "REASON"], &rows);
 }
 
-/// Prompt and read one trimmed line; `None` at end of input.
-fn prompt(text: &str) -> Option<String> {
-    print!("{text}");
-    let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(line.trim().to_owned()),
+/// The menu's prompts: line editing and this session's history (rustyline), with a
+/// default offered pre-filled for editing.
+struct Prompt {
+    editor: rustyline::DefaultEditor,
+}
+
+impl Prompt {
+    fn new() -> Result<Self, CliError> {
+        rustyline::DefaultEditor::new()
+            .map(|editor| Self { editor })
+            .map_err(|e| CliError::Failed(format!("terminal: {e}")))
     }
+
+    /// One trimmed line, `initial` pre-filled; `None` at end of input or Ctrl-C.
+    fn line(&mut self, text: &str, initial: &str) -> Option<String> {
+        let line = self
+            .editor
+            .readline_with_initial(text, (initial, ""))
+            .ok()?
+            .trim()
+            .to_owned();
+        if !line.is_empty() {
+            let _ = self.editor.add_history_entry(line.as_str());
+        }
+        Some(line)
+    }
+}
+
+/// What the menu remembers between entries, offered as defaults.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The last broadcast sent or looked at.
+    pub broadcast_id: Option<String>,
+    /// The last record sent, listed or looked at.
+    pub record_id: Option<String>,
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -1180,25 +1482,39 @@ const MENU: &[&str] = &[
     "records list",
     "record show",
     "record refresh",
+    "switch agent/action",
 ];
 
+/// The menu entry that picks another SentDM action.
+const SWITCH: usize = 12;
+
 /// Read the arguments of menu entry `choice`; `None` at end of input.
-fn menu_command(choice: usize) -> Option<Result<SentdmCommand, CliError>> {
+fn menu_command(
+    p: &mut Prompt,
+    choice: usize,
+    memory: &Memory,
+) -> Option<Result<SentdmCommand, CliError>> {
+    let remembered = |v: &Option<String>| v.clone().unwrap_or_default();
     Some(Ok(match choice {
         1 => SentdmCommand::Status,
         2 => {
-            let to = split_list(&prompt("recipients (E.164, comma separated): ")?);
-            let template = prompt("template name or id (empty: the action's default): ")?;
-            let params = prompt("parameters (key=value, comma separated): ")?;
-            let channels = split_list(&prompt("channels (e.g. sms,whatsapp; empty: default): ")?);
-            let sandbox = prompt("sandbox? [y/N]: ")?;
+            let to = split_list(&p.line("recipients (E.164, comma separated): ", "")?);
+            let template = p.line("template name or id (empty: the action's default): ", "")?;
+            let params = p.line("parameters (key=value, comma separated): ", "")?;
+            let channels =
+                split_list(&p.line("channels (e.g. sms,whatsapp; empty: default): ", "")?);
+            // As in jvagent's tester: validating at SentDM is the safe default; a real
+            // send is asked for explicitly.
+            let sandbox = p.line("sandbox (validate only, send nothing)? [Y/n]: ", "")?;
             let mut parsed = Vec::new();
-            for p in params.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match parse_param(p) {
+            for param in params.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match parse_param(param) {
                     Ok(kv) => parsed.push(kv),
                     Err(e) => return Some(Err(CliError::Usage(e))),
                 }
             }
+            let sandbox =
+                !(sandbox.eq_ignore_ascii_case("n") || sandbox.eq_ignore_ascii_case("no"));
             // Template ids are UUIDs; anything else is a name.
             let is_id = template.len() == 36 && template.chars().filter(|c| *c == '-').count() == 4;
             SentdmCommand::Send(SendArgs {
@@ -1207,52 +1523,100 @@ fn menu_command(choice: usize) -> Option<Result<SentdmCommand, CliError>> {
                 template_name: (!is_id).then_some(template).and_then(optional),
                 params: parsed,
                 channels,
-                sandbox: sandbox.eq_ignore_ascii_case("y") || sandbox.eq_ignore_ascii_case("yes"),
+                sandbox,
                 idempotency_key: None,
+                // A real send's statuses arrive by webhook: show them as they come.
+                follow: !sandbox,
+                follow_timeout: DEFAULT_FOLLOW_SECS,
             })
         }
         3 => SentdmCommand::Broadcast {
-            broadcast_id: prompt("broadcast id (bc_…): ")?,
+            broadcast_id: p.line("broadcast id (bc_…): ", &remembered(&memory.broadcast_id))?,
         },
         4 => SentdmCommand::Templates(TemplateArgs {
-            search: optional(prompt("name contains (empty: all): ")?),
+            search: optional(p.line("name contains (empty: all): ", "")?),
             ..TemplateArgs::default()
         }),
         5 => SentdmCommand::Message {
-            message_id: prompt("SentDM message id: ")?,
+            message_id: p.line("SentDM message id: ", "")?,
         },
         6 => SentdmCommand::Activities {
-            message_id: prompt("SentDM message id: ")?,
+            message_id: p.line("SentDM message id: ", "")?,
         },
         7 => SentdmCommand::Webhook(WebhookCommand::Show),
         8 => SentdmCommand::Webhook(WebhookCommand::Register),
         9 => SentdmCommand::Records(RecordsCommand::List(RecordListArgs {
-            status: optional(prompt("status (empty: any): ")?),
-            to: optional(prompt("recipient (empty: any): ")?),
+            status: optional(p.line("status (empty: any): ", "")?),
+            to: optional(p.line("recipient (empty: any): ", "")?),
+            broadcast_id: optional(p.line(
+                "broadcast id (empty: any): ",
+                &remembered(&memory.broadcast_id),
+            )?),
             ..RecordListArgs::default()
         })),
         10 => SentdmCommand::Records(RecordsCommand::Show {
-            record_id: prompt("record id: ")?,
+            record_id: p.line("record id: ", &remembered(&memory.record_id))?,
         }),
         11 => SentdmCommand::Records(RecordsCommand::Refresh {
-            record_id: prompt("record id: ")?,
+            record_id: p.line("record id: ", &remembered(&memory.record_id))?,
         }),
         _ => return Some(Err(CliError::Usage(format!("no menu entry {choice}")))),
     }))
 }
 
+/// Let the user pick one of the server's SentDM actions; `None` at end of input.
+async fn switch_action(
+    api: &Api,
+    p: &mut Prompt,
+    current: &str,
+) -> Option<Result<String, CliError>> {
+    let actions = match api.sentdm_actions().await {
+        Ok(a) => a,
+        Err(e) => return Some(Err(e)),
+    };
+    for (i, a) in actions.iter().enumerate() {
+        let mark = if a.id == current { "*" } else { " " };
+        println!(
+            " {mark}{:>2}) {} / {}  {}",
+            i + 1,
+            a.agent_name,
+            a.name,
+            a.id
+        );
+    }
+    let answer = p.line("action number: ", "")?;
+    Some(
+        answer
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| actions.get(i))
+            .map(|a| a.id.clone())
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "action number: type 1 to {}, got `{answer}`",
+                    actions.len()
+                ))
+            }),
+    )
+}
+
 /// The interactive menu: numbered entries, one line of input each, until `q` or EOF.
 async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
-    let show = || {
+    let mut p = Prompt::new()?;
+    let mut action = action.to_owned();
+    let mut memory = Memory::default();
+    let show = |action: &str| {
         println!("SentDM action {action}");
         for (i, entry) in MENU.iter().enumerate() {
             println!("  {:>2}) {entry}", i + 1);
         }
         println!("   ?) this list   q) quit");
     };
-    show();
+    show(&action);
     loop {
-        let Some(answer) = prompt("\nsentdm> ") else {
+        println!();
+        let Some(answer) = p.line("sentdm> ", "") else {
             println!();
             return Ok(());
         };
@@ -1260,7 +1624,7 @@ async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
             "q" | "quit" | "exit" => return Ok(()),
             "" => continue,
             "?" | "h" | "help" => {
-                show();
+                show(&action);
                 continue;
             }
             _ => {}
@@ -1272,7 +1636,21 @@ async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
             );
             continue;
         };
-        let cmd = match menu_command(choice) {
+        if choice == SWITCH {
+            match switch_action(api, &mut p, &action).await {
+                None => return Ok(()),
+                Some(Err(e)) => eprintln!("{e}"),
+                Some(Ok(id)) => {
+                    if id != action {
+                        memory = Memory::default();
+                    }
+                    action = id;
+                    println!("SentDM action {action}");
+                }
+            }
+            continue;
+        }
+        let cmd = match menu_command(&mut p, choice, &memory) {
             None => return Ok(()),
             Some(Err(e)) => {
                 eprintln!("{e}");
@@ -1280,7 +1658,7 @@ async fn menu(api: &Api, action: &str, json: bool) -> Result<(), CliError> {
             }
             Some(Ok(cmd)) => cmd,
         };
-        if let Err(e) = execute(api, action, cmd, json).await {
+        if let Err(e) = execute(api, &action, cmd, json, &mut memory).await {
             eprintln!("error: {e}");
         }
     }

@@ -196,13 +196,13 @@ pub(crate) async fn reconcile_webhook_endpoint(action: &SentDmBroadcast) -> Reco
     let report = reconcile_leased(action).await;
     match report.outcome.as_str() {
         "failed" => {
-            tracing::error!(action.id = %action.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile failed")
+            tracing::error!(action.id = %action.ctx.action_id, reason = report.reason.as_deref(), "SentDM webhook reconcile failed")
         }
         "skipped" => {
-            tracing::warn!(action.id = %action.ctx.action_id, reason = ?report.reason, "SentDM webhook reconcile skipped")
+            tracing::warn!(action.id = %action.ctx.action_id, reason = report.reason.as_deref(), "SentDM webhook reconcile skipped")
         }
         outcome => {
-            tracing::info!(action.id = %action.ctx.action_id, outcome, webhook.id = ?report.webhook_id, deleted = report.deleted.len(), "SentDM webhook reconciled")
+            tracing::info!(action.id = %action.ctx.action_id, outcome, webhook.id = report.webhook_id.as_deref(), deleted = report.deleted.len(), "SentDM webhook reconciled")
         }
     }
     record_reconcile(action, &report);

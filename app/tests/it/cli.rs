@@ -451,3 +451,163 @@ async fn webhook_deliveries_ignore_proxy_environment_variables() {
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(proxied.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// `graphagent serve` as a newcomer starts it: human logs, no `RUST_LOG`, no admin.
+fn plain_serve_command(data: &std::path::Path, port: u16) -> Command {
+    let mut command = bare_serve_command(data);
+    command
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env_remove("GRAPHAGENT_LOG_FORMAT")
+        .env_remove("GRAPHAGENT_ADMIN_EMAIL")
+        .env_remove("GRAPHAGENT_ADMIN_PASSWORD")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR");
+    command
+}
+
+/// SIGTERM `server` and return what it logged.
+fn stop(mut server: Server) -> String {
+    let pid = server.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = server.child.wait();
+    let mut logs = String::new();
+    if let Some(mut err) = server.child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut logs);
+    }
+    logs
+}
+
+#[tokio::test]
+async fn start_up_says_where_the_docs_are_and_that_no_admin_is_configured() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let server = Server {
+        child: plain_serve_command(data.path(), port)
+            .spawn()
+            .expect("spawn"),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    wait_ready(&reqwest::Client::new(), &server.base).await;
+    let logs = stop(server);
+    assert!(
+        logs.contains(&format!("docs=http://127.0.0.1:{port}/docs")),
+        "{logs}"
+    );
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("no admin is configured"))
+        .unwrap_or_else(|| panic!("no admin warning: {logs}"));
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("GRAPHAGENT_ADMIN_EMAIL")
+            && warning.contains("GRAPHAGENT_ADMIN_PASSWORD"),
+        "{warning}"
+    );
+    // stderr is a pipe: no colour codes; no Debug-printed options; the graph engine's
+    // internals only from warn up.
+    assert!(!logs.contains('\u{1b}'), "{logs}");
+    assert!(!logs.contains("Some("), "{logs}");
+    for line in logs.lines().filter(|l| l.contains(" INFO ")) {
+        assert!(
+            !line.contains(" surreal"),
+            "engine internals at info: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_stops_serve_before_the_graph_is_opened() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = serve_command(dir.path(), port).spawn().expect("spawn");
+    let (code, stderr) = exits(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("graph").exists(),
+        "the graph was not opened"
+    );
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_fails_at_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = serve(data.path());
+    wait_ready(&reqwest::Client::new(), &first.base).await;
+    let started = Instant::now();
+    let second = serve_command(data.path(), free_port())
+        .spawn()
+        .expect("spawn");
+    let (code, stderr) = exits(second);
+    assert_eq!(code, Some(1), "{stderr}");
+    // Faster than the wait for a store this process is still closing.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let what = format!(
+        "surrealkv://{} is locked by another process",
+        data.path().join("graph").display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("graphagent: graph: ") && l.contains(&what)),
+        "{stderr}"
+    );
+    drop(first);
+}
+
+#[test]
+fn a_dot_env_file_is_read_and_the_environment_wins_over_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "GRAPHAGENT_CONFIG={}\nGRAPHAGENT_MAX_BODY_BYTES=1MB\n",
+            example().display()
+        ),
+    )
+    .expect("write");
+    let check = |env: &[(&str, &str)]| {
+        let mut command = Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("GRAPHAGENT_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("check")
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run")
+    };
+    // Both values come from .env: the example is checked, the bad size reported.
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GRAPHAGENT_MAX_BODY_BYTES: expected a whole number of bytes, got `1MB`"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent(s), 1 action(s))"));
+    // A variable already set wins over the file.
+    let out = check(&[("GRAPHAGENT_MAX_BODY_BYTES", "2048")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A broken file is an error naming it.
+    std::fs::write(dir.path().join(".env"), "NOT A LINE\n").expect("write");
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".env"));
+}

@@ -3,3 +3,4 @@
 mod cli;
 mod replicas;
 mod sentdm;
+mod session;

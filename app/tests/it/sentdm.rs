@@ -9,18 +9,18 @@ use sentdm_sim::{SimHandle, Simulator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_graphagent");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_graphagent");
 const SECRET: &str = "sentdm-cli-secret-sentdm-cli-secret-01";
-const EMAIL: &str = "ops@example.com";
-const PASSWORD: &str = "sentdm cli test password";
-const CRED_VARS: &[&str] = &[
+pub(crate) const EMAIL: &str = "ops@example.com";
+pub(crate) const PASSWORD: &str = "sentdm cli test password";
+pub(crate) const CRED_VARS: &[&str] = &[
     "GRAPHAGENT_API_KEY",
     "GRAPHAGENT_ADMIN_EMAIL",
     "GRAPHAGENT_ADMIN_PASSWORD",
     "GRAPHAGENT_URL",
 ];
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -146,9 +146,9 @@ async fn demo_runs_with_no_account_and_prints_final_timelines() {
     assert!(stdout.contains("All 6 record(s) final"), "{stdout}");
 }
 
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -158,14 +158,14 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn agent_yaml(sim: &SimHandle) -> String {
+pub(crate) fn agent_yaml(sim: &SimHandle) -> String {
     format!(
         "agent: acme/notifier
 actions:
@@ -184,6 +184,11 @@ actions:
 }
 
 async fn serve(yaml: &str) -> Server {
+    serve_env(yaml, &[]).await
+}
+
+/// [`serve`] with `env` set on the server process too.
+pub(crate) async fn serve_env(yaml: &str, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("agent.yaml");
     std::fs::write(&config, yaml).expect("write config");
@@ -199,6 +204,7 @@ async fn serve(yaml: &str) -> Server {
         .env("GRAPHAGENT_ADMIN_PASSWORD", PASSWORD)
         .env("RUST_LOG", "warn")
         .env_remove("SENTDM_API_KEY")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -222,10 +228,19 @@ async fn serve(yaml: &str) -> Server {
     }
 }
 
+/// The token cache of this test process's client commands, away from the user's.
+pub(crate) fn test_cache() -> &'static std::path::Path {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| tempfile::tempdir().expect("cache dir"))
+        .path()
+}
+
 /// `graphagent sentdm ARGS` with `creds` as its only credentials.
 async fn sentdm(base: &str, creds: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("sentdm").args(args).stdin(Stdio::null());
+    cmd.env("XDG_CACHE_HOME", test_cache());
     for v in CRED_VARS {
         cmd.env_remove(v);
     }
@@ -256,7 +271,7 @@ async fn json_of(base: &str, creds: &[(&str, &str)], args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("sentdm {args:?}: not JSON ({e}): {}", text(&out.stdout)))
 }
 
-async fn start_sim() -> SimHandle {
+pub(crate) async fn start_sim() -> SimHandle {
     Simulator::builder()
         .api_key("cli-test-key")
         .seed(11)
@@ -465,6 +480,7 @@ async fn sentdm_commands_against_a_running_server() {
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
 
     interactive_menu(base, &key_value).await;
+    interactive_menu_defaults_and_switch(base, &key_value).await;
 
     drop(server);
     sim.shutdown().await;
@@ -480,6 +496,7 @@ async fn interactive_menu(base: &str, key: &str) {
         .stderr(Stdio::piped())
         .env("GRAPHAGENT_URL", base)
         .env("GRAPHAGENT_API_KEY", key)
+        .env("XDG_CACHE_HOME", test_cache())
         .kill_on_drop(true);
     for v in &CRED_VARS[1..3] {
         cmd.env_remove(v);
@@ -505,7 +522,7 @@ async fn interactive_menu(base: &str, key: &str) {
     assert!(screen.contains("configured      yes"), "{screen}");
 }
 
-async fn admin_key(base: &str) -> String {
+pub(crate) async fn admin_key(base: &str) -> String {
     let http = reqwest::Client::new();
     let token = graphagent::testing::login(&http, base, EMAIL, PASSWORD)
         .await
@@ -598,4 +615,155 @@ async fn sentdm_replies_and_a_webhook_gone_at_sentdm() {
 
     drop(server);
     sim.shutdown().await;
+}
+
+/// `serve --sim` with the example agent file as shipped (its SentDM base is the real
+/// one, no key): one command gives a server whose SentDM action talks to a simulator
+/// in the process; `send --follow` then shows the statuses as they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sim_runs_against_an_embedded_simulator_and_send_follows() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let example =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent.yaml.example");
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("GRAPHAGENT_") || name.starts_with("SENTDM_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--sim", "--graph", "mem://", "--config"])
+        .arg(&example)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env("GRAPHAGENT_ADMIN_EMAIL", EMAIL)
+        .env("GRAPHAGENT_ADMIN_PASSWORD", PASSWORD)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {
+        assert!(
+            Instant::now() < deadline,
+            "serve --sim did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = json_of(&base, ADMIN, &["status"]).await;
+    assert_eq!(status["reachable"], true, "{status}");
+    assert_eq!(status["webhook_registered"], true, "{status}");
+
+    let out = sentdm(
+        &base,
+        ADMIN,
+        &[
+            "send",
+            "--to",
+            "+14155550100",
+            "--template-name",
+            "order_confirmation",
+            "--param",
+            "name=Jane",
+            "--param",
+            "order_id=1",
+            "--channel",
+            "sms",
+            "--follow",
+            "--follow-timeout",
+            "30",
+        ],
+    )
+    .await;
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}", text(&out.stderr));
+    let delivered = screen
+        .lines()
+        .find(|l| l.contains("+14155550100") && l.trim_end().ends_with("delivered"))
+        .unwrap_or_else(|| panic!("no delivered line: {screen}"));
+    assert!(delivered.contains("sms"), "{delivered}");
+    assert!(screen.contains("all 1 message(s) final after"), "{screen}");
+
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let mut logs = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = err.read_to_string(&mut logs).await;
+    }
+    let line = logs
+        .lines()
+        .find(|l| l.contains("SentDM simulator started"))
+        .unwrap_or_else(|| panic!("no simulator line: {logs}"));
+    assert!(line.contains("simulator=http://127.0.0.1:"), "{line}");
+    assert!(line.contains("actions=1"), "{line}");
+}
+
+/// The menu through a pseudo-terminal: a send is a sandbox send unless told otherwise,
+/// its broadcast id is offered (pre-filled) by the next entry, and the action can be
+/// switched.
+async fn interactive_menu_defaults_and_switch(base: &str, key: &str) {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &format!("'{BIN}' sentdm"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("GRAPHAGENT_URL", base)
+        .env("GRAPHAGENT_API_KEY", key)
+        .env("XDG_CACHE_HOME", test_cache())
+        .env("TERM", "xterm")
+        .kill_on_drop(true);
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("`script` is not installed: interactive menu not tested");
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        // send: recipient, template, parameters, channel, sandbox (default), then the
+        // funnel with the offered id, then switch to action 1, then quit.
+        for line in [
+            "2",
+            "+14155550100",
+            "order_confirmation",
+            "name=Jane,order_id=3",
+            "sms",
+            "",
+            "3",
+            "",
+            "12",
+            "1",
+            "q",
+        ] {
+            stdin
+                .write_all(format!("{line}\r").as_bytes())
+                .await
+                .expect("type");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("menu ends")
+        .expect("menu output");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}", text(&out.stderr));
+    let sent = screen
+        .lines()
+        .find(|l| l.contains("(sandbox)"))
+        .unwrap_or_else(|| panic!("not a sandbox send: {screen}"));
+    let id = sent
+        .split_whitespace()
+        .find(|w| w.starts_with("bc_"))
+        .unwrap_or_else(|| panic!("no broadcast id: {sent}"))
+        .trim_end_matches(':');
+    assert!(
+        screen.contains(&format!("broadcast id (bc_…): {id}")),
+        "the id was not offered: {screen}"
+    );
+    assert!(screen.contains("12) switch agent/action"), "{screen}");
+    assert!(screen.contains("acme/notifier / sentdm"), "{screen}");
 }
