@@ -154,10 +154,11 @@ async fn get_broadcast(
 
 /// A message's status at SentDM.
 #[utoipa::path(get, path = "/sentdm/messages/{message_id}", tag = TAG,
-    params(("message_id" = String, Path, description = "SentDM message id")),
+    params(("message_id" = String, Path, description = "SentDM message id (a UUID)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "SentDM's view of the message", body = Message),
         (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
+        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody),
         (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
         (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
         (status = 503, description = "SentDM is not configured", body = ErrorBody),
@@ -171,10 +172,11 @@ async fn get_message(
 
 /// A message's activities at SentDM (newest first).
 #[utoipa::path(get, path = "/sentdm/messages/{message_id}/activities", tag = TAG,
-    params(("message_id" = String, Path, description = "SentDM message id")),
+    params(("message_id" = String, Path, description = "SentDM message id (a UUID)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "The message's activities, newest first", body = MessageActivities),
         (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
+        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody),
         (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
         (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
         (status = 503, description = "SentDM is not configured", body = ErrorBody),

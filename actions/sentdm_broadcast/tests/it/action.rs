@@ -227,10 +227,10 @@ async fn a_broadcast_to_n_recipients_on_two_channels_ends_final_in_the_graph() {
             .filter_map(|e| e["status"].as_str())
             .collect();
         let want: &[&str] = match expected {
-            // `routed` is not in the default webhook filter.
-            "read" => &["accepted", "QUEUED", "SENT", "DELIVERED", "READ"],
-            "delivered" => &["accepted", "QUEUED", "SENT", "DELIVERED"],
-            _ => &["accepted", "QUEUED", "SENT", "FAILED"],
+            // The default webhook filter takes every status SentDM reports.
+            "read" => &["accepted", "QUEUED", "ROUTED", "SENT", "DELIVERED", "READ"],
+            "delivered" => &["accepted", "QUEUED", "ROUTED", "SENT", "DELIVERED"],
+            _ => &["accepted", "QUEUED", "ROUTED", "SENT", "FAILED"],
         };
         assert_eq!(statuses, want, "{item}");
         assert_eq!(item["broadcast_id"], broadcast_id.as_str());
@@ -297,7 +297,10 @@ async fn the_event_log_is_bounded() {
         .filter_map(|e| e["status"].as_str())
         .collect();
     assert_eq!(statuses, ["SENT", "DELIVERED", "READ"]);
-    assert_eq!(record["event_count"], 5);
+    assert_eq!(
+        record["event_count"], 6,
+        "accepted, queued, routed, sent, delivered, read"
+    );
 }
 
 fn envelope(message_id: &str, status: &str, updated_at: &str) -> String {
@@ -611,7 +614,7 @@ async fn reordered_and_duplicated_deliveries_never_regress() {
         assert_eq!(item["status"], want, "{item}");
         // Every distinct event once, however often it was delivered.
         let n = item["events"].as_array().map(Vec::len).unwrap_or(0);
-        assert_eq!(n, if want == "read" { 5 } else { 4 }, "{item}");
+        assert_eq!(n, if want == "read" { 6 } else { 5 }, "{item}");
     }
 }
 
