@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod inbound;
 mod metrics;
+mod persist;
 pub mod plan;
 pub mod record;
 pub mod routes;
@@ -459,6 +460,22 @@ impl SentDmBroadcast {
             .with_options(plan.sandbox, plan.profile_id.clone())
             .map_err(|_| SentDmError::invalid("profile_id", "must not be empty"))?;
         let warnings = self.send_warnings(&client, &plan).await?;
+        // Records are stored as each answer arrives, by a task of their own, while the
+        // next requests are in flight (persist.rs).
+        let persister = self.persists(&plan).then(|| {
+            persist::Persister::spawn(
+                self.store.clone(),
+                plan.broadcast_id.clone(),
+                self.config.record_event_history_limit,
+                SEND_CONCURRENCY,
+            )
+        });
+        let shape = persist::RecordShape {
+            action_id: &self.ctx.action_id,
+            agent_id: &self.ctx.agent_id,
+            plan: &plan,
+        };
+        let (shape, queue) = (&shape, persister.as_ref().map(persist::Persister::sender));
         // Owned chunks: the futures must not borrow from the closure's argument.
         let sends = plan.chunks.clone().into_iter().map(|chunk| {
             let count = chunk.recipients.len();
@@ -470,23 +487,38 @@ impl SentDmBroadcast {
             };
             let (client, key, index) = (client.clone(), chunk.key, chunk.index);
             async move {
+                // A slot for this answer's records before the request leaves: when the
+                // graph falls behind, the next request waits, never an answer in flight.
+                let slot = match queue {
+                    Some(q) => q.reserve().await.ok(),
+                    None => None,
+                };
                 let key_text = key.as_str().to_owned();
                 let outcome = client.send_message(&request, Some(key)).await;
-                Ok::<_, SentDmError>((index, count, key_text, outcome))
+                let mut handed = 0;
+                if let (Some(slot), Ok(out)) = (slot, &outcome) {
+                    let records = shape.records(&out.response.recipients);
+                    handed = records.len();
+                    slot.send(records);
+                }
+                (index, count, key_text, outcome, handed)
             }
         });
         let mut results: Vec<_> = futures::stream::iter(sends)
             .buffer_unordered(SEND_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+            .await;
         results.sort_by_key(|(index, ..)| *index);
+        let handed_over = results.iter().map(|r| r.4).sum();
+        let report = match persister {
+            Some(p) => Some(p.finish(handed_over).await),
+            None => None,
+        };
 
         let mut messages = Vec::new();
         let mut requests = Vec::new();
         let mut first_error = None;
-        for (index, recipients, key, outcome) in results {
+        for (index, recipients, key, outcome, _) in results {
             match outcome {
                 Ok(out) => {
                     requests.push(RequestOutcome {
@@ -576,22 +608,20 @@ impl SentDmBroadcast {
                 }
             }
         }
-        result.persisted = if !self.config.persist_records {
-            Persisted {
+        result.persisted = match report {
+            Some(report) => self.persist(&mut result, &plan, report).await,
+            None if !self.config.persist_records => Persisted {
                 ok: false,
                 records: 0,
                 skipped: Some("persist_records is false".into()),
                 error: None,
-            }
-        } else if plan.sandbox && !self.config.persist_sandbox_sends {
-            Persisted {
+            },
+            None => Persisted {
                 ok: false,
                 records: 0,
                 skipped: Some("sandbox send (persist_sandbox_sends is false)".into()),
                 error: None,
-            }
-        } else {
-            self.persist(&mut result, &plan).await
+            },
         };
         Ok(result)
     }
@@ -654,10 +684,19 @@ impl SentDmBroadcast {
             .into_row()
     }
 
-    async fn persist(&self, result: &mut BroadcastResult, plan: &BroadcastPlan) -> Persisted {
-        let template = &plan.template;
-        let now = now_rfc3339();
-        let limit = self.config.record_event_history_limit;
+    /// Whether this send's records are kept.
+    fn persists(&self, plan: &BroadcastPlan) -> bool {
+        self.config.persist_records && (!plan.sandbox || self.config.persist_sandbox_sends)
+    }
+
+    /// The broadcast's node and outbound event, once its records are stored (or given
+    /// up), and what the answer says about both.
+    async fn persist(
+        &self,
+        result: &mut BroadcastResult,
+        plan: &BroadcastPlan,
+        mut report: persist::PersistReport,
+    ) -> Persisted {
         let node = store::BroadcastNode {
             action_id: self.ctx.action_id.clone(),
             agent_id: Some(self.ctx.agent_id.clone()),
@@ -669,8 +708,8 @@ impl SentDmBroadcast {
                 .into_iter()
                 .collect(),
             channels: plan.channels.clone(),
-            template_id: template.id.clone(),
-            template_name: template.name.clone(),
+            template_id: plan.template.id.clone(),
+            template_name: plan.template.name.clone(),
             idempotency_key: plan.idempotency_key.clone(),
             sandbox: result.sandbox,
             message_count: result.messages.len() as u64,
@@ -686,66 +725,70 @@ impl SentDmBroadcast {
             "action_id": self.ctx.action_id,
             "fields": node,
             // Set once: a retry with the same idempotency key keeps the first time.
-            "created_at": now,
+            "created_at": now_rfc3339(),
         });
-        let send = LogEntry {
-            source: "send".into(),
-            status: Some(MessageStatus::Accepted.lowercase().to_owned()),
-            occurred_at: Some(now.clone()),
-            broadcast_id: Some(result.broadcast_id.clone()),
-            ..LogEntry::default()
-        };
-        let records: Vec<MessageRecord> = result
-            .messages
-            .iter()
-            .map(|m| MessageRecord {
-                id: store::record_key(&self.ctx.action_id, &m.message_id),
-                sentdm_message_id: m.message_id.clone(),
-                action_id: self.ctx.action_id.clone(),
-                agent_id: Some(self.ctx.agent_id.clone()),
-                broadcast_id: Some(result.broadcast_id.clone()),
-                to: Some(m.to.clone()),
-                channel: m.channel.clone(),
-                template_id: template.id.clone(),
-                template_name: template.name.clone(),
-                parameters: Some(template.parameters.clone()),
-                idempotency_key: plan.idempotency_key.clone(),
-                profile_id: plan.sent_as_profile.clone(),
-                sandbox: Some(result.sandbox),
-                status: Some(MessageStatus::Accepted),
-                events: vec![send.clone()],
-                event_count: Some(1),
-                created_at: Some(now.clone()),
-                updated_at: Some(now.clone()),
-                ..MessageRecord::default()
-            })
-            .collect();
         let accepted = self.broadcast_event(result, plan);
-        match self
-            .store
-            .persist_send(&broadcast, &records, limit, Some(&accepted))
-            .await
-        {
-            Ok(()) => {
-                self.ctx.events.notify();
-                for m in &mut result.messages {
-                    m.record_id = Some(store::record_key(&self.ctx.action_id, &m.message_id));
+        let mut node_stored = false;
+        // When records were given up the graph is down already: one try, no second wait.
+        let retries = if report.failed == 0 {
+            persist::DEFERRED_RETRY.as_slice()
+        } else {
+            &[]
+        };
+        for wait in std::iter::once(&Duration::ZERO).chain(retries) {
+            tokio::time::sleep(*wait).await;
+            match self
+                .store
+                .persist_broadcast(&broadcast, Some(&accepted))
+                .await
+            {
+                Ok(()) => {
+                    node_stored = true;
+                    break;
                 }
-                Persisted {
-                    ok: true,
-                    records: records.len(),
-                    skipped: None,
-                    error: None,
+                Err(e) => {
+                    let again = e.is_unavailable();
+                    report.error = Some(e);
+                    if !again {
+                        break;
+                    }
                 }
             }
-            Err(e) => {
+        }
+        if node_stored {
+            self.ctx.events.notify();
+        }
+        for m in &mut result.messages {
+            let key = store::record_key(&self.ctx.action_id, &m.message_id);
+            if report.stored.contains(&key) {
+                m.record_id = Some(key);
+            }
+        }
+        let records = report.stored.len();
+        match report.error.filter(|_| !node_stored || report.failed > 0) {
+            None => Persisted {
+                ok: true,
+                records,
+                skipped: None,
+                error: None,
+            },
+            Some(e) => {
                 // Invariant 6: SentDM accepted the send; the caller still gets its answer.
-                tracing::error!(action.id = %self.ctx.action_id, broadcast.id = %result.broadcast_id, error = %e, "sent, but the records could not be stored");
+                tracing::error!(action.id = %self.ctx.action_id, broadcast.id = %result.broadcast_id, error = %e, records.not_stored = report.failed, broadcast.stored = node_stored, "sent, but the bookkeeping is incomplete");
+                let what = if report.failed > 0 {
+                    format!(
+                        "{} of {} records not stored",
+                        report.failed,
+                        records + report.failed
+                    )
+                } else {
+                    "broadcast not stored".to_owned()
+                };
                 Persisted {
                     ok: false,
-                    records: 0,
+                    records,
                     skipped: None,
-                    error: Some(format!("records not stored: {}", graph_failure(&e))),
+                    error: Some(format!("{what}: {}", graph_failure(&e))),
                 }
             }
         }

@@ -27,8 +27,6 @@ pub const SCHEMA: &str = include_str!("schema.surql");
 
 /// Largest number of events folded in one transaction.
 const MAX_BATCH: usize = 512;
-/// Records per transaction when persisting a send.
-const PERSIST_BATCH: usize = 500;
 
 /// Result of applying one event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -859,6 +857,75 @@ pub struct ReplyFilter {
     pub paging: graphagent::plugin::Paging,
 }
 
+/// Which of a send's records exist already, and for which broadcast.
+const SEND_READ: &str = "SELECT record::id(id) AS rid, broadcast_id
+    FROM $ids.map(|$r| type::record('sentdm_message', $r));";
+
+/// A send's records: new ones in bulk with their two edges; the rare record the webhook
+/// created first (or one of an earlier broadcast) takes the send's fields, with the
+/// send entry put first in its log.
+const SEND_WRITE: &str = "
+    IF array::len($fresh) > 0 {
+        INSERT INTO sentdm_message $fresh RETURN NONE;
+        INSERT RELATION INTO sentdm_tracks $fresh.map(|$r| { in: type::record('action', $r.action_id), out: type::record('sentdm_message', $r.id) }) RETURN NONE;
+        INSERT RELATION INTO sentdm_includes $fresh.map(|$r| { in: type::record('sentdm_broadcast', $broadcast), out: type::record('sentdm_message', $r.id) }) RETURN NONE;
+    };
+    FOR $r IN $merged {
+        LET $rec = type::record('sentdm_message', $r.id);
+        UPDATE $rec SET broadcast_id = $r.broadcast_id, template_id = $r.template_id,
+            template_name = $r.template_name, parameters = $r.parameters,
+            idempotency_key = $r.idempotency_key, profile_id = $r.profile_id,
+            sandbox = $r.sandbox, to = $r.to ?? to, channel = $r.channel ?? channel,
+            events = array::slice(array::prepend(events ?? [], $r.events[0]), -$limit),
+            event_count = (event_count ?? 0) + 1, minimal = false,
+            status = status ?? $r.status, updated_at = time::now() RETURN NONE;
+        RELATE (type::record('sentdm_broadcast', $broadcast))->sentdm_includes->$rec RETURN NONE;
+    };";
+
+/// What [`SEND_READ`] returns per existing record.
+#[derive(Deserialize)]
+struct Existing {
+    rid: String,
+    broadcast_id: Option<String>,
+}
+
+async fn persist_records_in(
+    txn: &graphagent::graph::GraphTxn,
+    broadcast_id: &str,
+    records: &[MessageRecord],
+    ids: &[&str],
+    limit: u32,
+) -> Result<(), GraphError> {
+    let existing: Vec<Existing> = first_rows(txn.query(SEND_READ, json!({ "ids": ids })).await?)?;
+    let existing: std::collections::HashMap<&str, Option<&str>> = existing
+        .iter()
+        .map(|e| (e.rid.as_str(), e.broadcast_id.as_deref()))
+        .collect();
+    let mut fresh = Vec::new();
+    let mut merged = Vec::new();
+    for r in records {
+        let row = || {
+            serde_json::to_value(r)
+                .map(without_nulls)
+                .map_err(|e| GraphError {
+                    kind: graphagent::graph::GraphErrorKind::Decode,
+                    message: format!("record: {e}"),
+                })
+        };
+        match existing.get(r.id.as_str()) {
+            None => fresh.push(row()?),
+            Some(b) if *b == Some(broadcast_id) => {} // this broadcast's, already stored
+            Some(_) => merged.push(row()?),
+        }
+    }
+    if fresh.is_empty() && merged.is_empty() {
+        return Ok(());
+    }
+    let vars =
+        json!({ "fresh": fresh, "merged": merged, "broadcast": broadcast_id, "limit": limit });
+    txn.query(SEND_WRITE, vars).await.map(|_| ())
+}
+
 /// Filters for listing records.
 #[derive(Debug, Clone)]
 pub struct RecordFilter {
@@ -901,15 +968,12 @@ impl Store {
         &self.graph
     }
 
-    /// Persist a broadcast and its records, in batches. A record the webhook already
-    /// created (the event raced our commit) keeps its status and log; the send event is
-    /// put first in its log. Idempotent: a record already holding this broadcast's send
-    /// (a client's retry with the same idempotency key) is left exactly as it is.
-    pub async fn persist_send(
+    /// Write a broadcast's node, its edge from the action and (the first time) its
+    /// `sentdm.broadcast.accepted` outbox row. Idempotent: a retry with the same
+    /// idempotency key keeps the first `created_at` and emits nothing again.
+    pub async fn persist_broadcast(
         &self,
         broadcast: &Value,
-        records: &[MessageRecord],
-        limit: u32,
         outbox: Option<&Value>,
     ) -> Result<(), GraphError> {
         self.graph
@@ -917,41 +981,38 @@ impl Store {
                 &PERSIST_BROADCAST,
                 without_nulls(json!({ "b": broadcast, "outbox": outbox })),
             )
-            .await?;
-        for chunk in records.chunks(PERSIST_BATCH) {
-            let rows: Vec<Value> = chunk
-                .iter()
-                .map(|r| serde_json::to_value(r).map(without_nulls))
-                .collect::<Result<_, _>>()
-                .map_err(|e| GraphError {
-                    kind: graphagent::graph::GraphErrorKind::Decode,
-                    message: format!("record: {e}"),
-                })?;
-            // A record's first log entry is its send.
-            self.graph
-                .transaction(
-                    "FOR $r IN $records {
-                        LET $rec = type::record('sentdm_message', $r.id);
-                        IF !record::exists($rec) {
-                            INSERT INTO sentdm_message $r RETURN NONE;
-                            RELATE (type::record('action', $r.action_id))->sentdm_tracks->$rec;
-                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
-                        } ELSE IF $rec.broadcast_id != $r.broadcast_id {
-                            UPDATE $rec SET broadcast_id = $r.broadcast_id, template_id = $r.template_id,
-                                template_name = $r.template_name, parameters = $r.parameters,
-                                idempotency_key = $r.idempotency_key, profile_id = $r.profile_id,
-                                sandbox = $r.sandbox, to = $r.to ?? to, channel = $r.channel ?? channel,
-                                events = array::slice(array::prepend(events ?? [], $r.events[0]), -$limit),
-                                event_count = (event_count ?? 0) + 1, minimal = false,
-                                status = status ?? $r.status, updated_at = time::now();
-                            RELATE (type::record('sentdm_broadcast', $r.broadcast_id))->sentdm_includes->$rec;
-                        };
-                    };",
-                    json!({ "records": rows, "limit": limit }),
-                )
-                .await?;
+            .await
+            .map(|_| ())
+    }
+
+    /// Write the records of one SentDM answer, linked to the action and to
+    /// `broadcast_id`, in one transaction of bulk statements. A record the webhook
+    /// already created (its event raced this write) keeps its status and log, and gets
+    /// the send's fields and the send entry first in its log. Idempotent: a record
+    /// already holding this broadcast (a client's retry with the same idempotency key)
+    /// is left exactly as it is.
+    pub async fn persist_records(
+        &self,
+        broadcast_id: &str,
+        records: &[MessageRecord],
+        limit: u32,
+    ) -> Result<(), GraphError> {
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let mut attempt = 0;
+        loop {
+            let txn = self.graph.begin().await?;
+            let result = match persist_records_in(&txn, broadcast_id, records, &ids, limit).await {
+                Ok(()) => txn.commit().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                // The webhook created one of these records after our read.
+                Err(e)
+                    if e.is_conflict()
+                        && graphagent::graph::retry_after_conflict(&mut attempt).await => {}
+                other => return other,
+            }
         }
-        Ok(())
     }
 
     pub async fn get_record(&self, key: &str) -> Result<Option<MessageRecord>, GraphError> {

@@ -1626,3 +1626,132 @@ async fn no_secret_on_record_is_503_with_or_without_signature_headers() {
         .expect("answer");
     assert_eq!(signed.status(), 503);
 }
+
+/// `n` distinct recipients that the simulator sends without a failure path.
+fn recipients(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("+1415{:07}", 1_000_000 + i))
+        .collect()
+}
+
+/// Records are written as SentDM's answers arrive, not after the last one: while a
+/// broadcast of five requests (four at a time, each held 700 ms by SentDM) is still
+/// unanswered, the first wave's records are already in the graph, and at the end every
+/// message has its record, linked to the action and to the broadcast.
+#[tokio::test]
+async fn records_are_stored_while_the_next_requests_are_in_flight() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let mut faults = sim.faults();
+    faults.latency = Duration::from_millis(700);
+    sim.set_faults(faults);
+    let to = recipients(500);
+    let send = app.broadcast(json!({"to": to, "channels": ["sms"],
+        "template": {"name": "order_confirmation", "parameters": params()}}));
+    tokio::pin!(send);
+    let mut seen_midway = 0;
+    let (status, result) = loop {
+        tokio::select! {
+            answer = &mut send => break answer,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                let n = app.record_count().await;
+                if n > 0 && n < 500 {
+                    seen_midway = seen_midway.max(n);
+                }
+            }
+        }
+    };
+    assert_eq!(status, 202, "{result}");
+    assert!(
+        seen_midway > 0,
+        "no record was stored before the last answer"
+    );
+    assert_eq!(result["persisted"]["ok"], true, "{result}");
+    assert_eq!(result["persisted"]["records"], 500);
+    let messages = result["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 500);
+    assert!(messages.iter().all(|m| m["record_id"].is_string()));
+    let linked = app
+        .graph
+        .query(
+            "RETURN count(SELECT id FROM type::record('action', $a)->sentdm_tracks->sentdm_message);
+             RETURN count(SELECT id FROM type::record('sentdm_broadcast', $b)->sentdm_includes->sentdm_message);
+             RETURN count(SELECT id FROM sentdm_message WHERE event_count = 1 AND events[0].source = 'send');",
+            json!({"a": App::action_id("sentdm"), "b": result["broadcast_id"]}),
+        )
+        .await
+        .expect("query");
+    assert_eq!(linked, vec![json!(500), json!(500), json!(500)]);
+}
+
+/// Invariant 6 under a graph outage that ends while the send is answered: the records
+/// SentDM's answers produced are kept and stored once the graph is back, and the send
+/// is reported fully stored.
+#[tokio::test]
+async fn records_refused_during_a_graph_outage_are_stored_when_it_ends() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    app.graph.set_outage(true);
+    let graph = app.graph.clone();
+    let lift = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        graph.set_outage(false);
+    });
+    let (status, result) = app
+        .broadcast(
+            json!({"to": recipients(60), "channels": ["sms", "whatsapp"],
+            "template": {"name": "order_confirmation", "parameters": params()}}),
+        )
+        .await;
+    lift.await.expect("lift");
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["status"], "accepted");
+    assert_eq!(result["persisted"]["ok"], true, "{result}");
+    assert_eq!(result["persisted"]["records"], 120);
+    assert_eq!(app.record_count().await, 120);
+}
+
+/// A send whose records the graph refused (the outage outlasts the retries) is
+/// answered with SentDM's messages and the failure; the caller's retry with the same
+/// idempotency key stores every record exactly once.
+#[tokio::test]
+async fn a_send_retried_after_its_records_were_refused_stores_them_once() {
+    let sim = silent_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let request = json!({"to": recipients(60), "channels": ["sms", "whatsapp"],
+        "template": {"name": "order_confirmation", "parameters": params()}, "idempotency_key": "outage-then-retry"});
+    app.graph.set_outage(true);
+    let (status, first) = app.broadcast(request.clone()).await;
+    app.graph.set_outage(false);
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["messages"].as_array().map(Vec::len), Some(120));
+    assert_eq!(first["persisted"]["ok"], false, "{first}");
+    assert_eq!(first["persisted"]["records"], 0);
+    assert!(
+        first["persisted"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("120 of 120 records not stored")),
+        "{first}"
+    );
+    assert_eq!(app.record_count().await, 0);
+
+    for _ in 0..2 {
+        let (status, again) = app.broadcast(request.clone()).await;
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again["persisted"]["ok"], true, "{again}");
+        assert_eq!(again["persisted"]["records"], 120);
+    }
+    assert_eq!(sim.message_count(), 120, "nothing was sent twice");
+    let counts = app
+        .graph
+        .query(
+            "RETURN count(SELECT id FROM sentdm_message);
+             RETURN count(SELECT id FROM sentdm_tracks);
+             RETURN count(SELECT id FROM sentdm_includes);
+             RETURN count(SELECT id FROM sentdm_message WHERE event_count != 1 OR array::len(events) != 1);",
+            Value::Null,
+        )
+        .await
+        .expect("query");
+    assert_eq!(counts, vec![json!(120), json!(120), json!(120), json!(0)]);
+}
