@@ -114,6 +114,10 @@ impl HostBuilder {
         // Validate before touching the graph, so bad settings or a bad file fail fast and
         // create nothing.
         settings.validate()?;
+        // The metrics recorder is installed before anything is counted: a metric recorded
+        // before it exists (a SentDM call while actions start, the first gauge refresh, a
+        // delivery before the first scrape) would be lost.
+        crate::telemetry::prometheus();
         let files = match &settings.config_path {
             Some(path) => {
                 let files = config::load_path(path).map_err(HostError::Config)?;
