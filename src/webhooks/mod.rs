@@ -390,6 +390,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_reads_its_events_and_subscriptions_at_once() {
+        let graph = Graph::memory().await.expect("graph");
+        let w = service(&graph).await;
+        let sub = json!({"id": "sub_1", "key": "sub_1", "url": "https://example.com/h",
+            "event_types": [], "enabled": true, "secret": new_secret(),
+            "created_ms": 0, "updated_ms": 0});
+        graph
+            .query("INSERT INTO webhook_subscription $s;", json!({"s": sub}))
+            .await
+            .expect("sub");
+        let events: Vec<OutboxEvent> = (0..3)
+            .map(|_| EventPublisher::default().event("webhook.test", "agt", "act", json!({})))
+            .collect();
+        let rows: Vec<Value> = events.iter().map(OutboxEvent::row).collect();
+        graph
+            .query(crate::outbox::INSERT_OUTBOX, json!({"outbox": rows}))
+            .await
+            .expect("events");
+        let mut ids: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        ids.push("evt_missing");
+        let mut read: Vec<String> = w
+            .store()
+            .events(&ids)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        read.sort_unstable();
+        let mut want: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
+        want.sort_unstable();
+        assert_eq!(read, want);
+        let subs = w
+            .store()
+            .subscriptions(&["sub_1", "sub_gone"])
+            .await
+            .expect("subs");
+        assert_eq!(
+            subs.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+            ["sub_1"]
+        );
+    }
+
+    #[tokio::test]
     async fn a_batch_of_outcomes_records_each_its_own_way() {
         let graph = Graph::memory().await.expect("graph");
         let w = service(&graph).await;

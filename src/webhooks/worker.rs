@@ -112,14 +112,19 @@ pub(crate) async fn run(webhooks: Arc<Webhooks>, cancel: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "webhook dispatch failed; will retry"),
         }
         if progressed {
+            // The graph may answer without ever suspending (in memory): give the
+            // attempts just started, and everything else on this thread, their turn.
+            tokio::task::yield_now().await;
             continue;
         }
         tokio::select! {
             () = cancel.cancelled() => {}
             () = webhooks.publisher().notified() => {}
+            // Permits come free when outcomes are written: once per recorded batch, not
+            // once per finished attempt (a `due` read per attempt cost more than the
+            // attempts under load).
             () = recorded.notified() => {}
             () = tokio::time::sleep(settings.poll_interval) => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     // Drain: attempts in flight finish (bounded by the timeout) and are recorded.
