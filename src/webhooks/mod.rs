@@ -153,6 +153,26 @@ impl Webhooks {
         lease: &str,
         trigger: AttemptTrigger,
     ) -> GraphResult<AttemptRow> {
+        let (attempt, settled) = self.send(delivery, sub, event, trigger).await;
+        self.store
+            .record(delivery, lease, &attempt, &settled, &self.disable)
+            .await?;
+        if settled.status == DeliveryStatus::Failed && trigger == AttemptTrigger::Scheduled {
+            // A disabling writes an operational event: let the worker fan it out now.
+            self.publisher.notify();
+        }
+        Ok(attempt)
+    }
+
+    /// POST a leased delivery now: the attempt row and the delivery's next state, not yet
+    /// recorded.
+    async fn send(
+        &self,
+        delivery: &DeliveryRow,
+        sub: &SubRow,
+        event: &OutboxEvent,
+        trigger: AttemptTrigger,
+    ) -> (AttemptRow, retry::Settled) {
         let outcome = self.sender.send(sub, event).await;
         crate::telemetry::outbound_attempt(outcome.class.label(), outcome.duration_ms);
         let now = now_ms();
@@ -181,14 +201,32 @@ impl Webhooks {
             response_body: outcome.body,
             created_ms: now,
         };
-        self.store
-            .record(delivery, lease, &attempt, &settled, &self.disable)
-            .await?;
-        if settled.status == DeliveryStatus::Failed && trigger == AttemptTrigger::Scheduled {
+        (attempt, settled)
+    }
+
+    /// Record scheduled outcomes in one transaction; when that fails, each on its own, so
+    /// one bad outcome costs only itself (the others' leases would otherwise expire and
+    /// their events be sent again).
+    async fn record_many(&self, outcomes: &[store::Recorded<'_>]) {
+        if let Err(e) = self.store.record_many(outcomes, &self.disable).await {
+            tracing::warn!(error = %e, outcomes = outcomes.len(), "recording a batch of webhook attempts failed; recording them one by one");
+            for o in outcomes {
+                if let Err(e) = self
+                    .store
+                    .record(o.delivery, o.lease, o.attempt, o.settled, &self.disable)
+                    .await
+                {
+                    tracing::warn!(delivery = %o.delivery.key, error = %e, "recording a webhook attempt failed");
+                }
+            }
+        }
+        if outcomes
+            .iter()
+            .any(|o| o.settled.status == DeliveryStatus::Failed)
+        {
             // A disabling writes an operational event: let the worker fan it out now.
             self.publisher.notify();
         }
-        Ok(attempt)
     }
 
     /// Send `delivery_id` now, outside the schedule (redeliver, test). One attempt; it
@@ -297,6 +335,229 @@ mod tests {
         // Still leased: neither can take it again, not even by force.
         assert!(a.claim(id, "lease-c", false).await.expect("a").is_none());
         assert!(b.claim(id, "lease-d", true).await.expect("b").is_none());
+    }
+
+    async fn insert_due(graph: &Graph, n: usize, sub: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let event = OutboxEvent::new("webhook.test", json!({}));
+            let row = DeliveryRow::new(&event, sub, now_ms() - 10);
+            ids.push(row.key.clone());
+            graph
+                .query(
+                    "INSERT INTO webhook_delivery $row;",
+                    json!({"row": row.row()}),
+                )
+                .await
+                .expect("insert");
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_batch_claim_never_hands_a_delivery_to_two_workers() {
+        let graph = Graph::memory().await.expect("graph");
+        let (a, b) = (service(&graph).await, service(&graph).await);
+        let ids = insert_due(&graph, 60, "sub_1").await;
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let until = now_ms() + 60_000;
+        // Overlapping batches, claimed at the same moment by two replicas.
+        let (x, y) = tokio::join!(
+            a.store().claim_many(&all[..40], "lease-a", until),
+            b.store().claim_many(&all[20..], "lease-b", until)
+        );
+        let (x, y) = (x.expect("a"), y.expect("b"));
+        let mut won: Vec<&str> = x.iter().chain(&y).map(|d| d.key.as_str()).collect();
+        won.sort_unstable();
+        let before = won.len();
+        won.dedup();
+        assert_eq!(won.len(), before, "a delivery was claimed twice");
+        assert!(x.iter().all(|d| d.lease == "lease-a"));
+        assert!(y.iter().all(|d| d.lease == "lease-b"));
+        // What each claimed is leased to it in the graph; nothing can be claimed again.
+        let leased = count(
+            &graph,
+            "RETURN count(SELECT id FROM webhook_delivery WHERE lease != '' AND locked_until > time::millis(time::now()));",
+        )
+        .await;
+        assert_eq!(leased, won.len() as u64);
+        assert!(
+            a.store()
+                .claim_many(&won, "lease-c", until)
+                .await
+                .expect("again")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_reads_its_events_and_subscriptions_at_once() {
+        let graph = Graph::memory().await.expect("graph");
+        let w = service(&graph).await;
+        let sub = json!({"id": "sub_1", "key": "sub_1", "url": "https://example.com/h",
+            "event_types": [], "enabled": true, "secret": new_secret(),
+            "created_ms": 0, "updated_ms": 0});
+        graph
+            .query("INSERT INTO webhook_subscription $s;", json!({"s": sub}))
+            .await
+            .expect("sub");
+        let events: Vec<OutboxEvent> = (0..3)
+            .map(|_| EventPublisher::default().event("webhook.test", "agt", "act", json!({})))
+            .collect();
+        let rows: Vec<Value> = events.iter().map(OutboxEvent::row).collect();
+        graph
+            .query(crate::outbox::INSERT_OUTBOX, json!({"outbox": rows}))
+            .await
+            .expect("events");
+        let mut ids: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        ids.push("evt_missing");
+        let mut read: Vec<String> = w
+            .store()
+            .events(&ids)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        read.sort_unstable();
+        let mut want: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
+        want.sort_unstable();
+        assert_eq!(read, want);
+        let subs = w
+            .store()
+            .subscriptions(&["sub_1", "sub_gone"])
+            .await
+            .expect("subs");
+        assert_eq!(
+            subs.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+            ["sub_1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_outcomes_records_each_its_own_way() {
+        let graph = Graph::memory().await.expect("graph");
+        let w = service(&graph).await;
+        graph
+            .query(
+                "INSERT INTO webhook_subscription $s;",
+                json!({"s": {"id": "sub_1", "key": "sub_1", "url": "https://example.com/h",
+                    "event_types": [], "enabled": true, "secret": new_secret(),
+                    "consecutive_failures": 3, "first_failure_ms": 1,
+                    "created_ms": 0, "updated_ms": 0}}),
+            )
+            .await
+            .expect("sub");
+        let ids = insert_due(&graph, 4, "sub_1").await;
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let claimed = w
+            .store()
+            .claim_many(&all, "lease-1", now_ms() + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 4);
+        let now = now_ms();
+        let attempt = |d: &DeliveryRow, code: u16| AttemptRow {
+            key: format!("att_{}", d.key),
+            delivery_id: d.key.clone(),
+            subscription_id: "sub_1".into(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            attempt: 1,
+            trigger: AttemptTrigger::Scheduled,
+            url: "https://example.com/h".into(),
+            status_code: Some(code),
+            success: code == 200,
+            duration_ms: 1,
+            error: (code != 200).then(|| format!("HTTP {code}")),
+            response_body: None,
+            created_ms: now,
+        };
+        let settled = |status, next, completed| retry::Settled {
+            status,
+            scheduled_attempts: 1,
+            next_attempt_at: next,
+            completed_ms: completed,
+        };
+        let by_key = |k: &str| claimed.iter().find(|d| d.key == k).expect("claimed");
+        let (ok, retry, failed, lost) = (
+            by_key(&ids[0]),
+            by_key(&ids[1]),
+            by_key(&ids[2]),
+            by_key(&ids[3]),
+        );
+        let rows = [
+            (
+                ok,
+                200,
+                settled(DeliveryStatus::Succeeded, now, Some(now)),
+                "lease-1",
+            ),
+            (
+                retry,
+                503,
+                settled(DeliveryStatus::Pending, now + 5_000, None),
+                "lease-1",
+            ),
+            (
+                failed,
+                400,
+                settled(DeliveryStatus::Failed, now, Some(now)),
+                "lease-1",
+            ),
+            // Its lease was taken over meanwhile: nothing of it is recorded.
+            (
+                lost,
+                200,
+                settled(DeliveryStatus::Succeeded, now, Some(now)),
+                "lease-stale",
+            ),
+        ];
+        let attempts: Vec<AttemptRow> = rows.iter().map(|(d, c, _, _)| attempt(d, *c)).collect();
+        let outcomes: Vec<store::Recorded<'_>> = rows
+            .iter()
+            .zip(&attempts)
+            .map(|((d, _, s, lease), a)| store::Recorded {
+                delivery: d,
+                lease,
+                attempt: a,
+                settled: s,
+            })
+            .collect();
+        w.record_many(&outcomes).await;
+        let state = |id: &str| {
+            let graph = graph.clone();
+            let id = id.to_owned();
+            async move {
+                graph
+                    .query(
+                        "SELECT VALUE [status, attempts, next_attempt_at, lease] FROM ONLY type::record('webhook_delivery', $id);",
+                        json!({"id": id}),
+                    )
+                    .await
+                    .expect("state")[0]
+                    .clone()
+            }
+        };
+        assert_eq!(state(&ids[0]).await, json!(["succeeded", 1, now, ""]));
+        assert_eq!(state(&ids[1]).await, json!(["pending", 1, now + 5_000, ""]));
+        assert_eq!(state(&ids[2]).await, json!(["failed", 1, now, ""]));
+        assert_eq!(state(&ids[3]).await[0], json!("pending"));
+        assert_eq!(state(&ids[3]).await[3], json!("lease-1"));
+        assert_eq!(
+            count(&graph, "RETURN count(SELECT id FROM webhook_attempt);").await,
+            3
+        );
+        // In batch order: the success reset the streak, the final failure started one.
+        let sub = graph
+            .query(
+                "SELECT VALUE [consecutive_failures, first_failure_ms] FROM ONLY webhook_subscription:sub_1;",
+                Value::Null,
+            )
+            .await
+            .expect("sub")[0]
+            .clone();
+        assert_eq!(sub, json!([1, now]));
     }
 
     #[tokio::test]

@@ -21,7 +21,8 @@ pub struct WebhookSettings {
     pub retry_schedule: Vec<Duration>,
     /// Per-attempt timeout, 1–30 s (`GRAPHAGENT_WEBHOOK_TIMEOUT_SECS`, default 15).
     pub timeout: Duration,
-    /// Attempts in flight at once in this process (`GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY`, 32).
+    /// Deliveries in progress at once in this process: claimed, being attempted, or
+    /// waiting for their outcome to be written (`GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY`, 32).
     pub max_concurrency: usize,
     /// Attempts in flight at once per subscription in this process
     /// (`GRAPHAGENT_WEBHOOK_PER_SUBSCRIPTION_CONCURRENCY`, 4).

@@ -29,53 +29,78 @@ DEFINE INDEX IF NOT EXISTS attempt_delivery ON webhook_attempt FIELDS delivery_i
 DEFINE INDEX IF NOT EXISTS attempt_created ON webhook_attempt FIELDS created_ms;
 "#;
 
-/// A transaction that writes the attempt and the delivery's new state, guarded by the
-/// lease (an attempt whose lease was taken over, because it outlived it, records
-/// nothing), then `$then` when it did record. Static text: the statements take only
-/// bound parameters.
-macro_rules! record_sql {
-    ($then:literal) => {
-        concat!(
-            "BEGIN;
-            LET $d = (UPDATE type::record('webhook_delivery', $id) SET status = $status,
-                attempts += 1, scheduled_attempts = $scheduled, next_attempt_at = $next,
-                locked_until = 0, lease = '', last_attempt_ms = $now, last_status_code = $code,
-                last_error = $error, completed_ms = $completed WHERE lease = $lease RETURN AFTER);
-            IF array::len($d) > 0 {
-                CREATE type::record('webhook_attempt', $attempt.key) CONTENT $attempt;",
-            $then,
-            "};
-            COMMIT;"
-        )
+/// Write a batch of attempts and their deliveries' new states in one transaction. Each
+/// outcome is guarded by its lease (an attempt whose lease was taken over, because it
+/// outlived it, records nothing). A scheduled success also resets the subscription's
+/// failure counters, written only when there is something to reset: a write on every
+/// success made concurrent outcomes of one subscription conflict on its row. A scheduled
+/// final failure counts against the subscription, disabling it past the threshold or the
+/// failing period, with a `webhook.subscription.disabled` event in the same transaction.
+/// Static text: the statement takes only bound parameters.
+const RECORD: &str = "BEGIN;
+FOR $o IN $outcomes {
+    LET $d = (UPDATE type::record('webhook_delivery', $o.id) SET status = $o.status,
+        attempts += 1, scheduled_attempts = $o.scheduled, next_attempt_at = $o.next,
+        locked_until = 0, lease = '', last_attempt_ms = $o.now, last_status_code = $o.code,
+        last_error = $o.error, completed_ms = $o.completed WHERE lease = $o.lease RETURN AFTER);
+    IF array::len($d) > 0 {
+        CREATE type::record('webhook_attempt', $o.attempt.key) CONTENT $o.attempt;
+        IF $o.effect = 'succeeded' {
+            UPDATE type::record('webhook_subscription', $o.sub)
+                SET consecutive_failures = 0, first_failure_ms = NONE
+                WHERE consecutive_failures > 0 OR (first_failure_ms ?? 0) > 0;
+        } ELSE IF $o.effect = 'failed' {
+            LET $s = (UPDATE type::record('webhook_subscription', $o.sub)
+                SET consecutive_failures += 1, first_failure_ms = first_failure_ms ?? $o.now
+                RETURN AFTER)[0];
+            IF $s.enabled AND ($s.consecutive_failures >= $threshold
+                OR $o.now - $s.first_failure_ms >= $period) {
+                UPDATE type::record('webhook_subscription', $o.sub) SET enabled = false,
+                    disabled_reason = $reason, updated_ms = $o.now;
+                CREATE type::record('outbox_event', $o.op.key) CONTENT $o.op RETURN NONE;
+                UPDATE type::record('outbox_event', $o.op.key) SET data = {
+                    subscription_id: $o.sub, url: $s.url,
+                    consecutive_failures: $s.consecutive_failures, reason: $reason };
+            };
+        };
     };
+};
+COMMIT;";
+
+/// One attempt's outcome, to be recorded by [`DeliveryStore::record_many`].
+pub(crate) struct Recorded<'a> {
+    pub delivery: &'a DeliveryRow,
+    pub lease: &'a str,
+    pub attempt: &'a AttemptRow,
+    pub settled: &'a Settled,
 }
 
-/// A manual attempt, or a scheduled one that leaves the delivery pending.
-const RECORD: &str = record_sql!("");
-
-/// A scheduled success also resets the subscription's failure counters.
-const RECORD_SUCCEEDED: &str = record_sql!(
-    "UPDATE type::record('webhook_subscription', $sub)
-        SET consecutive_failures = 0, first_failure_ms = NONE;"
-);
-
-/// A scheduled final failure also counts against the subscription, disabling it past
-/// the threshold or the failing period, with a `webhook.subscription.disabled` event in
-/// the same transaction.
-const RECORD_FAILED: &str = record_sql!(
-    "LET $s = (UPDATE type::record('webhook_subscription', $sub)
-        SET consecutive_failures += 1, first_failure_ms = first_failure_ms ?? $now
-        RETURN AFTER)[0];
-    IF $s.enabled AND ($s.consecutive_failures >= $threshold
-        OR $now - $s.first_failure_ms >= $period) {
-        UPDATE type::record('webhook_subscription', $sub) SET enabled = false,
-            disabled_reason = $reason, updated_ms = $now;
-        CREATE type::record('outbox_event', $op.key) CONTENT $op RETURN NONE;
-        UPDATE type::record('outbox_event', $op.key) SET data = {
-            subscription_id: $sub, url: $s.url,
-            consecutive_failures: $s.consecutive_failures, reason: $reason };
-    };"
-);
+impl Recorded<'_> {
+    /// The bound row for [`RECORD`]: the delivery's new state, the attempt, and what it
+    /// does to the subscription.
+    fn row(&self) -> Value {
+        let scheduled = self.attempt.trigger == AttemptTrigger::Scheduled;
+        // Only a scheduled final failure can disable the subscription, so only it needs
+        // the event a disabling publishes.
+        let (effect, op) = match self.settled.status {
+            DeliveryStatus::Succeeded if scheduled => ("succeeded", None),
+            DeliveryStatus::Failed if scheduled => (
+                "failed",
+                Some(OutboxEvent::new("webhook.subscription.disabled", json!({})).row()),
+            ),
+            _ => ("none", None),
+        };
+        json!({
+            "id": self.delivery.key, "status": self.settled.status,
+            "scheduled": self.settled.scheduled_attempts, "next": self.settled.next_attempt_at,
+            "now": self.attempt.created_ms, "code": self.attempt.status_code,
+            "error": self.attempt.error, "completed": self.settled.completed_ms,
+            "lease": self.lease,
+            "attempt": serde_json::to_value(self.attempt).unwrap_or(Value::Null),
+            "sub": self.attempt.subscription_id, "effect": effect, "op": op,
+        })
+    }
+}
 
 /// When a subscription is disabled for failing.
 #[derive(Debug, Clone)]
@@ -261,6 +286,58 @@ impl DeliveryStore {
         }
     }
 
+    /// Lease every delivery of `ids` that is still due and not leased, all under `lease`
+    /// until `until`, in one transaction; the deliveries won. Another replica claiming
+    /// some of them at the same moment makes the transaction conflict and run again, so
+    /// a delivery is never handed to two workers.
+    pub(crate) async fn claim_many(
+        &self,
+        ids: &[&str],
+        lease: &str,
+        until: i64,
+    ) -> GraphResult<Vec<DeliveryRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = self
+            .graph
+            .transaction(
+                "BEGIN; UPDATE $ids.map(|$i| type::record('webhook_delivery', $i)) \
+                 SET locked_until = $until, lease = $lease WHERE status = 'pending' \
+                 AND next_attempt_at <= $now AND locked_until < $now RETURN AFTER; COMMIT;",
+                json!({"ids": ids, "now": now_ms(), "until": until, "lease": lease}),
+            )
+            .await?;
+        let won = if out.len() > 1 {
+            out.swap_remove(1)
+        } else {
+            Value::Null
+        };
+        crate::graph::rows_from(won)
+    }
+
+    /// The subscriptions named, in one read (missing ones are left out).
+    pub(crate) async fn subscriptions(&self, ids: &[&str]) -> GraphResult<Vec<SubRow>> {
+        self.graph
+            .query_rows(
+                "SELECT * FROM $ids.map(|$i| type::record('webhook_subscription', $i));",
+                json!({"ids": ids}),
+                0,
+            )
+            .await
+    }
+
+    /// The outbox events named, in one read (missing ones are left out).
+    pub(crate) async fn events(&self, ids: &[&str]) -> GraphResult<Vec<OutboxEvent>> {
+        self.graph
+            .query_rows(
+                "SELECT * FROM $ids.map(|$i| type::record('outbox_event', $i));",
+                json!({"ids": ids}),
+                0,
+            )
+            .await
+    }
+
     /// Fail a leased delivery without an attempt (its subscription or payload is gone).
     pub(crate) async fn abandon(&self, id: &str, lease: &str, reason: &str) -> GraphResult<()> {
         self.graph
@@ -297,28 +374,33 @@ impl DeliveryStore {
         settled: &Settled,
         disable: &DisablePolicy,
     ) -> GraphResult<()> {
-        let scheduled = attempt.trigger == AttemptTrigger::Scheduled;
-        // Only a scheduled final failure can disable the subscription, so only it needs
-        // the event a disabling publishes.
-        let (sql, op) = match settled.status {
-            DeliveryStatus::Succeeded if scheduled => (RECORD_SUCCEEDED, None),
-            DeliveryStatus::Failed if scheduled => (
-                RECORD_FAILED,
-                Some(OutboxEvent::new("webhook.subscription.disabled", json!({})).row()),
-            ),
-            _ => (RECORD, None),
+        let one = Recorded {
+            delivery,
+            lease,
+            attempt,
+            settled,
         };
+        self.record_many(std::slice::from_ref(&one), disable).await
+    }
+
+    /// Record a batch of outcomes in one transaction (one commit for the batch), each
+    /// exactly as [`record`](Self::record) would.
+    #[tracing::instrument(skip_all, fields(outcomes = outcomes.len()))]
+    pub(crate) async fn record_many(
+        &self,
+        outcomes: &[Recorded<'_>],
+        disable: &DisablePolicy,
+    ) -> GraphResult<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = outcomes.iter().map(Recorded::row).collect();
         self.graph
             .transaction(
-                sql,
+                RECORD,
                 json!({
-                    "id": delivery.key, "status": settled.status, "scheduled": settled.scheduled_attempts,
-                    "next": settled.next_attempt_at, "now": attempt.created_ms,
-                    "code": attempt.status_code, "error": attempt.error,
-                    "completed": settled.completed_ms, "lease": lease,
-                    "attempt": serde_json::to_value(attempt).unwrap_or(Value::Null),
-                    "sub": attempt.subscription_id, "threshold": disable.after_failures,
-                    "period": disable.after_failing_ms, "reason": disable.reason, "op": op,
+                    "outcomes": rows, "threshold": disable.after_failures,
+                    "period": disable.after_failing_ms, "reason": disable.reason,
                 }),
             )
             .await
