@@ -182,18 +182,25 @@ pub async fn run(builder: HostBuilder) -> ExitCode {
 }
 
 /// Logs to stderr: human-readable by default, JSON lines with
-/// `GRAPHAGENT_LOG_FORMAT=json`; level from `RUST_LOG` (default `info`).
+/// `GRAPHAGENT_LOG_FORMAT=json`; level from `RUST_LOG` (default `info`). The subscriber
+/// carries the slot a host fills when `GRAPHAGENT_OTLP_ENDPOINT` is set (the level
+/// filter applies to exported spans too).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("GRAPHAGENT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (slot, handle) = crate::telemetry::otlp::slot();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(slot).with(filter);
     // A second init (tests, embedding) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
+    let installed = if json {
+        registry.with(fmt.json()).try_init()
     } else {
-        builder.try_init()
+        registry.with(fmt).try_init()
     };
+    if installed.is_ok() {
+        handle.activate();
+    }
 }

@@ -460,9 +460,12 @@ pub(crate) async fn receive_webhook(
         return Err(reject("x-webhook-id is not this action's webhook".into()));
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    verifier
-        .secret
-        .verify(&parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+    tracing::info_span!("sentdm.webhook.verify")
+        .in_scope(|| {
+            verifier
+                .secret
+                .verify(&parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+        })
         .map_err(|e| reject(e.to_string()))?;
     let event_id = headers
         .get("x-webhook-event-id")
