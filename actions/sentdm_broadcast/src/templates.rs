@@ -17,8 +17,8 @@ const MAX_TEMPLATES: usize = 256;
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    /// SentDM has it.
-    Found(Template),
+    /// SentDM has it (boxed: a template is hundreds of bytes, `Unknown` none).
+    Found(Box<Template>),
     /// SentDM knows no such template; the send goes on and SentDM's own answer (404)
     /// reaches the caller, as before.
     Unknown,
@@ -46,7 +46,7 @@ impl TemplateCache {
             (None, None) => return Ok(Lookup::Unknown),
         };
         if let Some(t) = self.fresh(&key) {
-            return Ok(Lookup::Found(t));
+            return Ok(Lookup::Found(Box::new(t)));
         }
         let found = match (&template.id, &template.name) {
             (Some(id), _) => match client.get_template(id).await {
@@ -82,7 +82,7 @@ impl TemplateCache {
             entries.clear();
         }
         entries.insert(key, (Instant::now(), t.clone()));
-        Ok(Lookup::Found(t))
+        Ok(Lookup::Found(Box::new(t)))
     }
 
     fn fresh(&self, key: &str) -> Option<Template> {
