@@ -220,22 +220,30 @@ pub const DEFAULT_LOG_FILTER: &str =
 
 /// Logs to stderr: human-readable by default, JSON lines with
 /// `GRAPHAGENT_LOG_FORMAT=json`; level from `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
-/// Colour only when stderr is a terminal and `NO_COLOR` is unset.
+/// Colour only when stderr is a terminal and `NO_COLOR` is unset. The subscriber carries
+/// the slot a host fills when `GRAPHAGENT_OTLP_ENDPOINT` is set (the level filter applies
+/// to exported spans too).
 pub fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = std::env::var("GRAPHAGENT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (slot, handle) = crate::telemetry::otlp::slot();
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(slot).with(filter);
     // A second init (tests, embedding) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
+    let installed = if json {
+        registry.with(fmt.json()).try_init()
     } else {
-        builder.try_init()
+        registry.with(fmt).try_init()
     };
+    if installed.is_ok() {
+        handle.activate();
+    }
 }

@@ -473,6 +473,7 @@ impl GraphTxn {
 
     /// Commit; a [`GraphErrorKind::Conflict`] means another writer got there first and
     /// the whole transaction (reads included) should be run again.
+    #[tracing::instrument(name = "graph.commit", skip_all)]
     pub async fn commit(mut self) -> GraphResult<()> {
         self.graph.check_outage()?;
         match self.txn.take() {

@@ -133,6 +133,14 @@ impl HostBuilder {
             ),
             None => None,
         };
+        // First, so the spans of loading the agents are exported too.
+        let traces = match &settings.telemetry.otlp_endpoint {
+            Some(endpoint) => {
+                crate::telemetry::otlp::start(endpoint, &settings.telemetry.otlp_service_name)
+                    .map_err(|m| SettingsErrors(vec![Source::new().error("otlp_endpoint", m)]))?
+            }
+            None => None,
+        };
         let graph = Graph::connect(&settings.graph_url, &settings.graph).await?;
         let auth = Arc::new(Auth::new(graph.clone(), &settings.auth).await?);
         let keys: Arc<dyn ScopedKeys> = auth.clone();
@@ -175,6 +183,7 @@ impl HostBuilder {
             server: settings.server,
             webhooks,
             metrics_refresh: settings.telemetry.metrics_refresh,
+            traces,
         })
     }
 }
@@ -188,6 +197,8 @@ pub struct Host {
     server: ServerSettings,
     webhooks: Arc<Webhooks>,
     metrics_refresh: std::time::Duration,
+    /// The OTLP exporter, when `GRAPHAGENT_OTLP_ENDPOINT` is set; flushed on stop.
+    traces: Option<crate::telemetry::otlp::OtlpTraces>,
 }
 
 impl Host {
@@ -222,7 +233,7 @@ impl Host {
     /// still open after it are closed, attempts still running are abandoned (their lease
     /// expires and they run again later). Then close the graph.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HostError> {
@@ -270,7 +281,12 @@ impl Host {
             }
         }
         tracing::info!("server stopped; closing the graph");
+        let traces = self.traces.take();
         drop(self);
+        // Last, so the spans of the shutdown itself are in the final export.
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! Process metrics in Prometheus text format: the recorder every crate's `metrics::…!`
 //! calls land in, its rendering for `/metrics`, the gauges counted from the graph on an
-//! interval, and the settings for both (names and meanings in `docs/metrics.md`).
+//! interval, and the settings for both (names and meanings in `docs/metrics.md`); the
+//! optional OTLP trace export is [`otlp`].
+
+pub mod otlp;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,7 +22,7 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// Fold batch sizes (events): one up to the writer's largest batch.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// `/metrics` and the gauges behind it.
+/// `/metrics` and the gauges behind it; the OTLP trace export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetrySettings {
     /// Serve `/metrics` (`GRAPHAGENT_METRICS_ENABLED`).
@@ -27,6 +30,12 @@ pub struct TelemetrySettings {
     /// How often gauges that need a graph query are recounted
     /// (`GRAPHAGENT_METRICS_REFRESH_SECS`).
     pub metrics_refresh: Duration,
+    /// Base URL of an OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`; spans go to its
+    /// `/v1/traces` (`GRAPHAGENT_OTLP_ENDPOINT`). `None`: no traces are exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (`GRAPHAGENT_OTLP_SERVICE_NAME`), to tell
+    /// apps built on the host apart in one collector.
+    pub otlp_service_name: String,
 }
 
 impl Default for TelemetrySettings {
@@ -34,6 +43,8 @@ impl Default for TelemetrySettings {
         Self {
             metrics_enabled: true,
             metrics_refresh: Duration::from_secs(15),
+            otlp_endpoint: None,
+            otlp_service_name: "graphagent".to_owned(),
         }
     }
 }
@@ -43,6 +54,8 @@ impl TelemetrySettings {
     pub const KEYS: &'static [Key] = &[
         Key::plain("metrics_enabled"),
         Key::plain("metrics_refresh_secs"),
+        Key::plain("otlp_endpoint"),
+        Key::plain("otlp_service_name"),
     ];
 
     /// Settings from `source` over the defaults, checked.
@@ -54,21 +67,56 @@ impl TelemetrySettings {
             metrics_refresh: f
                 .whole("metrics_refresh_secs", "seconds")
                 .map_or(d.metrics_refresh, Duration::from_secs),
+            otlp_endpoint: f.text("otlp_endpoint").filter(|t| !t.trim().is_empty()),
+            otlp_service_name: f.text("otlp_service_name").unwrap_or(d.otlp_service_name),
         };
         f.checked(s, |s| s.validate(source))
     }
 
     /// Range checks, named as `source` has them.
     pub fn validate(&self, source: &Source) -> Vec<SettingError> {
+        let mut errors = Vec::new();
         let secs = self.metrics_refresh.as_secs();
         if self.metrics_refresh.is_zero() || secs > 3600 {
-            return vec![source.error(
+            errors.push(source.error(
                 "metrics_refresh_secs",
                 format!("expected 1 to 3600 seconds, got {secs}"),
-            )];
+            ));
         }
-        Vec::new()
+        if let Some(url) = &self.otlp_endpoint
+            && let Err(message) = otlp_endpoint(url)
+        {
+            errors.push(source.error("otlp_endpoint", message));
+        }
+        let name = self.otlp_service_name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            errors.push(source.error(
+                "otlp_service_name",
+                "expected a name of 1 to 128 printable characters",
+            ));
+        }
+        errors
     }
+}
+
+/// `url` checked as an OTLP/HTTP collector base: `http(s)://host[:port][/path]`, no
+/// credentials (collectors take those in headers), no query or fragment (`/v1/traces`
+/// is appended to it).
+pub fn otlp_endpoint(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected an http(s) URL such as http://127.0.0.1:4318";
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|_| format!("{EXPECTED}, got `{url}`"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // The value is not shown: it holds credentials.
+        return Err(format!("{EXPECTED} without credentials in it"));
+    }
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none_or(str::is_empty)
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(format!("{EXPECTED}, got `{url}`"));
+    }
+    Ok(())
 }
 
 /// The process's Prometheus recorder, installed on first use. Metrics are per process
@@ -175,6 +223,45 @@ mod tests {
         let s = TelemetrySettings::from_source(&source).unwrap();
         assert!(!s.metrics_enabled);
         assert_eq!(s.metrics_refresh, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn otlp_endpoint_is_an_http_url_or_unset() {
+        let s = TelemetrySettings::from_source(&Source::new()).unwrap();
+        assert_eq!(s.otlp_endpoint, None);
+        let mut source = Source::new();
+        source.set_env("otlp_endpoint", "http://127.0.0.1:4318/");
+        let s = TelemetrySettings::from_source(&source).unwrap();
+        assert_eq!(
+            otlp::traces_url(s.otlp_endpoint.as_deref().unwrap()),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        for bad in [
+            "127.0.0.1:4318",
+            "grpc://collector:4317",
+            "http://collector:4318?token=x",
+        ] {
+            let mut source = Source::new();
+            source.set_env("otlp_endpoint", bad);
+            let e = TelemetrySettings::from_source(&source).unwrap_err();
+            assert!(e.to_string().contains("GRAPHAGENT_OTLP_ENDPOINT"), "{e}");
+        }
+        let mut source = Source::new();
+        source.set_env("otlp_endpoint", "https://user:hunter2@collector");
+        let e = TelemetrySettings::from_source(&source)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without credentials") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let mut source = Source::new();
+        source.set_env("otlp_service_name", &"n".repeat(129));
+        let e = TelemetrySettings::from_source(&source).unwrap_err();
+        assert!(
+            e.to_string().contains("GRAPHAGENT_OTLP_SERVICE_NAME"),
+            "{e}"
+        );
     }
 
     #[test]

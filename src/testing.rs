@@ -51,12 +51,22 @@ pub fn test_settings(config: Option<PathBuf>, graph_url: &str) -> Settings {
     s
 }
 
-/// Log to the test's output (once per process; later calls do nothing).
+/// Log to the test's output (once per process; later calls do nothing), with the slot a
+/// host with `otlp_endpoint` set exports its spans through.
 pub fn init_test_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,surrealdb=warn,surrealdb_core=warn")
-        .with_test_writer()
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (slot, handle) = crate::telemetry::otlp::slot();
+    let installed = tracing_subscriber::registry()
+        .with(slot)
+        .with(tracing_subscriber::EnvFilter::new(
+            "info,surrealdb=warn,surrealdb_core=warn",
+        ))
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
         .try_init();
+    if installed.is_ok() {
+        handle.activate();
+    }
 }
 
 /// Log in to the host at `base` (e.g. a `graphagent serve` a test started as a process):

@@ -42,16 +42,20 @@ pub async fn track(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
+    // No query string or concrete path in it: SentDM's `?key=` is a credential.
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         request_id = %id.to_str().unwrap_or_default(),
         method = %method,
         route = %route,
+        http.status_code = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.status_code", status);
     span.in_scope(|| {
         tracing::info!(
             status,

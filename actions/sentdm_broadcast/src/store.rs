@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 use crate::inbound;
@@ -111,7 +112,8 @@ impl FoldScope {
 pub struct FoldWriter {
     /// One queue per shard; a record always maps to the same shard, so its events stay
     /// in one writer's order while other records' batches commit in parallel.
-    shards: Vec<mpsc::Sender<(FoldEvent, Reply)>>,
+    /// Each event travels with the span it was applied in, which its batch's span links.
+    shards: Vec<mpsc::Sender<(FoldEvent, Reply, tracing::Span)>>,
 }
 
 impl FoldWriter {
@@ -125,7 +127,7 @@ impl FoldWriter {
     ) -> Self {
         let shards = (0..writers.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel::<(FoldEvent, Reply)>(MAX_BATCH * 8);
+                let (tx, rx) = mpsc::channel::<(FoldEvent, Reply, tracing::Span)>(MAX_BATCH * 8);
                 tokio::spawn(run_writer(
                     graph.clone(),
                     publisher.clone(),
@@ -148,7 +150,7 @@ impl FoldWriter {
         let (reply, wait) = oneshot::channel();
         let shard = (fxhash(event.rid.as_bytes()) % self.shards.len() as u64) as usize;
         self.shards[shard]
-            .send((event, reply))
+            .send((event, reply, tracing::Span::current()))
             .await
             .map_err(|_| writer_gone())?;
         wait.await.map_err(|_| writer_gone())?
@@ -173,19 +175,26 @@ async fn run_writer(
     graph: Graph,
     publisher: EventPublisher,
     scope: FoldScope,
-    mut rx: mpsc::Receiver<(FoldEvent, Reply)>,
+    mut rx: mpsc::Receiver<(FoldEvent, Reply, tracing::Span)>,
 ) {
-    let mut batch: Vec<(FoldEvent, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(FoldEvent, Reply, tracing::Span)> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<FoldEvent> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A root span (the writer outlives every request); linked to the spans of the
+        // requests whose events it folds, which are still open: they await this reply.
+        let span = tracing::info_span!(parent: None, "sentdm.fold.batch", events = batch.len());
         let replies: Vec<Reply> = batch
             .drain(..)
-            .map(|(event, reply)| {
+            .map(|(event, reply, from)| {
+                span.follows_from(&from);
                 events.push(event);
                 reply
             })
             .collect();
-        match apply_batch(&graph, &scope, &events).await {
+        match apply_batch(&graph, &scope, &events)
+            .instrument(span.clone())
+            .await
+        {
             Ok(outcomes) => {
                 if outcomes.iter().any(|o| o.changed) {
                     publisher.notify();
@@ -198,6 +207,7 @@ async fn run_writer(
                 // One bad event must not fail its neighbours: apply them one by one.
                 for (event, reply) in events.iter().zip(replies) {
                     let result = apply_batch(&graph, &scope, std::slice::from_ref(event))
+                        .instrument(span.clone())
                         .await
                         .and_then(|mut o| o.pop().ok_or_else(decode_error));
                     if result.as_ref().is_ok_and(|o| o.changed) {
@@ -530,6 +540,7 @@ impl<'a> Folded<'a> {
 /// again from its read (invariant 3: no lost updates). Duplicates are found by their
 /// key on the record itself (`event_keys`), checked and written in the same
 /// transaction (invariant 2).
+#[tracing::instrument(name = "sentdm.fold.apply", skip_all, fields(events = events.len()))]
 pub async fn apply_batch(
     graph: &Graph,
     scope: &FoldScope,
@@ -669,7 +680,10 @@ async fn fold_in(
             kind: graphagent::graph::GraphErrorKind::Decode,
             message: format!("fold rows: {e}"),
         })?;
-        txn.query(&FOLD_WRITE, vars).await?;
+        // The records and the outbox rows go in one statement: this span is the fold's
+        // outbox insert.
+        let span = tracing::info_span!("sentdm.fold.write", outbox.rows = writes.outbox.len());
+        txn.query(&FOLD_WRITE, vars).instrument(span).await?;
     }
     Ok(outcomes)
 }
@@ -1160,6 +1174,7 @@ impl Store {
     }
 
     /// Put one outbound event in the outbox on its own (for facts with no other write).
+    #[tracing::instrument(name = "outbox.insert", skip_all)]
     pub async fn emit(&self, outbox: &Value) -> Result<(), GraphError> {
         self.graph
             .query(INSERT_OUTBOX, json!({"outbox": [outbox]}))

@@ -17,7 +17,7 @@ const MAX_TEMPLATES: usize = 256;
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    /// SentDM has it.
+    /// SentDM has it (boxed: a template is hundreds of bytes, `Unknown` none).
     Found(Box<Template>),
     /// SentDM knows no such template; the send goes on and SentDM's own answer (404)
     /// reaches the caller, as before.

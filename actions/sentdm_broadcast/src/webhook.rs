@@ -605,9 +605,12 @@ fn verify(verifier: &Verifier, parts: &SignedParts<'_>, body: &[u8]) -> Result<(
         return Err("x-webhook-id is not this action's webhook".into());
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    verifier
-        .secret
-        .verify(parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+    tracing::info_span!("sentdm.webhook.verify")
+        .in_scope(|| {
+            verifier
+                .secret
+                .verify(parts, body, now, signing::DEFAULT_TOLERANCE_SECS)
+        })
         .map_err(|e| e.to_string())
 }
 

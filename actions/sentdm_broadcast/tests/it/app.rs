@@ -39,6 +39,8 @@ pub struct AppOptions<'a> {
     pub port: Option<u16>,
     /// Tell the host its public URL (without it no webhook is registered).
     pub public_url: bool,
+    /// `GRAPHAGENT_OTLP_ENDPOINT` (none: no trace export).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for AppOptions<'_> {
@@ -49,6 +51,7 @@ impl Default for AppOptions<'_> {
             graph_url: None,
             port: None,
             public_url: true,
+            otlp_endpoint: None,
         }
     }
 }
@@ -79,6 +82,7 @@ impl App {
         let graph_url = o.graph_url.clone().unwrap_or_else(|| "mem://".into());
         let mut settings = test_settings(Some(config), &graph_url);
         settings.public_base_url = o.public_url.then(|| base.clone());
+        settings.telemetry.otlp_endpoint = o.otlp_endpoint.clone();
         // Outbound webhooks to receivers on loopback, retried within milliseconds.
         settings.webhooks.allow_http_loopback = true;
         settings.webhooks.retry_schedule = vec![Duration::from_millis(50); 3];

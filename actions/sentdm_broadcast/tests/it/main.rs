@@ -6,4 +6,5 @@ mod app;
 mod checks;
 mod metrics;
 mod openapi;
+mod tracing;
 mod util;
