@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
+use surrealdb::engine::local::Db;
 use surrealdb::types::QueryError;
 
 use crate::settings_source::{Fields, Key, SettingError, SettingsErrors, Source};
@@ -99,9 +100,10 @@ pub fn keyed_row<T: serde::Serialize>(key: &str, value: &T) -> Value {
 /// Result alias for graph operations.
 pub type GraphResult<T> = Result<T, GraphError>;
 
-/// Connection options beyond the URL (used for `ws://` / `wss://` servers). The
-/// password's `Debug` is redacted.
-#[derive(Debug, Clone, Default)]
+/// Connection options beyond the URL: credentials and names for `ws://` / `wss://`
+/// servers, memory sizes for the embedded `surrealkv://` store. The password's `Debug`
+/// is redacted.
+#[derive(Debug, Clone)]
 pub struct GraphOptions {
     /// Root user name (`GRAPHAGENT_GRAPH_USER`).
     pub username: Option<String>,
@@ -111,6 +113,37 @@ pub struct GraphOptions {
     pub namespace: Option<String>,
     /// Database (`GRAPHAGENT_GRAPH_DB`, default `main`).
     pub database: Option<String>,
+    /// Embedded SurrealKV only: MiB of decoded blocks kept in memory
+    /// (`GRAPHAGENT_GRAPH_BLOCK_CACHE_MB`, default 64). SurrealKV's own default is half
+    /// the machine's memory.
+    pub block_cache_mb: u64,
+    /// Embedded SurrealKV only: MiB of writes held in memory before they are flushed to
+    /// a table file (`GRAPHAGENT_GRAPH_MEMTABLE_MB`, default 32). One transaction must
+    /// fit in it. SurrealKV's own default is 1 GiB on a 16–64 GiB machine.
+    pub memtable_mb: u64,
+}
+
+/// Default [`GraphOptions::block_cache_mb`].
+pub const DEFAULT_BLOCK_CACHE_MB: u64 = 64;
+/// Default [`GraphOptions::memtable_mb`].
+pub const DEFAULT_MEMTABLE_MB: u64 = 32;
+/// Accepted block cache sizes, MiB.
+const BLOCK_CACHE_MB: std::ops::RangeInclusive<u64> = 1..=1_048_576;
+/// Accepted memtable sizes, MiB: the largest transaction the host writes (a send's
+/// records, a fold batch) is a few MiB.
+const MEMTABLE_MB: std::ops::RangeInclusive<u64> = 8..=16_384;
+
+impl Default for GraphOptions {
+    fn default() -> Self {
+        Self {
+            username: None,
+            password: None,
+            namespace: None,
+            database: None,
+            block_cache_mb: DEFAULT_BLOCK_CACHE_MB,
+            memtable_mb: DEFAULT_MEMTABLE_MB,
+        }
+    }
 }
 
 impl GraphOptions {
@@ -120,23 +153,71 @@ impl GraphOptions {
         Key::secret("graph_password"),
         Key::plain("graph_ns"),
         Key::plain("graph_db"),
+        Key::plain("graph_block_cache_mb"),
+        Key::plain("graph_memtable_mb"),
     ];
 
-    /// Options from `source` (`GRAPHAGENT_GRAPH_*`); plain text, so nothing to refuse.
+    /// Options from `source` (`GRAPHAGENT_GRAPH_*`); a size that is not a whole number
+    /// of MiB in its range is refused, naming the setting.
     pub fn from_source(source: &Source) -> Result<Self, SettingsErrors> {
-        let f = Fields::new(source, Self::KEYS);
-        Ok(Self {
+        let mut f = Fields::new(source, Self::KEYS);
+        let defaults = Self::default();
+        let block_cache_mb = f
+            .whole("graph_block_cache_mb", "MiB")
+            .unwrap_or(defaults.block_cache_mb);
+        let memtable_mb = f
+            .whole("graph_memtable_mb", "MiB")
+            .unwrap_or(defaults.memtable_mb);
+        let options = Self {
             username: f.text("graph_user"),
             password: f.text("graph_password").map(SecretString::from),
             namespace: f.text("graph_ns"),
             database: f.text("graph_db"),
-        })
+            block_cache_mb,
+            memtable_mb,
+        };
+        f.checked(options, |o| o.size_problems(source))
+    }
+
+    /// Sizes outside their ranges.
+    fn size_problems(&self, source: &Source) -> Vec<SettingError> {
+        let mut errors = Vec::new();
+        for (key, value, range) in [
+            ("graph_block_cache_mb", self.block_cache_mb, BLOCK_CACHE_MB),
+            ("graph_memtable_mb", self.memtable_mb, MEMTABLE_MB),
+        ] {
+            if !range.contains(&value) {
+                errors.push(source.error(
+                    key,
+                    format!(
+                        "expected {} to {} MiB, got {value}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// The embedded store's settings, under the names SurrealKV reads.
+    fn store_config(&self) -> surrealdb_cnf::ConfigMap {
+        const MIB: u64 = 1024 * 1024;
+        surrealdb_cnf::ConfigMap::empty()
+            .with_key_value(
+                "surrealkv_block_cache_capacity",
+                (self.block_cache_mb * MIB).to_string(),
+            )
+            .with_key_value(
+                "surrealkv_max_memtable_size",
+                (self.memtable_mb * MIB).to_string(),
+            )
     }
 
     /// What makes `url` with these options unusable, before anything is opened: an
     /// unknown engine, or a server with only one of user and password.
     pub fn validate(&self, url: &str, source: &Source) -> Vec<SettingError> {
-        let mut errors = Vec::new();
+        let mut errors = self.size_problems(source);
         match engine(url) {
             Err(message) => errors.push(source.error("graph_url", message)),
             Ok(Engine::Remote) => match (&self.username, &self.password) {
@@ -189,7 +270,7 @@ pub struct Graph {
 }
 
 struct GraphInner {
-    db: Surreal<Any>,
+    db: Conn,
     url: String,
     /// Fault injection for outage tests and drills: when set, every call fails as
     /// `Unavailable` without reaching the database.
@@ -215,7 +296,6 @@ impl Graph {
             let message = SettingsErrors(problems).to_string();
             return Err(GraphError::new(GraphErrorKind::Config, message));
         }
-        let remote = engine(url) == Ok(Engine::Remote);
         if let Some(path) = url.strip_prefix("surrealkv://")
             && let Some(parent) = Path::new(path).parent()
             && !parent.as_os_str().is_empty()
@@ -228,8 +308,10 @@ impl Graph {
             })?;
         }
         let root = options.username.as_ref().zip(options.password.as_ref());
-        let db = connect_engine(url).await?;
-        if remote && let Some((username, password)) = root {
+        let db = connect_engine(url, options).await?;
+        if let Conn::Remote(db) = &db
+            && let Some((username, password)) = root
+        {
             db.signin(surrealdb::opt::auth::Root {
                 username: username.clone(),
                 password: password.expose_secret().to_owned(),
@@ -258,7 +340,7 @@ impl Graph {
         // conflict. Selecting again is harmless.
         let mut attempt = 0;
         loop {
-            match db.use_ns(ns.as_str()).use_db(database.as_str()).await {
+            match db.use_ns_db(&ns, &database).await {
                 Ok(_) => break,
                 Err(e) => {
                     let e = GraphError::from_db(e);
@@ -297,11 +379,10 @@ impl Graph {
     /// result as JSON. The first failing statement's error is returned.
     pub async fn query(&self, sql: &str, vars: Value) -> GraphResult<Vec<Value>> {
         self.check_outage()?;
-        let mut query = self.inner.db.query(sql);
-        if !vars.is_null() {
-            query = query.bind(vars);
+        match &self.inner.db {
+            Conn::Local(db) => run(db.query(sql), vars).await,
+            Conn::Remote(db) => run(db.query(sql), vars).await,
         }
-        collect(query.await.map_err(GraphError::from_db)?)
     }
 
     /// Start an interactive transaction: statements run one call at a time, so the
@@ -311,13 +392,10 @@ impl Graph {
     /// retries the whole transaction.
     pub async fn begin(&self) -> GraphResult<GraphTxn> {
         self.check_outage()?;
-        let txn = self
-            .inner
-            .db
-            .clone()
-            .begin()
-            .await
-            .map_err(GraphError::from_db)?;
+        let txn = match &self.inner.db {
+            Conn::Local(db) => Txn::Local(db.clone().begin().await.map_err(GraphError::from_db)?),
+            Conn::Remote(db) => Txn::Remote(db.clone().begin().await.map_err(GraphError::from_db)?),
+        };
         Ok(GraphTxn {
             txn: Some(txn),
             graph: self.clone(),
@@ -450,8 +528,42 @@ fn collect(mut response: surrealdb::IndexedResults) -> GraphResult<Vec<Value>> {
 /// An open interactive transaction (see [`Graph::begin`]). Dropping it without
 /// [`commit`](Self::commit) cancels it.
 pub struct GraphTxn {
-    txn: Option<surrealdb::method::Transaction<Any>>,
+    txn: Option<Txn>,
     graph: Graph,
+}
+
+/// The open connection: the embedded store is opened by this module (to set its
+/// sizes), a server through the SDK's URL dispatch.
+enum Conn {
+    Local(Surreal<Db>),
+    Remote(Surreal<Any>),
+}
+
+impl Conn {
+    async fn use_ns_db(&self, ns: &str, db: &str) -> Result<(), surrealdb::Error> {
+        match self {
+            Conn::Local(c) => c.use_ns(ns).use_db(db).await.map(drop),
+            Conn::Remote(c) => c.use_ns(ns).use_db(db).await.map(drop),
+        }
+    }
+}
+
+enum Txn {
+    Local(surrealdb::method::Transaction<Db>),
+    Remote(surrealdb::method::Transaction<Any>),
+}
+
+/// Bind `vars` (unless null) and run.
+async fn run<C: surrealdb::Connection>(
+    query: surrealdb::method::Query<'_, C>,
+    vars: Value,
+) -> GraphResult<Vec<Value>> {
+    let query = if vars.is_null() {
+        query
+    } else {
+        query.bind(vars)
+    };
+    collect(query.await.map_err(GraphError::from_db)?)
 }
 
 impl GraphTxn {
@@ -464,11 +576,10 @@ impl GraphTxn {
                 "transaction already ended",
             ));
         };
-        let mut query = txn.query(sql);
-        if !vars.is_null() {
-            query = query.bind(vars);
+        match txn {
+            Txn::Local(t) => run(t.query(sql), vars).await,
+            Txn::Remote(t) => run(t.query(sql), vars).await,
         }
-        collect(query.await.map_err(GraphError::from_db)?)
     }
 
     /// Commit; a [`GraphErrorKind::Conflict`] means another writer got there first and
@@ -477,7 +588,8 @@ impl GraphTxn {
     pub async fn commit(mut self) -> GraphResult<()> {
         self.graph.check_outage()?;
         match self.txn.take() {
-            Some(txn) => txn.commit().await.map(|_| ()).map_err(GraphError::from_db),
+            Some(Txn::Local(t)) => t.commit().await.map(drop).map_err(GraphError::from_db),
+            Some(Txn::Remote(t)) => t.commit().await.map(drop).map_err(GraphError::from_db),
             None => Err(GraphError::new(
                 GraphErrorKind::Query,
                 "transaction already ended",
@@ -492,7 +604,10 @@ impl Drop for GraphTxn {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = txn.cancel().await;
+                let _ = match txn {
+                    Txn::Local(t) => t.cancel().await.map(drop),
+                    Txn::Remote(t) => t.cancel().await.map(drop),
+                };
             });
         }
     }
@@ -505,7 +620,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// of ours that is still closing.
 static OPENED_HERE: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
 
-async fn connect_engine(url: &str) -> GraphResult<Surreal<Any>> {
+async fn connect_engine(url: &str, options: &GraphOptions) -> GraphResult<Conn> {
     // The embedded engine shuts its store down in a background task after the last
     // handle is dropped, so a reopen in the same process can briefly find the store
     // locked. Wait for that rather than fail. A store this process never opened is
@@ -513,14 +628,14 @@ async fn connect_engine(url: &str) -> GraphResult<Surreal<Any>> {
     let ours = OPENED_HERE.lock().is_ok_and(|o| o.contains(url));
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
-        match surrealdb::engine::any::connect(url).await {
+        match open(url, options).await {
             Ok(db) => {
                 if let Ok(mut opened) = OPENED_HERE.lock() {
                     opened.insert(url.to_owned());
                 }
                 return Ok(db);
             }
-            Err(e) if e.message().contains("already locked") && !ours => {
+            Err(e) if e.contains("already locked") && !ours => {
                 return Err(GraphError::new(
                     GraphErrorKind::Unavailable,
                     format!(
@@ -530,20 +645,46 @@ async fn connect_engine(url: &str) -> GraphResult<Surreal<Any>> {
                     ),
                 ));
             }
-            Err(e)
-                if e.message().contains("already locked")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(e) if e.contains("already locked") && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => {
-                return Err(GraphError::new(
-                    GraphErrorKind::Unavailable,
-                    e.message().to_owned(),
-                ));
-            }
+            Err(e) => return Err(GraphError::new(GraphErrorKind::Unavailable, e)),
         }
     }
+}
+
+/// Open `url`: the embedded engines here, with the sizes in `options`; a server through
+/// the SDK. The error is the engine's message.
+async fn open(url: &str, options: &GraphOptions) -> Result<Conn, String> {
+    let path = if let Some(path) = url.strip_prefix("surrealkv://") {
+        format!("surrealkv://{path}")
+    } else if url.starts_with("mem://") || url == "memory" {
+        "memory".to_owned()
+    } else {
+        return surrealdb::engine::any::connect(url)
+            .await
+            .map(Conn::Remote)
+            .map_err(|e| e.message().to_owned());
+    };
+    // What `surrealdb::engine::local` does on connect, plus the settings map: build
+    // without the maintenance tasks, settle the storage version, then start them
+    // (a task's write before the version key would make a new store look old).
+    let datastore = surrealdb_engine_local::Datastore::builder()
+        .with_config(options.store_config())
+        .without_maintenance_tasks()
+        .build_with_path(&path)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    datastore
+        .check_version()
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    datastore.bootstrap().await.map_err(|e| format!("{e:#}"))?;
+    datastore.start_maintenance_tasks();
+    Surreal::<Db>::unstable_from_datastore(datastore, None)
+        .await
+        .map(Conn::Local)
+        .map_err(|e| e.message().to_owned())
 }
 
 /// Deserialize a statement result (an array of rows, or one value) into rows.
@@ -723,6 +864,73 @@ mod tests {
                 .starts_with("GRAPHAGENT_GRAPH_USER: expected")
         );
         assert!(!e[0].to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn store_sizes_are_settings_in_mib_with_checked_ranges() {
+        let defaults = GraphOptions::from_source(&Source::new()).expect("defaults");
+        assert_eq!(
+            (defaults.block_cache_mb, defaults.memtable_mb),
+            (DEFAULT_BLOCK_CACHE_MB, DEFAULT_MEMTABLE_MB)
+        );
+        let mut source = Source::new();
+        source.set_env("graph_block_cache_mb", "256");
+        source.set_env("graph_memtable_mb", "16");
+        let set = GraphOptions::from_source(&source).expect("sizes");
+        assert_eq!((set.block_cache_mb, set.memtable_mb), (256, 16));
+        let config = set.store_config();
+        let (mut cache, mut memtable) = (0u64, 0u64);
+        config
+            .parse_key("surrealkv_block_cache_capacity", &mut cache)
+            .parse_key("surrealkv_max_memtable_size", &mut memtable);
+        assert_eq!((cache, memtable), (256 << 20, 16 << 20));
+
+        let mut source = Source::new();
+        source.set_env("graph_block_cache_mb", "lots");
+        source.set_env("graph_memtable_mb", "4");
+        let errors = GraphOptions::from_source(&source)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            errors.contains("GRAPHAGENT_GRAPH_BLOCK_CACHE_MB: expected a whole number of MiB"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("GRAPHAGENT_GRAPH_MEMTABLE_MB: expected 8 to 16384 MiB, got 4"),
+            "{errors}"
+        );
+    }
+
+    /// A transaction larger than the memtable is refused by SurrealKV, so a write that
+    /// fits the default but not a small setting shows the setting reached the engine.
+    #[tokio::test]
+    async fn the_memtable_setting_reaches_the_embedded_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = "FOR $i IN 0..12 { CREATE blob SET data = string::repeat('x', 1048576) }";
+        let small = GraphOptions {
+            memtable_mb: 8,
+            ..GraphOptions::default()
+        };
+        let url = format!("surrealkv://{}", dir.path().join("small").display());
+        let g = Graph::connect(&url, &small).await.expect("open small");
+        let err = g
+            .transaction(write, Value::Null)
+            .await
+            .expect_err("12 MiB in one transaction does not fit an 8 MiB memtable");
+        assert!(err.message.contains("Memtable arena is full"), "{err}");
+
+        let url = format!("surrealkv://{}", dir.path().join("default").display());
+        let g = Graph::connect(&url, &GraphOptions::default())
+            .await
+            .expect("open default");
+        g.transaction(write, Value::Null)
+            .await
+            .expect("12 MiB fits the default 32 MiB memtable");
+        let n = g
+            .query("SELECT count() FROM blob GROUP ALL", Value::Null)
+            .await
+            .expect("count");
+        assert_eq!(n[0], json!([{"count": 12}]));
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl SurrealServer {
             password: Some(SURREAL_PASSWORD.into()),
             namespace: Some("graphagent_it".to_owned()),
             database: Some(database.to_owned()),
+            ..GraphOptions::default()
         }
     }
 
