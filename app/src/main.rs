@@ -82,8 +82,11 @@ fn main() -> ExitCode {
         // instead of panicking in `println!`. Not the server: it must outlive its peers.
         sigpipe::reset();
     }
+    // The embedded SurrealDB engine runs each query on the calling task's stack; a debug
+    // build needs more than tokio's default 2 MiB for some of them.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(runtime) => runtime,
