@@ -643,4 +643,68 @@ mod tests {
             1
         );
     }
+    /// Two workers (replicas) fanning out the same events at once, each leasing the
+    /// deliveries to itself: exactly one of them marks each event and gets its
+    /// deliveries; the other gets none and the rows carry the winner's lease.
+    #[tokio::test]
+    async fn concurrent_fan_outs_lease_each_delivery_to_one_worker() {
+        let graph = Graph::memory().await.expect("graph");
+        let w = service(&graph).await;
+        let sub = json!({"id": "sub_1", "key": "sub_1", "url": "https://example.com/h",
+            "event_types": [], "enabled": true, "secret": new_secret(),
+            "created_ms": 0, "updated_ms": 0});
+        graph
+            .query("INSERT INTO webhook_subscription $s;", json!({"s": sub}))
+            .await
+            .expect("sub");
+        let publisher = EventPublisher::default();
+        let rows: Vec<Value> = (0..20)
+            .map(|i| {
+                publisher
+                    .event("webhook.test", "agt", "act", json!({"i": i}))
+                    .row()
+            })
+            .collect();
+        graph
+            .query(crate::outbox::INSERT_OUTBOX, json!({"outbox": rows}))
+            .await
+            .expect("events");
+        // Both read the same pending events before either writes, as two replicas can.
+        let store = w.store();
+        let mut fans = Vec::new();
+        for lease in ["lease-a", "lease-b"] {
+            let mut fan = store
+                .pending_fan_out()
+                .await
+                .expect("read")
+                .expect("events");
+            for d in &mut fan.deliveries {
+                d.lease = lease.to_owned();
+                d.locked_until = i64::MAX;
+            }
+            fans.push(fan);
+        }
+        let (a, b) = tokio::join!(
+            store.commit_fan_out(&fans[0]),
+            store.commit_fan_out(&fans[1])
+        );
+        let (a, b) = (a.expect("commit a"), b.expect("commit b"));
+        assert_eq!(a.len() + b.len(), 20, "every event marked by one of them");
+        assert!(a.is_disjoint(&b), "no event marked by both");
+        let by_lease = |lease: &'static str| {
+            let graph = graph.clone();
+            async move {
+                count(
+                    &graph,
+                    &format!(
+                        "RETURN count(SELECT id FROM webhook_delivery WHERE lease = '{lease}');"
+                    ),
+                )
+                .await
+            }
+        };
+        assert_eq!(by_lease("lease-a").await, a.len() as u64);
+        assert_eq!(by_lease("lease-b").await, b.len() as u64);
+        assert_eq!(w.store().fan_out().await.expect("nothing left"), 0);
+    }
 }

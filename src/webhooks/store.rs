@@ -2,6 +2,8 @@
 //! subscriptions, deliveries, attempts and the outbox, each guarded so that replicas
 //! sharing one graph never double a delivery.
 
+use std::collections::HashSet;
+
 use serde_json::{Value, json};
 
 use super::retry::Settled;
@@ -11,7 +13,7 @@ use crate::outbox::OutboxEvent;
 use crate::time::now_ms;
 
 /// Outbox events turned into deliveries per transaction.
-const FAN_OUT_BATCH: usize = 100;
+const FAN_OUT_BATCH: usize = 256;
 /// Rows changed per statement by the cleaners.
 const CLEAN_BATCH: usize = 500;
 
@@ -113,6 +115,13 @@ pub(crate) struct DisablePolicy {
     pub reason: String,
 }
 
+/// Outbox events to fan out, with the subscriptions and deliveries they make.
+pub(crate) struct FanOut {
+    pub events: Vec<OutboxEvent>,
+    pub subs: Vec<SubRow>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
 /// The webhook tables of one graph. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct DeliveryStore {
@@ -195,9 +204,21 @@ impl DeliveryStore {
         }
     }
 
-    /// Turn unfanned outbox events into deliveries; returns how many events were handled.
-    #[tracing::instrument(skip_all)]
+    /// Turn unfanned outbox events into deliveries, none leased; returns how many events
+    /// were handled.
     pub(crate) async fn fan_out(&self) -> GraphResult<usize> {
+        let Some(fan) = self.pending_fan_out().await? else {
+            return Ok(0);
+        };
+        self.commit_fan_out(&fan).await?;
+        Ok(fan.events.len())
+    }
+
+    /// The oldest unfanned outbox events, the enabled subscriptions, and the deliveries
+    /// they make (written by [`commit_fan_out`](Self::commit_fan_out), which the caller
+    /// may have leased first). Reads only.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn pending_fan_out(&self) -> GraphResult<Option<FanOut>> {
         let events: Vec<OutboxEvent> = self
             .graph
             .query_rows(
@@ -207,7 +228,7 @@ impl DeliveryStore {
             )
             .await?;
         if events.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let subs: Vec<SubRow> = self
             .graph
@@ -218,29 +239,74 @@ impl DeliveryStore {
             )
             .await?;
         let now = now_ms();
-        let rows: Vec<Value> = events
+        let deliveries = events
             .iter()
             .flat_map(|event| {
                 subs.iter()
                     .filter(|s| s.matches(event))
-                    .map(move |s| DeliveryRow::new(event, &s.key, now).row())
+                    .map(move |s| DeliveryRow::new(event, &s.key, now))
             })
             .collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-        // The whole batch in one transaction (one commit, not one per event: under load
-        // a commit per event competed with the writes that produce the events).
-        // Deterministic ids: repeating a fan-out (after a crash, or on another replica)
-        // inserts nothing twice.
-        let sql = if rows.is_empty() {
-            "BEGIN; UPDATE $ids.map(|$i| type::record('outbox_event', $i)) SET fanned_out = true; COMMIT;"
-        } else {
-            "BEGIN; INSERT IGNORE INTO webhook_delivery $rows; \
-             UPDATE $ids.map(|$i| type::record('outbox_event', $i)) SET fanned_out = true; COMMIT;"
-        };
-        self.graph
-            .transaction(sql, json!({"ids": ids, "rows": rows}))
+        Ok(Some(FanOut {
+            events,
+            subs,
+            deliveries,
+        }))
+    }
+
+    /// Write a fan-out in one transaction: mark its events fanned out and insert the
+    /// deliveries of the events this transaction was the one to mark, leased or not as
+    /// the caller set them. Returns the ids of those events; a delivery of any other
+    /// event was written by another worker (or replica) and is not this caller's.
+    ///
+    /// Two workers fanning out one event both write its row, so one of them conflicts
+    /// and runs again, finding it already marked. Deterministic delivery ids make a
+    /// repeated insert a no-op as well.
+    #[tracing::instrument(skip_all, fields(events = fan.events.len()))]
+    pub(crate) async fn commit_fan_out(&self, fan: &FanOut) -> GraphResult<HashSet<String>> {
+        let ids: Vec<&str> = fan.events.iter().map(|e| e.key.as_str()).collect();
+        let mut attempt = 0;
+        loop {
+            match self.try_commit_fan_out(&ids, &fan.deliveries).await {
+                Err(e)
+                    if e.is_conflict()
+                        && crate::graph::retry_after_conflict(&mut attempt).await => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_commit_fan_out(
+        &self,
+        ids: &[&str],
+        deliveries: &[DeliveryRow],
+    ) -> GraphResult<HashSet<String>> {
+        let txn = self.graph.begin().await?;
+        let marked = txn
+            .query(
+                "UPDATE $ids.map(|$i| type::record('outbox_event', $i)) SET fanned_out = true \
+                 WHERE fanned_out = false RETURN VALUE record::id(id);",
+                json!({ "ids": ids }),
+            )
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null);
+        let marked: HashSet<String> = crate::graph::rows_from(marked)?.into_iter().collect();
+        let rows: Vec<Value> = deliveries
+            .iter()
+            .filter(|d| marked.contains(&d.event_id))
+            .map(DeliveryRow::row)
+            .collect();
+        if !rows.is_empty() {
+            txn.query(
+                "INSERT IGNORE INTO webhook_delivery $rows RETURN NONE;",
+                json!({ "rows": rows }),
+            )
             .await?;
-        Ok(events.len())
+        }
+        txn.commit().await?;
+        Ok(marked)
     }
 
     /// Up to `n` pending deliveries due at `now` and not leased, the most overdue first.

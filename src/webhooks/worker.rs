@@ -100,7 +100,7 @@ pub(crate) async fn run(webhooks: Arc<Webhooks>, cancel: CancellationToken) {
     tracing::info!("webhook worker started");
     while !cancel.is_cancelled() {
         while tasks.try_join_next().is_some() {}
-        let mut progressed = match webhooks.store().fan_out().await {
+        let mut progressed = match fan_out_and_start(&webhooks, &mut tasks, &limits).await {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook fan-out failed; will retry");
@@ -146,6 +146,86 @@ struct Limits<'a> {
     permits: &'a Arc<Semaphore>,
     per_sub: &'a Arc<PerSubscription>,
     done: &'a mpsc::UnboundedSender<Done>,
+}
+
+/// Fan out new outbox events and start their deliveries at once: the deliveries that fit
+/// the free concurrency are written already leased to this worker, in the fan-out's own
+/// transaction, so a new event's first attempt costs no claim (no `due` read, no claim
+/// commit, no re-read of the event and the subscription). The rest are written unleased
+/// for [`dispatch_due`]. Returns how many events were fanned out.
+async fn fan_out_and_start(
+    webhooks: &Arc<Webhooks>,
+    tasks: &mut JoinSet<()>,
+    limits: &Limits<'_>,
+) -> GraphResult<usize> {
+    let store = webhooks.store();
+    let Some(mut fan) = store.pending_fan_out().await? else {
+        return Ok(0);
+    };
+    let limit = webhooks.settings().per_subscription_concurrency;
+    let lease: Arc<str> = webhooks.new_lease().into();
+    let until = now_ms() + duration_ms(webhooks.settings().effective_lease());
+    let mut chosen: HashMap<String, (Slot, OwnedSemaphorePermit)> = HashMap::new();
+    for delivery in &mut fan.deliveries {
+        let Ok(permit) = limits.permits.clone().try_acquire_owned() else {
+            break;
+        };
+        if !limits.per_sub.try_take(&delivery.subscription_id, limit) {
+            continue;
+        }
+        let slot = Slot {
+            per_sub: limits.per_sub.clone(),
+            sub_id: delivery.subscription_id.clone(),
+        };
+        delivery.locked_until = until;
+        delivery.lease = lease.to_string();
+        chosen.insert(delivery.key.clone(), (slot, permit));
+    }
+    // On failure `chosen` is dropped: slots and permits come back, and the events stay
+    // unfanned for the next turn.
+    let marked = store.commit_fan_out(&fan).await?;
+    let events: HashMap<&str, &OutboxEvent> =
+        fan.events.iter().map(|e| (e.key.as_str(), e)).collect();
+    let subs: HashMap<&str, &SubRow> = fan.subs.iter().map(|s| (s.key.as_str(), s)).collect();
+    let count = fan.events.len();
+    for delivery in fan.deliveries {
+        if !marked.contains(&delivery.event_id) {
+            continue;
+        }
+        let Some((slot, permit)) = chosen.remove(&delivery.key) else {
+            continue;
+        };
+        let job = Job {
+            sub: subs
+                .get(delivery.subscription_id.as_str())
+                .map(|s| (*s).clone()),
+            event: events.get(delivery.event_id.as_str()).map(|e| (*e).clone()),
+            delivery,
+            lease: lease.clone(),
+        };
+        start(webhooks, tasks, limits, job, slot, permit);
+    }
+    Ok(count)
+}
+
+/// Run one claimed delivery's attempt as a task.
+fn start(
+    webhooks: &Arc<Webhooks>,
+    tasks: &mut JoinSet<()>,
+    limits: &Limits<'_>,
+    job: Job,
+    slot: Slot,
+    permit: OwnedSemaphorePermit,
+) {
+    let (webhooks, done) = (webhooks.clone(), limits.done.clone());
+    tasks.spawn(async move {
+        let id = job.delivery.key.clone();
+        // Even if this panics, the slot and the permit are released on unwind and the
+        // lease expires, so the delivery is picked up again.
+        if let Err(e) = process(&webhooks, job, slot, permit, &done).await {
+            tracing::warn!(delivery = %id, error = %e, "settling a webhook delivery failed");
+        }
+    });
 }
 
 /// Claim due deliveries up to the free concurrency, in one transaction, and start them.
@@ -221,15 +301,7 @@ async fn dispatch_due(
             delivery,
             lease: lease.clone(),
         };
-        let (webhooks, done) = (webhooks.clone(), limits.done.clone());
-        tasks.spawn(async move {
-            let id = job.delivery.key.clone();
-            // Even if this panics, the slot and the permit are released on unwind and
-            // the lease expires, so the delivery is picked up again.
-            if let Err(e) = process(&webhooks, job, slot, permit, &done).await {
-                tracing::warn!(delivery = %id, error = %e, "settling a webhook delivery failed");
-            }
-        });
+        start(webhooks, tasks, limits, job, slot, permit);
     }
     Ok(started)
 }

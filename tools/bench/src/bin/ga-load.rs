@@ -76,6 +76,10 @@ struct Args {
     /// for this long.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     drain_idle: Duration,
+    /// Post to these HOST:PORTs instead of the webhook URL's, connection i to the
+    /// (i mod n)-th (repeatable): replicas sharing one graph, without a balancer.
+    #[arg(long)]
+    replica: Vec<String>,
     /// A name for this run in the summary.
     #[arg(long, default_value = "ingest")]
     label: String,
@@ -424,7 +428,12 @@ struct Plan {
     next: AtomicUsize,
 }
 
-async fn worker(target: Arc<Target>, plan: Arc<Plan>, start: Instant) -> WorkerResult {
+async fn worker(
+    target: Arc<Target>,
+    addr: String,
+    plan: Arc<Plan>,
+    start: Instant,
+) -> WorkerResult {
     let mut out = WorkerResult::default();
     let mut sender = None;
     loop {
@@ -443,7 +452,7 @@ async fn worker(target: Arc<Target>, plan: Arc<Plan>, start: Instant) -> WorkerR
             tokio::time::sleep_until(due.into()).await;
         }
         if sender.is_none() {
-            match connect(&target.addr).await {
+            match connect(&addr).await {
                 Ok(s) => sender = Some(s),
                 Err(_) => {
                     *out.errors.entry("connect".into()).or_default() += 1;
@@ -455,7 +464,7 @@ async fn worker(target: Arc<Target>, plan: Arc<Plan>, start: Instant) -> WorkerR
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let sig = target.secret.sign(&target.webhook_id, ts, body.as_bytes());
         let request = hyper::Request::post(&target.path)
-            .header("host", &target.addr)
+            .header("host", &addr)
             .header("content-type", "application/json")
             .header("x-webhook-id", &target.webhook_id)
             .header("x-webhook-timestamp", ts.to_string())
@@ -559,7 +568,13 @@ async fn main() -> anyhow::Result<()> {
     });
     let start = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(worker(target.clone(), plan.clone(), start)))
+        .map(|i| {
+            let addr = match args.replica.as_slice() {
+                [] => target.addr.clone(),
+                replicas => replicas[i % replicas.len()].clone(),
+            };
+            tokio::spawn(worker(target.clone(), addr, plan.clone(), start))
+        })
         .collect();
     if let Some(soak) = args.soak {
         tokio::time::sleep(soak).await;
