@@ -1,6 +1,6 @@
-//! The delivery worker: fan out the outbox, claim due deliveries within the concurrency
-//! limits (a batch per transaction), attempt each, record the outcomes (a batch per
-//! transaction). Everything it needs is in the graph, so a
+//! The delivery worker: fan out the outbox (leasing the new deliveries that fit the
+//! concurrency limits in the same transaction), claim other due deliveries (a batch per
+//! transaction), attempt each, record the outcomes (a batch per transaction). Everything it needs is in the graph, so a
 //! restart (or another replica) picks up where this one stopped.
 
 use std::collections::HashMap;
