@@ -142,6 +142,17 @@ impl<'a> Probe<'a> {
                     "{here}: the body violates the documented schema:\n  {}\nbody: {body:#}",
                     errors.join("\n  ")
                 );
+                drop(validators);
+                // An error's documented examples show the codes it comes with.
+                let codes = example_codes(media);
+                if status >= 400 && !codes.is_empty() {
+                    let code = body["error"]["code"].as_str().unwrap_or_default();
+                    assert!(
+                        codes.iter().any(|c| c == code),
+                        "{here}: code `{code}` is in none of the documented examples \
+                         (they show {codes:?}); body {body}"
+                    );
+                }
             }
             None => assert!(
                 body.is_null(),
@@ -230,6 +241,20 @@ impl<'a> Probe<'a> {
             missing.join("\n  ")
         );
     }
+}
+
+/// The `error.code`s of a media type's example and named examples.
+fn example_codes(media: &Value) -> Vec<String> {
+    let named = media["examples"]
+        .as_object()
+        .into_iter()
+        .flat_map(|e| e.values())
+        .map(|e| &e["value"]);
+    std::iter::once(&media["example"])
+        .chain(named)
+        .filter_map(|e| e["error"]["code"].as_str())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Fill a template's parameters: `action_id` with the action, others from `ids`.
@@ -347,6 +372,36 @@ async fn every_route_answers_as_documented() {
         "the SentDM tag is described: {}",
         p.doc["tags"]
     );
+
+    // Each error answer of a SentDM route shows examples of its own (the schema's one
+    // example, a 422's, would otherwise stand for all), and no code under two statuses.
+    for (method, template) in p.operations() {
+        let op = &p.doc["paths"][&template][method.to_lowercase()];
+        if !op["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("SentDM")))
+        {
+            continue;
+        }
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (status, response) in op["responses"].as_object().expect("responses") {
+            if status.as_str() < "400" {
+                continue;
+            }
+            let codes = example_codes(&response["content"]["application/json"]);
+            assert!(
+                !codes.is_empty(),
+                "{method} {template} → {status}: no example"
+            );
+            for code in codes {
+                if let Some(other) = owner.insert(code.clone(), status.clone())
+                    && other != *status
+                {
+                    panic!("{method} {template}: `{code}` is shown under {other} and {status}");
+                }
+            }
+        }
+    }
 
     // Host: health, agents, actions.
     p.expect(200, M::GET, "/healthz", Auth::None, Body::None)
@@ -548,6 +603,21 @@ async fn every_route_answers_as_documented() {
         )
         .await;
     assert_eq!(status, 502);
+    // SentDM's rate limit outlasting the retries is a documented 429.
+    sim.push_api_fault(
+        sentdm_sim::ApiFault::rate_limited(0)
+            .on("GET", "/v3/messages")
+            .times(3),
+    );
+    let (status, _) = p
+        .call(
+            M::GET,
+            &format!("{s}/messages/{message_id}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    assert_eq!(status, 429);
     p.expect(
         200,
         M::GET,
@@ -870,3 +940,4 @@ async fn every_route_answers_as_documented() {
     app.stop().await;
     sim.shutdown().await;
 }
+
