@@ -10,7 +10,11 @@ use crate::state::HostState;
 
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/auth/login", tag = "Auth",
-    request_body = LoginRequest,
+    request_body(description = "The admin's email and password, as `GRAPHAGENT_ADMIN_EMAIL` and \
+            `GRAPHAGENT_ADMIN_PASSWORD` set them; the example logs in to a server started \
+            with those two set to its values",
+        content = LoginRequest,
+        example = json!({"email": "admin@example.com", "password": "correct horse battery staple"})),
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
@@ -37,7 +41,7 @@ pub(super) async fn login(
 
 /// Create an API key (shown once).
 #[utoipa::path(post, path = "/api/auth/api-keys", tag = "Auth",
-    request_body = CreateApiKey,
+    request_body(content = CreateApiKey, example = json!({"name": "ci deploys", "scopes": ["admin"]})),
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 201, description = "Created; `key` is shown only now", body = ApiKeyCreated),

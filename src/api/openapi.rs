@@ -190,18 +190,25 @@ fn add_error_responses(op: &mut Operation, is_action_route: bool) {
         match op.responses.responses.get_mut(status) {
             Some(RefOr::T(existing)) if existing.description.is_empty() => {
                 existing.description = description.to_owned();
+                // Left bare by the handler: the host's own answer is the example.
+                if let Some(media) = existing.content.get_mut("application/json")
+                    && media.example.is_none()
+                    && media.examples.is_empty()
+                {
+                    media.example = host_answer(status);
+                }
             }
             Some(_) => {}
             None => {
                 op.responses
                     .responses
-                    .insert(status.to_owned(), error_response(description));
+                    .insert(status.to_owned(), error_response(status, description));
             }
         }
     }
 }
 
-fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+fn error_response(status: &str, description: &str) -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
         ResponseBuilder::new()
             .description(description)
@@ -209,10 +216,47 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
                 "application/json",
                 ContentBuilder::new()
                     .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .example(host_answer(status))
                     .build(),
             )
             .build(),
     )
+}
+
+/// The answer the host itself gives with `status`, as the example of that response:
+/// built by the constructors the extractors, the credentials check and the graph use,
+/// so each status shows its own code (not the schema's one example for all).
+fn host_answer(status: &str) -> Option<serde_json::Value> {
+    use axum::http::StatusCode;
+
+    use crate::error::{ApiError, rejection};
+    let error = match status {
+        "400" => rejection(
+            StatusCode::BAD_REQUEST,
+            "Failed to deserialize query string: page: invalid digit found in string".into(),
+        ),
+        "401" => ApiError::unauthorized("missing credentials: send a bearer token or x-api-key"),
+        "403" => ApiError::forbidden("this API key lacks the `admin` scope"),
+        "404" => ApiError::not_found("no loaded `<type>` action `act_3f9c2a7d1e4b8c6f0a5d`"),
+        "413" => rejection(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Failed to buffer the request body: length limit exceeded".into(),
+        ),
+        "415" => rejection(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Expected request with `Content-Type: application/json`".into(),
+        ),
+        "422" => rejection(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Failed to deserialize the JSON body into the target type: no_such_field: \
+             unknown field `no_such_field`, expected one of …"
+                .into(),
+        ),
+        "500" => ApiError::internal(),
+        "503" => ApiError::unavailable("the graph store is unavailable; retry later"),
+        _ => return None,
+    };
+    serde_json::to_value(error.body()).ok()
 }
 
 /// Restrict the items of array property `field` of component `schema` to `values` (the

@@ -451,7 +451,11 @@ pub(crate) async fn list_event_types(
 
 /// Create a subscription. The answer carries its secret, shown only now.
 #[utoipa::path(post, path = "/api/webhooks/subscriptions", tag = "Webhooks",
-    request_body = CreateSubscription,
+    request_body(content = CreateSubscription, example = json!({
+        "url": "https://example.com/hooks/graphagent",
+        "event_types": ["sentdm.message.delivered", "sentdm.message.failed"],
+        "description": "Order notifications"
+    })),
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 201, description = "Created; `secret` is shown only now", body = SubscriptionWithSecret),
@@ -544,7 +548,8 @@ pub(crate) async fn get_subscription(
 /// Change a subscription. Enabling resets its failure counters.
 #[utoipa::path(patch, path = "/api/webhooks/subscriptions/{subscription_id}", tag = "Webhooks",
     params(("subscription_id" = String, Path, description = "`sub_…`")),
-    request_body = UpdateSubscription,
+    request_body(content = UpdateSubscription,
+        example = json!({"description": "Order notifications", "enabled": true})),
     security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = Subscription), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]

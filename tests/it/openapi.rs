@@ -126,6 +126,24 @@ async fn document_is_complete_and_consistent() {
                         .is_some_and(|d| !d.is_empty()),
                     "{here}: {status} has no description"
                 );
+                // Its example (the host's own answer) shows this status's code, not the
+                // schema's one example for every status.
+                let example = &response["content"]["application/json"]["example"];
+                let code = match status {
+                    "400" => "bad_request",
+                    "401" => "unauthorized",
+                    "403" => "forbidden",
+                    "404" => "not_found",
+                    "413" => "payload_too_large",
+                    "415" => "unsupported_media_type",
+                    "422" => "validation_failed",
+                    "503" => "unavailable",
+                    _ => "internal",
+                };
+                assert!(
+                    (example.is_null() && status != "500") || example["error"]["code"] == code,
+                    "{here}: {status}'s example is {example}, not a `{code}` answer"
+                );
             }
         }
     }

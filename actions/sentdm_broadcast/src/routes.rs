@@ -118,15 +118,32 @@ pub(super) fn public() -> OpenApiRouter<ActionState> {
 }
 
 /// Send a template broadcast (SMS / WhatsApp).
-#[utoipa::path(post, path = "/sentdm/broadcast", tag = TAG, request_body = BroadcastRequest,
+#[utoipa::path(post, path = "/sentdm/broadcast", tag = TAG,
+    request_body(content = BroadcastRequest, example = answers::send_example),
     responses(
         (status = 202, description = "SentDM accepted the messages (delivery follows by webhook)", body = BroadcastResult),
-        (status = 404, description = "No such action, or SentDM knows no such template or profile", body = ErrorBody),
-        (status = 409, description = "SentDM refused: the idempotency key was used with another request", body = ErrorBody),
-        (status = 422, description = "Invalid request, or SentDM rejected it; nothing was sent", body = ErrorBody),
-        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
-        (status = 502, description = "SentDM failed", body = ErrorBody),
-        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+        (status = 404, description = "No such action, or SentDM knows no such template or profile", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("Unknown template" = (value = json!(answers::unknown_template()))),
+        )),
+        (status = 409, description = "SentDM refused: a request with this idempotency key is still being processed (retry shortly)", body = ErrorBody, example = answers::in_flight),
+        (status = 422, description = "Invalid request, or SentDM rejected it; nothing was sent", body = ErrorBody, examples(
+            ("Invalid request" = (value = json!(answers::invalid_recipient()))),
+            ("Unknown field" = (value = json!(answers::unknown_field()))),
+            ("SentDM rejected it" = (value = json!(answers::sentdm_rejected()))),
+        )),
+        (status = 429, description = "SentDM rate limit (after retries); `Retry-After` says when to retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+            example = answers::rate_limited),
+        (status = 502, description = "SentDM failed, could not be reached, or refused the API key", body = ErrorBody, examples(
+            ("SentDM failed" = (value = json!(answers::sentdm_failed()))),
+            ("SentDM unreachable" = (value = json!(answers::unreachable()))),
+            ("API key refused" = (value = json!(answers::auth_refused()))),
+        )),
+        (status = 503, description = "SentDM is not configured, or the graph store is unavailable", body = ErrorBody, examples(
+            ("Not configured" = (value = json!(answers::not_configured()))),
+            ("Graph unavailable" = (value = json!(answers::graph_unavailable()))),
+        )),
     ))]
 async fn send_broadcast(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -143,7 +160,10 @@ async fn send_broadcast(
     params(("broadcast_id" = String, Path, description = "Broadcast id (`bc_…`)")),
     responses(
         (status = 200, description = "The broadcast with its delivery funnel", body = BroadcastSummary),
-        (status = 404, description = "No such action, or no such broadcast of this action", body = ErrorBody),
+        (status = 404, description = "No such action, or no such broadcast of this action", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("No such broadcast" = (value = json!(answers::no_broadcast()))),
+        )),
     ))]
 async fn get_broadcast(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -157,11 +177,20 @@ async fn get_broadcast(
     params(("message_id" = String, Path, description = "SentDM message id (a UUID)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "SentDM's view of the message", body = Message),
-        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
-        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody),
-        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
-        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
-        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("Unknown message" = (value = json!(answers::unknown_message()))),
+        )),
+        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody, example = answers::bad_message_id),
+        (status = 429, description = "SentDM rate limit (after retries); `Retry-After` says when to retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+            example = answers::rate_limited),
+        (status = 502, description = "SentDM failed, could not be reached, or refused the API key", body = ErrorBody, examples(
+            ("SentDM failed" = (value = json!(answers::sentdm_failed()))),
+            ("SentDM unreachable" = (value = json!(answers::unreachable()))),
+            ("API key refused" = (value = json!(answers::auth_refused()))),
+        )),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody, example = answers::not_configured),
     ))]
 async fn get_message(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -175,11 +204,20 @@ async fn get_message(
     params(("message_id" = String, Path, description = "SentDM message id (a UUID)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses(
         (status = 200, description = "The message's activities, newest first", body = MessageActivities),
-        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody),
-        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody),
-        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
-        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
-        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+        (status = 404, description = "No such action, or SentDM knows no such message", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("Unknown message" = (value = json!(answers::unknown_message()))),
+        )),
+        (status = 422, description = "SentDM rejected the message id (`sentdm_rejected`, e.g. not a UUID)", body = ErrorBody, example = answers::bad_message_id),
+        (status = 429, description = "SentDM rate limit (after retries); `Retry-After` says when to retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+            example = answers::rate_limited),
+        (status = 502, description = "SentDM failed, could not be reached, or refused the API key", body = ErrorBody, examples(
+            ("SentDM failed" = (value = json!(answers::sentdm_failed()))),
+            ("SentDM unreachable" = (value = json!(answers::unreachable()))),
+            ("API key refused" = (value = json!(answers::auth_refused()))),
+        )),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody, example = answers::not_configured),
     ))]
 async fn get_activities(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -210,10 +248,16 @@ fn paging(page: Option<u32>, page_size: Option<u32>) -> ApiResult<Paging> {
 #[utoipa::path(get, path = "/sentdm/templates", tag = TAG, params(TemplateParams),
     responses(
         (status = 200, description = "One page of SentDM's templates", body = Page<Template>),
-        (status = 422, description = "`page` or `page_size` out of range", body = ErrorBody),
-        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
-        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
-        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+        (status = 400, description = "`page` or `page_size` out of range, or a parameter that cannot be parsed", body = ErrorBody, example = answers::page_size_out_of_range),
+        (status = 429, description = "SentDM rate limit (after retries); `Retry-After` says when to retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+            example = answers::rate_limited),
+        (status = 502, description = "SentDM failed, could not be reached, or refused the API key", body = ErrorBody, examples(
+            ("SentDM failed" = (value = json!(answers::sentdm_failed()))),
+            ("SentDM unreachable" = (value = json!(answers::unreachable()))),
+            ("API key refused" = (value = json!(answers::auth_refused()))),
+        )),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody, example = answers::not_configured),
     ))]
 async fn list_templates(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -329,7 +373,10 @@ pub struct RecordPage {
 #[utoipa::path(get, path = "/sentdm/broadcasts", tag = TAG, params(RecordParams),
     responses(
         (status = 200, body = RecordPage),
-        (status = 422, description = "Unknown `status`, or `page` / `page_size` out of range", body = ErrorBody),
+        (status = 400, description = "Unknown `status`, `page` / `page_size` out of range, or a parameter that cannot be parsed", body = ErrorBody, examples(
+            ("Unknown status" = (value = json!(answers::unknown_status()))),
+            ("Page size out of range" = (value = json!(answers::page_size_out_of_range()))),
+        )),
     ))]
 async fn list_records(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -341,9 +388,7 @@ async fn list_records(
         Some(word) => Some(
             MessageStatus::from_lowercase(word)
                 .filter(MessageStatus::is_ranked)
-                .ok_or_else(|| {
-                    ApiError::invalid_param("status", format!("unknown status `{word}`"))
-                })?,
+                .ok_or_else(|| unknown_status(word))?,
         ),
     };
     let filter = RecordFilter {
@@ -367,7 +412,10 @@ async fn list_records(
     params(("record_id" = String, Path, description = "Record id")),
     responses(
         (status = 200, body = MessageRecord),
-        (status = 404, description = "No such action, or no such record of this action", body = ErrorBody),
+        (status = 404, description = "No such action, or no such record of this action", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("No such record" = (value = json!(answers::no_record()))),
+        )),
     ))]
 async fn get_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -381,11 +429,21 @@ async fn get_record(
     params(("record_id" = String, Path, description = "Record id")),
     responses(
         (status = 200, description = "The record after the refresh", body = MessageRecord),
-        (status = 404, description = "No such action or record, or SentDM knows no such message", body = ErrorBody),
-        (status = 422, description = "A sandbox record (SentDM keeps no such message)", body = ErrorBody),
-        (status = 429, description = "SentDM rate limit (after retries)", body = ErrorBody),
-        (status = 502, description = "SentDM failed or could not be reached", body = ErrorBody),
-        (status = 503, description = "SentDM is not configured", body = ErrorBody),
+        (status = 404, description = "No such action or record, or SentDM knows no such message", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("No such record" = (value = json!(answers::no_record()))),
+            ("Unknown message" = (value = json!(answers::unknown_message()))),
+        )),
+        (status = 422, description = "A sandbox record (SentDM keeps no such message)", body = ErrorBody, example = answers::sandbox_record),
+        (status = 429, description = "SentDM rate limit (after retries); `Retry-After` says when to retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+            example = answers::rate_limited),
+        (status = 502, description = "SentDM failed, could not be reached, or refused the API key", body = ErrorBody, examples(
+            ("SentDM failed" = (value = json!(answers::sentdm_failed()))),
+            ("SentDM unreachable" = (value = json!(answers::unreachable()))),
+            ("API key refused" = (value = json!(answers::auth_refused()))),
+        )),
+        (status = 503, description = "SentDM is not configured", body = ErrorBody, example = answers::not_configured),
     ))]
 async fn refresh_record(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -429,7 +487,10 @@ pub struct ReplyPage {
 #[utoipa::path(get, path = "/sentdm/replies", tag = TAG, params(ReplyParams),
     responses(
         (status = 200, description = "One page of replies, newest first", body = ReplyPage),
-        (status = 400, description = "`from` is not E.164, or `page` / `page_size` out of range", body = ErrorBody),
+        (status = 400, description = "`from` is not E.164, `page` / `page_size` out of range, or a parameter that cannot be parsed", body = ErrorBody, examples(
+            ("Not E.164" = (value = json!(answers::from_not_e164()))),
+            ("Page size out of range" = (value = json!(answers::page_size_out_of_range()))),
+        )),
     ))]
 async fn list_replies(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -439,10 +500,7 @@ async fn list_replies(
     if let Some(from) = &q.from
         && !crate::plan::valid_e164(from)
     {
-        return Err(ApiError::invalid_param(
-            "from",
-            format!("`{from}` is not an E.164 phone number (+ and 7-15 digits)"),
-        ));
+        return Err(not_e164(from));
     }
     let filter = ReplyFilter {
         from: q.from,
@@ -458,12 +516,28 @@ async fn list_replies(
     }))
 }
 
+/// `status` names no status a record can be in.
+fn unknown_status(word: &str) -> ApiError {
+    ApiError::invalid_param("status", format!("unknown status `{word}`"))
+}
+
+/// `from` is not a phone number the sends would accept.
+fn not_e164(from: &str) -> ApiError {
+    ApiError::invalid_param(
+        "from",
+        format!("`{from}` is not an E.164 phone number (+ and 7-15 digits)"),
+    )
+}
+
 /// One inbound reply.
 #[utoipa::path(get, path = "/sentdm/replies/{reply_id}", tag = TAG,
     params(("reply_id" = String, Path, description = "Reply id (from the replies list)")),
     responses(
         (status = 200, description = "The reply", body = Reply),
-        (status = 404, description = "No such action, or no such reply of this action", body = ErrorBody),
+        (status = 404, description = "No such action, or no such reply of this action", body = ErrorBody, examples(
+            ("No such action" = (value = json!(answers::no_action()))),
+            ("No such reply" = (value = json!(answers::no_reply()))),
+        )),
     ))]
 async fn get_reply(
     ActionRef(action): ActionRef<SentDmBroadcast>,
@@ -487,11 +561,17 @@ pub struct WebhookParams {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Committed (`received`), already applied (`duplicate`) or verified but unusable (`ignored`)", body = WebhookAck),
-        (status = 401, description = "Missing/invalid key, bad signature, stale timestamp or unknown webhook id; nothing written", body = ErrorBody),
-        (status = 403, description = "Key for another scope", body = ErrorBody),
-        (status = 404, description = "No loaded SentDM action has this id", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (checked after the key and the action, before reading the body)", body = ErrorBody),
-        (status = 503, description = "No signing secret on record, or storage unavailable; SentDM retries", body = ErrorBody),
+        (status = 401, description = "Missing/invalid key, bad signature, stale timestamp or unknown webhook id; nothing written", body = ErrorBody, examples(
+            ("Bad signature" = (value = json!(answers::bad_signature()))),
+            ("Missing key" = (value = json!(answers::missing_key()))),
+        )),
+        (status = 403, description = "Key for another scope", body = ErrorBody, example = answers::wrong_scope),
+        (status = 404, description = "No loaded SentDM action has this id", body = ErrorBody, example = answers::no_receiver),
+        (status = 413, description = "Body over 64 KiB (checked after the key and the action, before reading the body)", body = ErrorBody, example = answers::delivery_too_large),
+        (status = 503, description = "No signing secret on record, or storage unavailable; SentDM retries", body = ErrorBody, examples(
+            ("No signing secret" = (value = json!(answers::no_secret()))),
+            ("Graph unavailable" = (value = json!(answers::graph_unavailable()))),
+        )),
     ))]
 async fn receive_webhook(
     State(state): State<ActionState>,
@@ -511,19 +591,236 @@ async fn receive_webhook(
     let action = state
         .directory()
         .get::<SentDmBroadcast>(&action_id)
-        .ok_or_else(|| ApiError::not_found(format!("no loaded SentDM action `{action_id}`")))?;
+        .ok_or_else(|| no_receiver(&action_id))?;
     // Only now: a caller without the key, or for no action, never costs a body buffer.
     let body = read_body(body, MAX_DELIVERY_BYTES).await?;
     let result = action.receive_webhook(&headers, &body).await;
     crate::metrics::inbound(&result);
     match result {
         Ok(ack) => Ok(Json(ack)),
-        Err(WebhookRejection::Unauthorized(why)) => {
-            Err(ApiError::unauthorized(format!("delivery rejected: {why}")))
+        Err(rejection) => Err(rejected(rejection)),
+    }
+}
+
+/// No loaded SentDM action has the id a delivery names.
+fn no_receiver(action_id: &str) -> ApiError {
+    ApiError::not_found(format!("no loaded SentDM action `{action_id}`"))
+}
+
+/// A delivery the action refused.
+fn rejected(rejection: WebhookRejection) -> ApiError {
+    match rejection {
+        WebhookRejection::Unauthorized(why) => {
+            ApiError::unauthorized(format!("delivery rejected: {why}"))
         }
-        Err(WebhookRejection::NoSecret) => Err(ApiError::unavailable(
-            "no signing secret on record for this webhook",
-        )),
-        Err(WebhookRejection::Storage(e)) => Err(e.into()),
+        WebhookRejection::NoSecret => {
+            ApiError::unavailable("no signing secret on record for this webhook")
+        }
+        WebhookRejection::Storage(e) => e.into(),
+    }
+}
+
+/// The document's examples: a send that works against the simulator as shown, and error
+/// answers built by the conversions the handlers use (`From<SentDmError> for ApiError`),
+/// so their code and message are the ones served.
+mod answers {
+    use std::time::Duration;
+
+    use graphagent::ApiError;
+    use graphagent::error::ErrorBody;
+    use sentdm_client::ErrorResponse;
+    use serde_json::{Value, json};
+
+    use crate::SentDmError;
+
+    /// A send to a number the simulator delivers to, with the template it seeds
+    /// (`order_confirmation`) and both of its variables; the key makes a repeat answer
+    /// the same broadcast instead of sending again.
+    pub fn send_example() -> Value {
+        json!({
+            "to": ["+14155551234"],
+            "template": {
+                "id": "7ba7b820-9dad-11d1-80b4-00c04fd430c8",
+                "parameters": {"name": "Jane", "order_id": "12345"}
+            },
+            "channels": ["sms"],
+            "idempotency_key": "order-12345-confirmation"
+        })
+    }
+
+    fn from(e: SentDmError) -> ErrorBody {
+        ApiError::from(e).body()
+    }
+
+    /// SentDM's answer `status` with its error envelope.
+    fn sentdm(status: u16, code: &str, message: &str, field: Option<&str>) -> ErrorBody {
+        from(SentDmError::SentDm(Box::new(ErrorResponse {
+            status,
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+            details: field
+                .map(|f| (f.to_owned(), vec![message.to_owned()]))
+                .into_iter()
+                .collect(),
+            doc_url: None,
+            request_id: None,
+            retry_after: (status == 429).then(|| Duration::from_secs(30)),
+        })))
+    }
+
+    pub fn no_action() -> ErrorBody {
+        ApiError::not_found(format!(
+            "no loaded `{}` action `act_3f9c2a7d1e4b8c6f0a5d`",
+            <crate::SentDmBroadcast as graphagent::Action>::TYPE_NAME
+        ))
+        .body()
+    }
+
+    pub fn no_broadcast() -> ErrorBody {
+        from(SentDmError::NotFound("no broadcast `bc_none`".into()))
+    }
+
+    pub fn no_record() -> ErrorBody {
+        from(SentDmError::NotFound("no record `none`".into()))
+    }
+
+    pub fn no_reply() -> ErrorBody {
+        from(SentDmError::NotFound("no reply `none`".into()))
+    }
+
+    pub fn unknown_template() -> ErrorBody {
+        sentdm(404, "RESOURCE_002", "Template not found", None)
+    }
+
+    pub fn unknown_message() -> ErrorBody {
+        sentdm(404, "RESOURCE_003", "Message not found", None)
+    }
+
+    pub fn bad_message_id() -> ErrorBody {
+        sentdm(
+            400,
+            "VALIDATION_001",
+            "Invalid message ID format.",
+            Some("id"),
+        )
+    }
+
+    pub fn in_flight() -> ErrorBody {
+        sentdm(
+            409,
+            "CONFLICT_001",
+            "A request with this Idempotency-Key is still being processed",
+            None,
+        )
+    }
+
+    pub fn invalid_recipient() -> ErrorBody {
+        from(SentDmError::Invalid {
+            field: "to[0]".into(),
+            message: "`4155551234` is not an E.164 phone number (+ and 7-15 digits)".into(),
+        })
+    }
+
+    /// The host's JSON extractor on a field the body type does not have.
+    pub fn unknown_field() -> ErrorBody {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Failed to deserialize the JSON body into the target type: recipients: unknown field \
+             `recipients`, \
+             expected one of `to`, `template`, `channels`, `sandbox`, `idempotency_key`, `profile_id`",
+        )
+        .body()
+    }
+
+    pub fn sentdm_rejected() -> ErrorBody {
+        sentdm(422, "BUSINESS_003", "Insufficient balance", None)
+    }
+
+    pub fn sandbox_record() -> ErrorBody {
+        from(SentDmError::Invalid {
+            field: "record_id".into(),
+            message: "sandbox messages cannot be read back from SentDM".into(),
+        })
+    }
+
+    pub fn rate_limited() -> ErrorBody {
+        sentdm(429, "BUSINESS_002", "Rate limit exceeded", None)
+    }
+
+    pub fn sentdm_failed() -> ErrorBody {
+        sentdm(503, "SERVICE_001", "Service unavailable", None)
+    }
+
+    pub fn unreachable() -> ErrorBody {
+        from(SentDmError::Unreachable(
+            "could not connect to SentDM".into(),
+        ))
+    }
+
+    pub fn auth_refused() -> ErrorBody {
+        sentdm(401, "AUTH_002", "Invalid API key", None)
+    }
+
+    pub fn not_configured() -> ErrorBody {
+        from(SentDmError::NotConfigured)
+    }
+
+    pub fn graph_unavailable() -> ErrorBody {
+        ApiError::unavailable("the graph store is unavailable; retry later").body()
+    }
+
+    pub fn page_size_out_of_range() -> ErrorBody {
+        super::paging(Some(1), Some(500))
+            .err()
+            .unwrap_or_else(ApiError::internal)
+            .body()
+    }
+
+    pub fn bad_signature() -> ErrorBody {
+        super::rejected(crate::WebhookRejection::Unauthorized(
+            sentdm_client::signing::VerifyError::NoMatch.to_string(),
+        ))
+        .body()
+    }
+
+    pub fn missing_key() -> ErrorBody {
+        ApiError::unauthorized("missing api key").body()
+    }
+
+    pub fn wrong_scope() -> ErrorBody {
+        ApiError::forbidden(format!(
+            "this API key is not valid for scope `{}`",
+            crate::webhook::webhook_scope("act_3f9c2a7d1e4b8c6f0a5d")
+        ))
+        .body()
+    }
+
+    pub fn no_receiver() -> ErrorBody {
+        super::no_receiver("act_3f9c2a7d1e4b8c6f0a5d").body()
+    }
+
+    pub fn delivery_too_large() -> ErrorBody {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than {} bytes",
+                super::MAX_DELIVERY_BYTES
+            ),
+        )
+        .body()
+    }
+
+    pub fn no_secret() -> ErrorBody {
+        super::rejected(crate::WebhookRejection::NoSecret).body()
+    }
+
+    pub fn unknown_status() -> ErrorBody {
+        super::unknown_status("lost").body()
+    }
+
+    pub fn from_not_e164() -> ErrorBody {
+        super::not_e164("555").body()
     }
 }

@@ -142,6 +142,17 @@ impl<'a> Probe<'a> {
                     "{here}: the body violates the documented schema:\n  {}\nbody: {body:#}",
                     errors.join("\n  ")
                 );
+                drop(validators);
+                // An error's documented examples show the codes it comes with.
+                let codes = example_codes(media);
+                if status >= 400 && !codes.is_empty() {
+                    let code = body["error"]["code"].as_str().unwrap_or_default();
+                    assert!(
+                        codes.iter().any(|c| c == code),
+                        "{here}: code `{code}` is in none of the documented examples \
+                         (they show {codes:?}); body {body}"
+                    );
+                }
             }
             None => assert!(
                 body.is_null(),
@@ -230,6 +241,35 @@ impl<'a> Probe<'a> {
             missing.join("\n  ")
         );
     }
+}
+
+/// The `error.code`s of a media type's example and named examples.
+fn example_codes(media: &Value) -> Vec<String> {
+    let named = media["examples"]
+        .as_object()
+        .into_iter()
+        .flat_map(|e| e.values())
+        .map(|e| &e["value"]);
+    std::iter::once(&media["example"])
+        .chain(named)
+        .filter_map(|e| e["error"]["code"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The request examples of an operation's JSON body: its `example` and the values of
+/// its named `examples`.
+fn request_examples(op: &Value) -> Vec<Value> {
+    let media = &op["requestBody"]["content"]["application/json"];
+    let named = media["examples"]
+        .as_object()
+        .into_iter()
+        .flat_map(|e| e.values())
+        .map(|e| e["value"].clone());
+    std::iter::once(media["example"].clone())
+        .filter(|e| !e.is_null())
+        .chain(named)
+        .collect()
 }
 
 /// Fill a template's parameters: `action_id` with the action, others from `ids`.
@@ -347,6 +387,36 @@ async fn every_route_answers_as_documented() {
         "the SentDM tag is described: {}",
         p.doc["tags"]
     );
+
+    // Each error answer of a SentDM route shows examples of its own (the schema's one
+    // example, a 422's, would otherwise stand for all), and no code under two statuses.
+    for (method, template) in p.operations() {
+        let op = &p.doc["paths"][&template][method.to_lowercase()];
+        if !op["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("SentDM")))
+        {
+            continue;
+        }
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (status, response) in op["responses"].as_object().expect("responses") {
+            if status.as_str() < "400" {
+                continue;
+            }
+            let codes = example_codes(&response["content"]["application/json"]);
+            assert!(
+                !codes.is_empty(),
+                "{method} {template} → {status}: no example"
+            );
+            for code in codes {
+                if let Some(other) = owner.insert(code.clone(), status.clone())
+                    && other != *status
+                {
+                    panic!("{method} {template}: `{code}` is shown under {other} and {status}");
+                }
+            }
+        }
+    }
 
     // Host: health, agents, actions.
     p.expect(200, M::GET, "/healthz", Auth::None, Body::None)
@@ -548,6 +618,21 @@ async fn every_route_answers_as_documented() {
         )
         .await;
     assert_eq!(status, 502);
+    // SentDM's rate limit outlasting the retries is a documented 429.
+    sim.push_api_fault(
+        sentdm_sim::ApiFault::rate_limited(0)
+            .on("GET", "/v3/messages")
+            .times(3),
+    );
+    let (status, _) = p
+        .call(
+            M::GET,
+            &format!("{s}/messages/{message_id}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    assert_eq!(status, 429);
     p.expect(
         200,
         M::GET,
@@ -867,6 +952,284 @@ async fn every_route_answers_as_documented() {
     assert!(limited, "the login limiter never answered");
 
     p.assert_covered();
+    app.stop().await;
+    sim.shutdown().await;
+}
+
+/// Operations whose examples are not sent, and why.
+const NOT_REPLAYED: &[(&str, &str, &str)] = &[(
+    "POST",
+    "/api/sentdm/webhook/{action_id}",
+    "called by SentDM, not by people: a delivery must carry SentDM's signature of its \
+     own body and a machine key, which no example in a document can",
+)];
+
+/// A parameter's value as shown: its example (of the parameter or of its schema), else
+/// the default Swagger UI pre-fills; `None` when the document shows none.
+fn shown_value(param: &Value) -> Option<String> {
+    [
+        &param["example"],
+        &param["schema"]["example"],
+        &param["schema"]["default"],
+    ]
+    .into_iter()
+    .find(|v| !v.is_null())
+    .map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Check `instance` against `schema` (with the document's components).
+fn assert_valid(doc: &Value, here: &str, schema: &Value, instance: &Value) {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{here}: the documented schema does not compile: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} (at `{}`)", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{here}: the example violates its own schema:\n  {}\nexample: {instance:#}",
+        errors.join("\n  ")
+    );
+}
+
+/// Objects the path parameters of the document name, created before the examples are
+/// sent: an example cannot know the ids a server gives out (`bc_…`, message UUIDs,
+/// `sub_…`), so a path parameter without an example of its own is filled from here.
+async fn example_state(p: &Probe<'_>, app: &App) -> HashMap<&'static str, String> {
+    use Method as M;
+    let action_id = App::action_id("sentdm");
+    let s = format!("/api/actions/{action_id}/sentdm");
+    // A broadcast: its id, its message's SentDM id and its record.
+    let send = json!({"to": ["+14155550100"], "idempotency_key": "examples-state",
+        "template": {"name": "order_confirmation", "parameters": {"name": "Ada", "order_id": "1"}}});
+    let sent = p
+        .expect(
+            202,
+            M::POST,
+            &format!("{s}/broadcast"),
+            Auth::Admin,
+            Body::Json(send),
+        )
+        .await;
+    let message_id = sent["messages"][0]["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+    // A reply to it, delivered as SentDM signs it.
+    let reply = json!({"field": "message", "sub_type": "message.received", "timestamp": "2025-10-31T10:10:42Z",
+        "payload": {"message_id": "in-examples", "inbound_number": "+14155550100",
+                    "outbound_number": "+14155550999", "channel": "sms", "text": "YES",
+                    "in_reply_to": message_id}});
+    let (status, ack) = app.deliver("sentdm", &reply.to_string(), |_| {}).await;
+    assert_eq!(status, 200, "{ack}");
+    let replies = p
+        .expect(
+            200,
+            M::GET,
+            &format!("{s}/replies"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    // A subscription to a receiver on loopback, and the delivery of its test event.
+    let hook = WebhookReceiver::new(200);
+    let hook_url = format!("{}/hook", hook.start().await);
+    let subs = "/api/webhooks/subscriptions";
+    let sub = p
+        .expect(
+            201,
+            M::POST,
+            subs,
+            Auth::Admin,
+            Body::Json(json!({"url": hook_url, "event_types": ["webhook.test"]})),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().expect("subscription id").to_owned();
+    let test = format!("{subs}/{sub_id}/test");
+    p.expect(200, M::POST, &test, Auth::Admin, Body::None).await;
+    let deliveries = p
+        .expect(
+            200,
+            M::GET,
+            &format!("/api/webhooks/deliveries?subscription_id={sub_id}"),
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    // An API key (its revocation is replayed last).
+    let key = p
+        .expect(
+            201,
+            M::POST,
+            "/api/auth/api-keys",
+            Auth::Admin,
+            Body::Json(json!({"name": "to revoke", "scopes": ["admin"]})),
+        )
+        .await;
+    let id = |v: &Value, what: &str| {
+        v.as_str()
+            .unwrap_or_else(|| panic!("no {what} in the answer"))
+            .to_owned()
+    };
+    HashMap::from([
+        ("action_id", action_id),
+        ("agent_id", graphagent::plugin::agent_id("acme/notifier")),
+        ("broadcast_id", id(&sent["broadcast_id"], "broadcast id")),
+        ("message_id", message_id),
+        (
+            "record_id",
+            id(&sent["messages"][0]["record_id"], "record id"),
+        ),
+        ("reply_id", id(&replies["items"][0]["id"], "reply id")),
+        ("subscription_id", sub_id),
+        (
+            "delivery_id",
+            id(&deliveries["items"][0]["id"], "delivery id"),
+        ),
+        ("key_id", id(&key["id"], "key id")),
+    ])
+}
+
+/// Every example the document shows works as shown: each operation is sent with its
+/// request body example(s), its parameters' examples (or the defaults Swagger UI
+/// pre-fills) and the credentials it documents, against a host whose SentDM action talks
+/// to the simulator; every answer must be a success. A JSON body without an example
+/// fails the test: Swagger UI would make one up from the schema (`template: null`,
+/// `"string"` for every id), which does not work.
+#[tokio::test]
+async fn every_documented_example_works_as_shown() {
+    let sim = start_sim().await;
+    let app = App::start(&sim, AppOptions::default()).await;
+    let p = Probe::new(&app).await;
+    let state = example_state(&p, &app).await;
+
+    let mut operations = p.operations();
+    // Deletions last: they remove what the other examples use.
+    operations.sort_by_key(|(method, _)| method == "DELETE");
+    let mut sent = 0;
+    for (method, template) in operations {
+        if NOT_REPLAYED
+            .iter()
+            .any(|(m, t, _)| *m == method && *t == template)
+        {
+            continue;
+        }
+        let here = format!("{method} {template}");
+        let op = p.doc["paths"][&template][method.to_lowercase()].clone();
+        let params: Vec<Value> = op["parameters"].as_array().cloned().unwrap_or_default();
+        let mut path = template.clone();
+        for name in template
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        {
+            let documented = params
+                .iter()
+                .find(|p| p["in"] == "path" && p["name"] == name)
+                .and_then(shown_value);
+            let value = documented
+                .or_else(|| state.get(name).cloned())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{here}: path parameter `{name}` shows no example and this test \
+                         creates no `{name}`: give it an example that exists on a fresh \
+                         server, or create one in `example_state`"
+                    )
+                });
+            path = path.replace(&format!("{{{name}}}"), &value);
+        }
+        let mut query = Vec::new();
+        for param in params.iter().filter(|p| p["in"] == "query") {
+            let name = param["name"].as_str().expect("parameter name");
+            match shown_value(param) {
+                Some(value) => query.push((name.to_owned(), value)),
+                None => assert!(
+                    param["required"] != true,
+                    "{here}: required query parameter `{name}` shows no example"
+                ),
+            }
+        }
+        if !query.is_empty() {
+            let url = reqwest::Url::parse_with_params("http://x/", &query).expect("query");
+            path = format!("{path}?{}", url.query().unwrap_or_default());
+        }
+        let auth = if op["security"].is_array() {
+            Auth::Admin
+        } else {
+            Auth::None
+        };
+        let bodies = if op["requestBody"].is_object() {
+            let examples = request_examples(&op);
+            assert!(
+                !examples.is_empty(),
+                "{here}: the request body shows no example; Swagger UI would make one up \
+                 from the schema. Give it one that works (`request_body(..., example = ...)`)"
+            );
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            for example in &examples {
+                assert_valid(&p.doc, &here, schema, example);
+            }
+            examples.into_iter().map(Body::Json).collect()
+        } else {
+            vec![Body::None]
+        };
+        for body in bodies {
+            let shown = match &body {
+                Body::Json(v) => v.to_string(),
+                _ => String::new(),
+            };
+            let m = Method::from_bytes(method.as_bytes()).expect("method");
+            let (status, answer) = p.call(m, &path, auth, body).await;
+            assert!(
+                (200..300).contains(&status),
+                "{here}: the documented example fails: {method} {path} {shown} → {status} {answer}"
+            );
+            sent += 1;
+        }
+    }
+    // Each exclusion still names an operation of the document (a stale entry would
+    // outlive the route it was written for).
+    for (method, template, why) in NOT_REPLAYED {
+        assert!(
+            p.operations()
+                .iter()
+                .any(|(m, t)| m == method && t == template),
+            "NOT_REPLAYED names {method} {template} ({why}), which the document lacks"
+        );
+    }
+    assert!(sent > 0, "no example was sent");
+
+    // The subscription the create example made points at example.com: remove it so no
+    // delivery is attempted there while the host stops.
+    let subs = p
+        .expect(
+            200,
+            Method::GET,
+            "/api/webhooks/subscriptions",
+            Auth::Admin,
+            Body::None,
+        )
+        .await;
+    for sub in subs.as_array().into_iter().flatten() {
+        if sub["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://example.com/"))
+        {
+            let one = format!(
+                "/api/webhooks/subscriptions/{}",
+                sub["id"].as_str().expect("id")
+            );
+            p.expect(200, Method::DELETE, &one, Auth::Admin, Body::None)
+                .await;
+        }
+    }
     app.stop().await;
     sim.shutdown().await;
 }
