@@ -985,7 +985,7 @@ pub struct LoginRequest {
     #[schema(example = "admin@example.com")]
     pub email: String,
     /// The user's password.
-    #[schema(example = "correct horse battery staple", format = Password)]
+    #[schema(example = "change-me", format = Password)]
     pub password: String,
 }
 

@@ -30,8 +30,9 @@ pub use surreal::{SURREAL_BIN_VAR, SURREAL_PASSWORD, SURREAL_USER, SurrealServer
 
 /// The test admin's email.
 pub const ADMIN_EMAIL: &str = "admin@example.com";
-/// The test admin's password.
-pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+/// The test admin's password: the README's, so the documented login example works on
+/// a test host as it does on a server started as the README says.
+pub const ADMIN_PASSWORD: &str = "change-me";
 /// The JWT secret of test hosts.
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 

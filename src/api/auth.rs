@@ -12,9 +12,9 @@ use crate::state::HostState;
 #[utoipa::path(post, path = "/api/auth/login", tag = "Auth",
     request_body(description = "The admin's email and password, as `GRAPHAGENT_ADMIN_EMAIL` and \
             `GRAPHAGENT_ADMIN_PASSWORD` set them; the example logs in to a server started \
-            with those two set to its values",
+            as the README's first command starts it",
         content = LoginRequest,
-        example = json!({"email": "admin@example.com", "password": "correct horse battery staple"})),
+        example = json!({"email": "admin@example.com", "password": "change-me"})),
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
