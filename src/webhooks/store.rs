@@ -205,7 +205,8 @@ impl DeliveryStore {
     }
 
     /// Turn unfanned outbox events into deliveries, none leased; returns how many events
-    /// were handled.
+    /// were handled. (The worker leases what it can first: `worker::fan_out_and_start`.)
+    #[cfg(test)]
     pub(crate) async fn fan_out(&self) -> GraphResult<usize> {
         let Some(fan) = self.pending_fan_out().await? else {
             return Ok(0);
