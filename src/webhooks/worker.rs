@@ -3,7 +3,7 @@
 //! transaction), attempt each, record the outcomes (a batch per transaction). Everything it needs is in the graph, so a
 //! restart (or another replica) picks up where this one stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -18,32 +18,138 @@ use crate::graph::GraphResult;
 use crate::outbox::OutboxEvent;
 use crate::time::now_ms;
 
-/// In-flight attempts per subscription in this process.
-#[derive(Default)]
-struct PerSubscription(Mutex<HashMap<String, usize>>);
+/// Claimed deliveries a subscription may hold in this process (attempting or queued),
+/// per attempt it may have in flight. Queued ones start the moment one of its attempts
+/// ends, instead of waiting for the next claim.
+const BACKLOG_PER_ATTEMPT: usize = 8;
 
-impl PerSubscription {
-    /// Take a slot for `sub_id` unless it already has `limit` attempts in flight.
-    fn try_take(&self, sub_id: &str, limit: usize) -> bool {
-        let Ok(mut map) = self.0.lock() else {
-            return false;
-        };
-        let n = map.entry(sub_id.to_owned()).or_default();
-        if *n >= limit {
-            return false;
+/// The subscriptions' lanes in this process: at most `limit` attempts in flight per
+/// subscription; claimed deliveries beyond that wait in the subscription's queue.
+struct Lanes {
+    limit: usize,
+    state: Mutex<HashMap<String, Lane>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Reserved, queued or attempting.
+    claimed: usize,
+    running: usize,
+    queue: VecDeque<Claimed>,
+}
+
+/// A claimed delivery with its share of the process-wide limit.
+struct Claimed {
+    job: Job,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Room for one delivery in a subscription's lane, taken before the claim is written;
+/// given back on drop unless the claim succeeded and the delivery entered the lane.
+struct Reservation {
+    lanes: Arc<Lanes>,
+    sub_id: String,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lanes.release(&self.sub_id, false);
         }
-        *n += 1;
-        true
+    }
+}
+
+impl Lanes {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            state: Mutex::default(),
+        }
     }
 
-    fn give_back(&self, sub_id: &str) {
-        if let Ok(mut map) = self.0.lock()
-            && let Some(n) = map.get_mut(sub_id)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(sub_id);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Room for one more claimed delivery of `sub_id`, if its backlog is not full.
+    fn reserve(self: &Arc<Self>, sub_id: &str) -> Option<Reservation> {
+        let mut state = self.lock();
+        let lane = state.entry(sub_id.to_owned()).or_default();
+        if lane.claimed >= self.limit * BACKLOG_PER_ATTEMPT {
+            return None;
+        }
+        lane.claimed += 1;
+        Some(Reservation {
+            lanes: self.clone(),
+            sub_id: sub_id.to_owned(),
+            armed: true,
+        })
+    }
+
+    /// Put a claimed delivery in its lane: returned when it may start now (the caller
+    /// runs the lane), queued otherwise.
+    fn submit(&self, mut reservation: Reservation, claimed: Claimed) -> Option<Claimed> {
+        reservation.armed = false;
+        let mut state = self.lock();
+        let lane = state.entry(reservation.sub_id.clone()).or_default();
+        if lane.running < self.limit {
+            lane.running += 1;
+            Some(claimed)
+        } else {
+            lane.queue.push_back(claimed);
+            None
+        }
+    }
+
+    /// One delivery of `sub_id` is done (or, `running` false, its reservation was given
+    /// back): the next queued one to run in its place, if one is waiting.
+    fn release(&self, sub_id: &str, running: bool) -> Option<Claimed> {
+        let mut state = self.lock();
+        let lane = state.get_mut(sub_id)?;
+        lane.claimed = lane.claimed.saturating_sub(1);
+        let next = if running {
+            let next = lane.queue.pop_front();
+            if next.is_none() {
+                lane.running = lane.running.saturating_sub(1);
             }
+            next
+        } else {
+            None
+        };
+        if lane.claimed == 0 && lane.running == 0 {
+            state.remove(sub_id);
+        }
+        next
+    }
+
+    /// A lane's runner stopped abnormally: its queued deliveries are dropped (their
+    /// permits come back; their leases expire and they are claimed again).
+    fn abandon(&self, sub_id: &str) {
+        let mut state = self.lock();
+        if let Some(lane) = state.get_mut(sub_id) {
+            let queued = lane.queue.len();
+            lane.queue.clear();
+            lane.claimed = lane.claimed.saturating_sub(queued + 1);
+            lane.running = lane.running.saturating_sub(1);
+            if lane.claimed == 0 && lane.running == 0 {
+                state.remove(sub_id);
+            }
+        }
+    }
+}
+
+/// Runs a lane until its queue is empty; if the task unwinds, gives the lane back.
+struct Runner {
+    lanes: Arc<Lanes>,
+    sub_id: String,
+    done: bool,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if !self.done {
+            self.lanes.abandon(&self.sub_id);
         }
     }
 }
@@ -52,19 +158,6 @@ impl PerSubscription {
 /// finished since its last commit, so under load batches grow by themselves, up to the
 /// deliveries in progress (`max_concurrency`).
 const RECORD_BATCH: usize = 256;
-
-/// One in-flight attempt's share of its subscription's limit; released on drop (also
-/// when the task panics).
-struct Slot {
-    per_sub: Arc<PerSubscription>,
-    sub_id: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.per_sub.give_back(&self.sub_id);
-    }
-}
 
 /// An attempt made and not yet recorded. It keeps its share of the process-wide limit
 /// until the recorder has written it, so unrecorded outcomes stay bounded.
@@ -82,7 +175,7 @@ struct Done {
 pub(crate) async fn run(webhooks: Arc<Webhooks>, cancel: CancellationToken) {
     let settings = webhooks.settings().clone();
     let permits = Arc::new(Semaphore::new(settings.max_concurrency));
-    let per_sub = Arc::new(PerSubscription::default());
+    let lanes = Arc::new(Lanes::new(settings.per_subscription_concurrency));
     let mut tasks = JoinSet::new();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let recorded = Arc::new(Notify::new());
@@ -94,7 +187,7 @@ pub(crate) async fn run(webhooks: Arc<Webhooks>, cancel: CancellationToken) {
     ));
     let limits = Limits {
         permits: &permits,
-        per_sub: &per_sub,
+        lanes: &lanes,
         done: &done_tx,
     };
     tracing::info!("webhook worker started");
@@ -140,11 +233,10 @@ pub(crate) async fn run(webhooks: Arc<Webhooks>, cancel: CancellationToken) {
 }
 
 /// What bounds the worker: deliveries in progress in this process (claimed, attempting
-/// or waiting to be recorded), attempts in flight per subscription, and where finished
-/// attempts go.
+/// or waiting to be recorded), the subscriptions' lanes, and where finished attempts go.
 struct Limits<'a> {
     permits: &'a Arc<Semaphore>,
-    per_sub: &'a Arc<PerSubscription>,
+    lanes: &'a Arc<Lanes>,
     done: &'a mpsc::UnboundedSender<Done>,
 }
 
@@ -162,27 +254,22 @@ async fn fan_out_and_start(
     let Some(mut fan) = store.pending_fan_out().await? else {
         return Ok(0);
     };
-    let limit = webhooks.settings().per_subscription_concurrency;
     let lease: Arc<str> = webhooks.new_lease().into();
     let until = now_ms() + duration_ms(webhooks.settings().effective_lease());
-    let mut chosen: HashMap<String, (Slot, OwnedSemaphorePermit)> = HashMap::new();
+    let mut chosen: HashMap<String, (Reservation, OwnedSemaphorePermit)> = HashMap::new();
     for delivery in &mut fan.deliveries {
         let Ok(permit) = limits.permits.clone().try_acquire_owned() else {
             break;
         };
-        if !limits.per_sub.try_take(&delivery.subscription_id, limit) {
+        let Some(reservation) = limits.lanes.reserve(&delivery.subscription_id) else {
             continue;
-        }
-        let slot = Slot {
-            per_sub: limits.per_sub.clone(),
-            sub_id: delivery.subscription_id.clone(),
         };
         delivery.locked_until = until;
         delivery.lease = lease.to_string();
-        chosen.insert(delivery.key.clone(), (slot, permit));
+        chosen.insert(delivery.key.clone(), (reservation, permit));
     }
-    // On failure `chosen` is dropped: slots and permits come back, and the events stay
-    // unfanned for the next turn.
+    // On failure `chosen` is dropped: reservations and permits come back, and the events
+    // stay unfanned for the next turn.
     let marked = store.commit_fan_out(&fan).await?;
     let events: HashMap<&str, &OutboxEvent> =
         fan.events.iter().map(|e| (e.key.as_str(), e)).collect();
@@ -192,7 +279,7 @@ async fn fan_out_and_start(
         if !marked.contains(&delivery.event_id) {
             continue;
         }
-        let Some((slot, permit)) = chosen.remove(&delivery.key) else {
+        let Some((reservation, permit)) = chosen.remove(&delivery.key) else {
             continue;
         };
         let job = Job {
@@ -202,31 +289,62 @@ async fn fan_out_and_start(
             event: events.get(delivery.event_id.as_str()).map(|e| (*e).clone()),
             delivery,
             lease: lease.clone(),
+            until,
         };
-        start(webhooks, tasks, limits, job, slot, permit);
+        start(
+            webhooks,
+            tasks,
+            limits,
+            reservation,
+            Claimed { job, permit },
+        );
     }
     Ok(count)
 }
 
-/// Run one claimed delivery's attempt as a task.
+/// Put a claimed delivery in its subscription's lane, and run the lane as a task if it
+/// may start now: the task attempts it, then each delivery queued behind it.
 fn start(
     webhooks: &Arc<Webhooks>,
     tasks: &mut JoinSet<()>,
     limits: &Limits<'_>,
-    job: Job,
-    slot: Slot,
-    permit: OwnedSemaphorePermit,
+    reservation: Reservation,
+    claimed: Claimed,
 ) {
-    let (webhooks, done) = (webhooks.clone(), limits.done.clone());
+    let sub_id = reservation.sub_id.clone();
+    let Some(first) = limits.lanes.submit(reservation, claimed) else {
+        return;
+    };
+    let (webhooks, lanes, done) = (webhooks.clone(), limits.lanes.clone(), limits.done.clone());
     tasks.spawn(async move {
-        let id = job.delivery.key.clone();
-        // Even if this panics, the slot and the permit are released on unwind and the
-        // lease expires, so the delivery is picked up again.
-        if let Err(e) = process(&webhooks, job, slot, permit, &done).await {
-            tracing::warn!(delivery = %id, error = %e, "settling a webhook delivery failed");
+        // Should this unwind, the lane is given back and its queue dropped: permits come
+        // back, leases expire and the deliveries are claimed again.
+        let mut runner = Runner {
+            lanes: lanes.clone(),
+            sub_id: sub_id.clone(),
+            done: false,
+        };
+        let mut next = Some(first);
+        while let Some(Claimed { job, permit }) = next {
+            let id = job.delivery.key.clone();
+            // A delivery that waited in the queue must still hold its lease for a whole
+            // attempt; otherwise another worker could take it over mid-attempt. Left
+            // alone, its lease expires and it is claimed again.
+            let margin = duration_ms(webhooks.settings().timeout) + LEASE_MARGIN_MS;
+            if job.until - now_ms() < margin {
+                tracing::debug!(delivery = %id, "lease too close to expiry after queueing; left for a later claim");
+                drop(permit);
+            } else if let Err(e) = process(&webhooks, job, permit, &done).await {
+                tracing::warn!(delivery = %id, error = %e, "settling a webhook delivery failed");
+            }
+            next = lanes.release(&sub_id, true);
         }
+        runner.done = true;
     });
 }
+
+/// Time a queued delivery's lease must still have beyond one attempt's timeout, ms.
+const LEASE_MARGIN_MS: i64 = 5_000;
 
 /// Claim due deliveries up to the free concurrency, in one transaction, and start them.
 async fn dispatch_due(
@@ -238,22 +356,16 @@ async fn dispatch_due(
     if free == 0 {
         return Ok(0);
     }
-    let limit = webhooks.settings().per_subscription_concurrency;
     let due = webhooks.store().due(now_ms(), free * 2).await?;
-    let mut chosen: HashMap<String, (Slot, OwnedSemaphorePermit)> = HashMap::new();
+    let mut chosen: HashMap<String, (Reservation, OwnedSemaphorePermit)> = HashMap::new();
     for candidate in due {
         let Ok(permit) = limits.permits.clone().try_acquire_owned() else {
             break;
         };
-        let sub_id = candidate.subscription_id;
-        if !limits.per_sub.try_take(&sub_id, limit) {
+        let Some(reservation) = limits.lanes.reserve(&candidate.subscription_id) else {
             continue;
-        }
-        let slot = Slot {
-            per_sub: limits.per_sub.clone(),
-            sub_id,
         };
-        chosen.insert(candidate.key, (slot, permit));
+        chosen.insert(candidate.key, (reservation, permit));
     }
     if chosen.is_empty() {
         return Ok(0);
@@ -291,7 +403,7 @@ async fn dispatch_due(
     let subs: HashMap<String, SubRow> = subs.into_iter().map(|s| (s.key.clone(), s)).collect();
     let mut started = 0;
     for delivery in claimed {
-        let Some((slot, permit)) = chosen.remove(&delivery.key) else {
+        let Some((reservation, permit)) = chosen.remove(&delivery.key) else {
             continue;
         };
         started += 1;
@@ -300,8 +412,15 @@ async fn dispatch_due(
             event: events.get(&delivery.event_id).cloned(),
             delivery,
             lease: lease.clone(),
+            until,
         };
-        start(webhooks, tasks, limits, job, slot, permit);
+        start(
+            webhooks,
+            tasks,
+            limits,
+            reservation,
+            Claimed { job, permit },
+        );
     }
     Ok(started)
 }
@@ -312,6 +431,8 @@ struct Job {
     sub: Option<SubRow>,
     event: Option<OutboxEvent>,
     lease: Arc<str>,
+    /// When the lease ends (epoch ms).
+    until: i64,
 }
 
 /// Deliver one claimed delivery on schedule and hand the outcome to the recorder.
@@ -319,7 +440,6 @@ struct Job {
 async fn process(
     webhooks: &Webhooks,
     job: Job,
-    slot: Slot,
     permit: OwnedSemaphorePermit,
     done: &mpsc::UnboundedSender<Done>,
 ) -> GraphResult<()> {
@@ -329,6 +449,7 @@ async fn process(
         sub,
         event,
         lease,
+        until: _,
     } = job;
     let (Some(sub), Some(event)) = (sub, event) else {
         return store
@@ -350,9 +471,8 @@ async fn process(
     let (attempt, settled) = webhooks
         .send(&delivery, &sub, &event, AttemptTrigger::Scheduled)
         .await;
-    // The endpoint is free for the subscription's next attempt; this delivery stays
-    // leased until its outcome is written.
-    drop(slot);
+    // The endpoint is free for the subscription's next attempt (the lane goes on); this
+    // delivery stays leased until its outcome is written.
     let outcome = Done {
         delivery,
         lease,
