@@ -520,3 +520,88 @@ async fn record_loop(
         recorded.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(sub: &str, n: usize, permits: &Arc<Semaphore>) -> Claimed {
+        let event = OutboxEvent::new("webhook.test", serde_json::json!({ "n": n }));
+        Claimed {
+            job: Job {
+                delivery: DeliveryRow::new(&event, sub, 0),
+                sub: None,
+                event: Some(event),
+                lease: Arc::from("lease"),
+                until: i64::MAX,
+            },
+            permit: permits.clone().try_acquire_owned().expect("permit"),
+        }
+    }
+
+    #[test]
+    fn a_lane_runs_up_to_its_limit_and_queues_the_rest_in_order() {
+        let lanes = Arc::new(Lanes::new(2));
+        let permits = Arc::new(Semaphore::new(64));
+        let mut started = Vec::new();
+        for n in 0..5 {
+            let r = lanes.reserve("s1").expect("room");
+            if let Some(c) = lanes.submit(r, claimed("s1", n, &permits)) {
+                started.push(c.job.event.map(|e| e.data));
+            }
+        }
+        assert_eq!(started.len(), 2, "two attempts at once, three queued");
+        // Each ending attempt hands its place to the oldest queued delivery.
+        let order: Vec<_> = std::iter::from_fn(|| lanes.release("s1", true))
+            .map(|c| c.job.event.and_then(|e| e.data).map(|d| d["n"].clone()))
+            .collect();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[0], Some(serde_json::json!(2)));
+        assert_eq!(order[2], Some(serde_json::json!(4)));
+        // The two runners end: the lane is gone and all permits are back.
+        assert!(lanes.release("s1", true).is_none());
+        assert!(lanes.release("s1", true).is_none());
+        assert!(lanes.lock().is_empty());
+        assert_eq!(permits.available_permits(), 64);
+    }
+
+    #[test]
+    fn a_subscription_holds_at_most_its_backlog_and_a_dropped_reservation_gives_room_back() {
+        let lanes = Arc::new(Lanes::new(1));
+        let held: Vec<Reservation> = (0..BACKLOG_PER_ATTEMPT)
+            .map(|_| lanes.reserve("s1").expect("room"))
+            .collect();
+        assert!(lanes.reserve("s1").is_none(), "backlog full");
+        assert!(
+            lanes.reserve("s2").is_some(),
+            "other subscriptions unaffected"
+        );
+        drop(held);
+        assert!(
+            lanes.reserve("s1").is_some(),
+            "a failed claim gives its room back"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_lane_drops_its_queue_and_frees_its_permits() {
+        let lanes = Arc::new(Lanes::new(1));
+        let permits = Arc::new(Semaphore::new(8));
+        let mut running = Vec::new();
+        for n in 0..3 {
+            let r = lanes.reserve("s1").expect("room");
+            running.extend(lanes.submit(r, claimed("s1", n, &permits)));
+        }
+        assert_eq!(running.len(), 1);
+        assert_eq!(permits.available_permits(), 5, "one running, two queued");
+        // The runner unwinds (its delivery goes with it), the lane is given back.
+        drop(running);
+        lanes.abandon("s1");
+        assert!(lanes.lock().is_empty());
+        assert_eq!(
+            permits.available_permits(),
+            8,
+            "the queued ones' permits are back"
+        );
+    }
+}
