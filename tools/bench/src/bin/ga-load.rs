@@ -530,10 +530,6 @@ async fn main() -> anyhow::Result<()> {
         broadcasts.len(),
         seed_start.elapsed().as_secs_f64()
     );
-    let before = read_records(&api, &action, &broadcasts).await?;
-    if before.len() != ids.len() {
-        bail!("{} records for {} messages sent", before.len(), ids.len());
-    }
     if let Some(sink) = &args.sink {
         api.http
             .post(format!("{}/reset", sink.trim_end_matches('/')))
@@ -551,6 +547,13 @@ async fn main() -> anyhow::Result<()> {
         subscriptions.push(text(&sub, "id")?.to_owned());
     }
 
+    // Read after subscribing: the simulator's own events for the seeded messages may
+    // still be arriving, and each status change from here on is published, whoever
+    // made it, so the deliveries expected are counted from this state.
+    let before = read_records(&api, &action, &broadcasts).await?;
+    if before.len() != ids.len() {
+        bail!("{} records for {} messages sent", before.len(), ids.len());
+    }
     let statuses = usize::from(args.statuses);
     let total = if args.soak.is_some() {
         usize::MAX
