@@ -65,6 +65,11 @@ fn quiet_tracing(default: &str) {
         .try_init();
 }
 
+/// mimalloc instead of glibc's malloc: under ingest load the graph engine's allocations
+/// and copies were most of the server's CPU (docs/BENCHMARKS.md, 2026-12-01).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Before any thread exists: loading sets process variables. Those already set win.
     if let Err(e) = dotenvy::dotenv()
