@@ -530,12 +530,6 @@ async fn main() -> anyhow::Result<()> {
         broadcasts.len(),
         seed_start.elapsed().as_secs_f64()
     );
-    if let Some(sink) = &args.sink {
-        api.http
-            .post(format!("{}/reset", sink.trim_end_matches('/')))
-            .send()
-            .await?;
-    }
     let mut subscriptions = Vec::new();
     for url in &args.subscribe {
         let sub = api
@@ -547,9 +541,15 @@ async fn main() -> anyhow::Result<()> {
         subscriptions.push(text(&sub, "id")?.to_owned());
     }
 
-    // Read after subscribing: the simulator's own events for the seeded messages may
-    // still be arriving, and each status change from here on is published, whoever
-    // made it, so the deliveries expected are counted from this state.
+    // Read after subscribing and after the simulator has sent the events it has due for
+    // the seeded messages (`/_sim/settle` returns once they are delivered, i.e. folded):
+    // each status change from here on is published, whoever made it, so the deliveries
+    // expected are counted from this state.
+    api.http
+        .post(format!("{}/_sim/settle", args.sim.trim_end_matches('/')))
+        .send()
+        .await?
+        .error_for_status()?;
     let before = read_records(&api, &action, &broadcasts).await?;
     if before.len() != ids.len() {
         bail!("{} records for {} messages sent", before.len(), ids.len());
@@ -569,6 +569,19 @@ async fn main() -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
         next: AtomicUsize::new(0),
     });
+    // The sink's window starts with this run's events: deliveries of events created
+    // before now (the simulator's own, for the seeded messages) are counted apart.
+    if let Some(sink) = &args.sink {
+        let since_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        api.http
+            .post(format!(
+                "{}/reset?since_us={since_us}",
+                sink.trim_end_matches('/')
+            ))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     let start = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|i| {

@@ -3,7 +3,9 @@
 //! `webhook-id`, and the lag from the event's creation (the envelope's `timestamp`, the
 //! outbox row's creation time) to its first arrival.
 //!
-//! `GET /stats` returns the summary as JSON, `POST /reset` starts afresh; on Ctrl-C or
+//! `GET /stats` returns the summary as JSON, `POST /reset` starts afresh
+//! (`?since_us=T`: deliveries of events created before T, Unix microseconds, are only
+//! counted as `earlier`, so a run's window starts with its own events); on Ctrl-C or
 //! SIGTERM the summary is printed (and written to `--summary`).
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +16,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use clap::Parser;
@@ -42,8 +44,15 @@ struct Counts {
     /// Requests without a `webhook-id` or with an envelope whose timestamp is unreadable.
     malformed: usize,
     lag_us: Vec<u64>,
+    /// Distinct deliveries per envelope `type`.
+    types: HashMap<String, usize>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// The last arrival of a delivery not seen before (retries and duplicates excluded).
+    last_unique: Option<Instant>,
+    /// Events created before this (Unix µs) are not the run's: counted in `earlier` only.
+    since_us: Option<i128>,
+    earlier: usize,
 }
 
 #[derive(Serialize)]
@@ -54,12 +63,18 @@ struct Summary {
     unique: usize,
     duplicates: usize,
     malformed: usize,
+    /// Deliveries of events created before the reset's `since_us` (not counted above).
+    earlier: usize,
     /// Distinct deliveries per subscriber path.
     per_subscriber: HashMap<String, usize>,
     /// Seconds from the first to the last arrival.
     window_s: f64,
     /// Distinct deliveries per second over that window.
     rate_per_s: f64,
+    /// Seconds from the first arrival to the last first arrival of a distinct delivery.
+    unique_window_s: f64,
+    /// Distinct deliveries per envelope `type`.
+    types: HashMap<String, usize>,
     /// Event creation → first arrival.
     lag: Percentiles,
 }
@@ -71,12 +86,17 @@ fn summary(counts: &Counts) -> Summary {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
+    let unique_window_s = match (counts.first, counts.last_unique) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
     let unique = counts.seen.len();
     Summary {
         requests: counts.requests,
         unique,
         duplicates: counts.duplicates,
         malformed: counts.malformed,
+        earlier: counts.earlier,
         per_subscriber: counts.per_path.clone(),
         window_s,
         rate_per_s: if window_s > 0.0 {
@@ -84,16 +104,23 @@ fn summary(counts: &Counts) -> Summary {
         } else {
             0.0
         },
+        unique_window_s,
+        types: counts.types.clone(),
         lag: Percentiles::of_micros(&mut counts.lag_us.clone()),
     }
 }
 
-/// When the envelope says the event was created, in Unix microseconds.
-fn created_us(body: &[u8]) -> Option<i128> {
+/// When the envelope says the event was created, in Unix microseconds, and its `type`.
+fn created_us(body: &[u8]) -> Option<(i128, String)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let kind = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("?")
+        .to_owned();
     let ts = v.get("timestamp")?.as_str()?;
     let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(t.unix_timestamp_nanos() / 1000)
+    Some((t.unix_timestamp_nanos() / 1000, kind))
 }
 
 async fn receive(
@@ -111,17 +138,25 @@ async fn receive(
     let Ok(mut c) = shared.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR;
     };
+    if let (Some(since), Some((created, _))) = (c.since_us, &created)
+        && *created < since
+    {
+        c.earlier += 1;
+        return StatusCode::OK;
+    }
     let now = Instant::now();
     c.requests += 1;
     c.first.get_or_insert(now);
     c.last = Some(now);
-    let (Some(id), Some(created)) = (id, created) else {
+    let (Some(id), Some((created, kind))) = (id, created) else {
         c.malformed += 1;
         return StatusCode::OK;
     };
     let path = uri.path().to_owned();
     if c.seen.insert((path.clone(), id)) {
         *c.per_path.entry(path).or_default() += 1;
+        *c.types.entry(kind).or_default() += 1;
+        c.last_unique = Some(now);
         c.lag_us
             .push(u64::try_from(now_us.saturating_sub(created)).unwrap_or(0));
     } else {
@@ -137,10 +172,18 @@ async fn stats(State(shared): State<Shared>) -> Result<Json<Summary>, StatusCode
     Ok(Json(summary(&c)))
 }
 
-async fn reset(State(shared): State<Shared>) -> StatusCode {
+#[derive(serde::Deserialize)]
+struct ResetQuery {
+    since_us: Option<i64>,
+}
+
+async fn reset(State(shared): State<Shared>, Query(q): Query<ResetQuery>) -> StatusCode {
     match shared.lock() {
         Ok(mut c) => {
-            *c = Counts::default();
+            *c = Counts {
+                since_us: q.since_us.map(i128::from),
+                ..Counts::default()
+            };
             StatusCode::NO_CONTENT
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
