@@ -121,12 +121,22 @@ pub struct GraphOptions {
     /// a table file (`GRAPHAGENT_GRAPH_MEMTABLE_MB`, default 32). One transaction must
     /// fit in it. SurrealKV's own default is 1 GiB on a 16–64 GiB machine.
     pub memtable_mb: u64,
+    /// Embedded SurrealKV only: KiB per table block, the unit a read decodes and caches
+    /// (`GRAPHAGENT_GRAPH_BLOCK_KB`, default 8; SurrealKV's own is 64). A point read
+    /// copies its whole block, so small blocks suit the host's reads of one ~2 KiB
+    /// record: +20 % ingest at 8 against 64 (docs/BENCHMARKS.md). Applies to tables
+    /// written from then on; older ones keep theirs.
+    pub block_kb: u64,
 }
 
 /// Default [`GraphOptions::block_cache_mb`].
 pub const DEFAULT_BLOCK_CACHE_MB: u64 = 64;
 /// Default [`GraphOptions::memtable_mb`].
 pub const DEFAULT_MEMTABLE_MB: u64 = 32;
+/// Default [`GraphOptions::block_kb`].
+pub const DEFAULT_BLOCK_KB: u64 = 8;
+/// Accepted table block sizes, KiB.
+const BLOCK_KB: std::ops::RangeInclusive<u64> = 1..=1024;
 /// Accepted block cache sizes, MiB.
 const BLOCK_CACHE_MB: std::ops::RangeInclusive<u64> = 1..=1_048_576;
 /// Accepted memtable sizes, MiB: the largest transaction the host writes (a send's
@@ -142,6 +152,7 @@ impl Default for GraphOptions {
             database: None,
             block_cache_mb: DEFAULT_BLOCK_CACHE_MB,
             memtable_mb: DEFAULT_MEMTABLE_MB,
+            block_kb: DEFAULT_BLOCK_KB,
         }
     }
 }
@@ -155,6 +166,7 @@ impl GraphOptions {
         Key::plain("graph_db"),
         Key::plain("graph_block_cache_mb"),
         Key::plain("graph_memtable_mb"),
+        Key::plain("graph_block_kb"),
     ];
 
     /// Options from `source` (`GRAPHAGENT_GRAPH_*`); a size that is not a whole number
@@ -168,6 +180,9 @@ impl GraphOptions {
         let memtable_mb = f
             .whole("graph_memtable_mb", "MiB")
             .unwrap_or(defaults.memtable_mb);
+        let block_kb = f
+            .whole("graph_block_kb", "KiB")
+            .unwrap_or(defaults.block_kb);
         let options = Self {
             username: f.text("graph_user"),
             password: f.text("graph_password").map(SecretString::from),
@@ -175,6 +190,7 @@ impl GraphOptions {
             database: f.text("graph_db"),
             block_cache_mb,
             memtable_mb,
+            block_kb,
         };
         f.checked(options, |o| o.size_problems(source))
     }
@@ -182,15 +198,21 @@ impl GraphOptions {
     /// Sizes outside their ranges.
     fn size_problems(&self, source: &Source) -> Vec<SettingError> {
         let mut errors = Vec::new();
-        for (key, value, range) in [
-            ("graph_block_cache_mb", self.block_cache_mb, BLOCK_CACHE_MB),
-            ("graph_memtable_mb", self.memtable_mb, MEMTABLE_MB),
+        for (key, value, range, unit) in [
+            (
+                "graph_block_cache_mb",
+                self.block_cache_mb,
+                BLOCK_CACHE_MB,
+                "MiB",
+            ),
+            ("graph_memtable_mb", self.memtable_mb, MEMTABLE_MB, "MiB"),
+            ("graph_block_kb", self.block_kb, BLOCK_KB, "KiB"),
         ] {
             if !range.contains(&value) {
                 errors.push(source.error(
                     key,
                     format!(
-                        "expected {} to {} MiB, got {value}",
+                        "expected {} to {} {unit}, got {value}",
                         range.start(),
                         range.end()
                     ),
@@ -212,6 +234,7 @@ impl GraphOptions {
                 "surrealkv_max_memtable_size",
                 (self.memtable_mb * MIB).to_string(),
             )
+            .with_key_value("surrealkv_block_size", (self.block_kb * 1024).to_string())
     }
 
     /// What makes `url` with these options unusable, before anything is opened: an
@@ -876,18 +899,24 @@ mod tests {
         let mut source = Source::new();
         source.set_env("graph_block_cache_mb", "256");
         source.set_env("graph_memtable_mb", "16");
+        source.set_env("graph_block_kb", "8");
         let set = GraphOptions::from_source(&source).expect("sizes");
-        assert_eq!((set.block_cache_mb, set.memtable_mb), (256, 16));
+        assert_eq!(
+            (set.block_cache_mb, set.memtable_mb, set.block_kb),
+            (256, 16, 8)
+        );
         let config = set.store_config();
-        let (mut cache, mut memtable) = (0u64, 0u64);
+        let (mut cache, mut memtable, mut block) = (0u64, 0u64, 0u64);
         config
             .parse_key("surrealkv_block_cache_capacity", &mut cache)
-            .parse_key("surrealkv_max_memtable_size", &mut memtable);
-        assert_eq!((cache, memtable), (256 << 20, 16 << 20));
+            .parse_key("surrealkv_max_memtable_size", &mut memtable)
+            .parse_key("surrealkv_block_size", &mut block);
+        assert_eq!((cache, memtable, block), (256 << 20, 16 << 20, 8 << 10));
 
         let mut source = Source::new();
         source.set_env("graph_block_cache_mb", "lots");
         source.set_env("graph_memtable_mb", "4");
+        source.set_env("graph_block_kb", "2048");
         let errors = GraphOptions::from_source(&source)
             .expect_err("refused")
             .to_string();
@@ -897,6 +926,10 @@ mod tests {
         );
         assert!(
             errors.contains("GRAPHAGENT_GRAPH_MEMTABLE_MB: expected 8 to 16384 MiB, got 4"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("GRAPHAGENT_GRAPH_BLOCK_KB: expected 1 to 1024 KiB, got 2048"),
             "{errors}"
         );
     }
