@@ -224,7 +224,8 @@ impl GraphOptions {
 
     /// The embedded store's settings, under the names SurrealKV reads.
     fn store_config(&self) -> surrealdb_cnf::ConfigMap {
-        const MIB: u64 = 1024 * 1024;
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
         surrealdb_cnf::ConfigMap::empty()
             .with_key_value(
                 "surrealkv_block_cache_capacity",
@@ -234,7 +235,7 @@ impl GraphOptions {
                 "surrealkv_max_memtable_size",
                 (self.memtable_mb * MIB).to_string(),
             )
-            .with_key_value("surrealkv_block_size", (self.block_kb * 1024).to_string())
+            .with_key_value("surrealkv_block_size", (self.block_kb * KIB).to_string())
     }
 
     /// What makes `url` with these options unusable, before anything is opened: an

@@ -25,9 +25,9 @@ pub struct WebhookSettings {
     /// waiting for their outcome to be written (`GRAPHAGENT_WEBHOOK_MAX_CONCURRENCY`, 256).
     pub max_concurrency: usize,
     /// Attempts in flight at once per subscription in this process
-    /// (`GRAPHAGENT_WEBHOOK_PER_SUBSCRIPTION_CONCURRENCY`, 32). Sized from `tools/bench`:
-    /// at 4 one subscriber's lag grew to 13 s behind 2,400 events/s, at 32 it stayed
-    /// under 5 s; past that the cores bind (docs/decisions.md).
+    /// (`GRAPHAGENT_WEBHOOK_PER_SUBSCRIPTION_CONCURRENCY`, 32). Sized from `tools/bench`
+    /// (one subscriber, ~3,000 events/s in): at 4 (and 32 per process) the lag p99 was
+    /// 13–15 s, at 32 (and 256) 3.4–4.8 s; past that the cores bind (docs/decisions.md).
     pub per_subscription_concurrency: usize,
     /// Disable a subscription after this many consecutive failed events
     /// (`GRAPHAGENT_WEBHOOK_DISABLE_AFTER_FAILURES`, 20).

@@ -48,10 +48,8 @@ struct Counts {
     types: HashMap<String, usize>,
     first: Option<Instant>,
     last: Option<Instant>,
-    /// The last arrival of a delivery not seen before (retries and duplicates excluded).
-    last_unique: Option<Instant>,
     /// Events created before this (Unix µs) are not the run's: counted in `earlier` only.
-    since_us: Option<i128>,
+    since_us: Option<i64>,
     earlier: usize,
 }
 
@@ -71,8 +69,6 @@ struct Summary {
     window_s: f64,
     /// Distinct deliveries per second over that window.
     rate_per_s: f64,
-    /// Seconds from the first arrival to the last first arrival of a distinct delivery.
-    unique_window_s: f64,
     /// Distinct deliveries per envelope `type`.
     types: HashMap<String, usize>,
     /// Event creation → first arrival.
@@ -83,10 +79,6 @@ type Shared = Arc<Mutex<Counts>>;
 
 fn summary(counts: &Counts) -> Summary {
     let window_s = match (counts.first, counts.last) {
-        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
-        _ => 0.0,
-    };
-    let unique_window_s = match (counts.first, counts.last_unique) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
@@ -104,14 +96,13 @@ fn summary(counts: &Counts) -> Summary {
         } else {
             0.0
         },
-        unique_window_s,
         types: counts.types.clone(),
         lag: Percentiles::of_micros(&mut counts.lag_us.clone()),
     }
 }
 
 /// When the envelope says the event was created, in Unix microseconds, and its `type`.
-fn created_us(body: &[u8]) -> Option<(i128, String)> {
+fn envelope_created_and_type(body: &[u8]) -> Option<(i128, String)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let kind = v
         .get("type")
@@ -134,12 +125,12 @@ async fn receive(
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let created = created_us(&body);
+    let created = envelope_created_and_type(&body);
     let Ok(mut c) = shared.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR;
     };
     if let (Some(since), Some((created, _))) = (c.since_us, &created)
-        && *created < since
+        && *created < i128::from(since)
     {
         c.earlier += 1;
         return StatusCode::OK;
@@ -156,7 +147,6 @@ async fn receive(
     if c.seen.insert((path.clone(), id)) {
         *c.per_path.entry(path).or_default() += 1;
         *c.types.entry(kind).or_default() += 1;
-        c.last_unique = Some(now);
         c.lag_us
             .push(u64::try_from(now_us.saturating_sub(created)).unwrap_or(0));
     } else {
@@ -181,7 +171,7 @@ async fn reset(State(shared): State<Shared>, Query(q): Query<ResetQuery>) -> Sta
     match shared.lock() {
         Ok(mut c) => {
             *c = Counts {
-                since_us: q.since_us.map(i128::from),
+                since_us: q.since_us,
                 ..Counts::default()
             };
             StatusCode::NO_CONTENT
