@@ -1,6 +1,9 @@
-//! What the benchmark tools share: latency summaries in the shape the `run` script reads.
+//! What the benchmark tools share: latency summaries and CPU accounting in the shape the
+//! `run` script reads.
 
 use serde::Serialize;
+
+pub mod cpu;
 
 /// Percentiles of a set of samples, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use graphagent_bench::Percentiles;
+use graphagent_bench::{Percentiles, cpu};
 use sentdm_client::signing::SigningSecret;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -80,6 +80,9 @@ struct Args {
     /// (i mod n)-th (repeatable): replicas sharing one graph, without a balancer.
     #[arg(long)]
     replica: Vec<String>,
+    /// The server's process id, to report its CPU per event (Linux procfs).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// A name for this run in the summary.
     #[arg(long, default_value = "ingest")]
     label: String,
@@ -358,6 +361,8 @@ struct Inbound {
     elapsed_s: f64,
     rate_per_s: f64,
     latency: Percentiles,
+    /// CPU over the load window (not the seeding, the drain or the check).
+    cpu: cpu::Usage,
 }
 
 #[derive(Serialize)]
@@ -583,6 +588,7 @@ async fn main() -> anyhow::Result<()> {
             .error_for_status()?;
     }
     let start = Instant::now();
+    let cpu_start = cpu::Sample::now(args.server_pid);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|i| {
             let addr = match args.replica.as_slice() {
@@ -614,6 +620,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_start.usage_until(&cpu::Sample::now(args.server_pid), ok);
     let events = ok + errors.values().sum::<usize>();
     let inbound = Inbound {
         events,
@@ -622,9 +629,12 @@ async fn main() -> anyhow::Result<()> {
         elapsed_s: elapsed.as_secs_f64(),
         rate_per_s: ok as f64 / elapsed.as_secs_f64().max(1e-9),
         latency: Percentiles::of_micros(&mut latencies),
+        cpu,
     };
+    let ms = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.3}"));
     eprintln!(
-        "{}: {} events in {:.2} s = {:.0}/s, p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms, errors {:?}",
+        "{}: {} events in {:.2} s = {:.0}/s, p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms, errors {:?}; \
+         CPU ms per event: server {}, generator {}; machine {}% busy",
         args.label,
         inbound.events,
         inbound.elapsed_s,
@@ -632,7 +642,11 @@ async fn main() -> anyhow::Result<()> {
         inbound.latency.p50_ms,
         inbound.latency.p95_ms,
         inbound.latency.p99_ms,
-        inbound.errors
+        inbound.errors,
+        ms(cpu.server_ms_per_event),
+        ms(cpu.generator_ms_per_event),
+        cpu.machine_busy_pct
+            .map_or("?".to_owned(), |v| format!("{v:.0}")),
     );
 
     // Outbound: wait until every delivery arrived, or nothing arrives for a while.
