@@ -1347,6 +1347,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_are_read_by_index_and_earlier_indexes_are_dropped() {
+        // A graph an earlier version made: two more indexes on the message table.
+        let g = Graph::memory().await.expect("graph");
+        g.query(
+            "DEFINE TABLE sentdm_message SCHEMALESS;
+             DEFINE INDEX sentdm_message_action ON sentdm_message FIELDS action_id;
+             DEFINE INDEX sentdm_message_agent ON sentdm_message FIELDS agent_id;",
+            Value::Null,
+        )
+        .await
+        .expect("old schema");
+        for _ in 0..2 {
+            g.apply_schema("sentdm", SCHEMA)
+                .await
+                .expect("schema applies, twice");
+        }
+        let info = g
+            .query("INFO FOR TABLE sentdm_message;", Value::Null)
+            .await
+            .expect("info");
+        let mut indexes: Vec<&String> = info[0]["indexes"]
+            .as_object()
+            .expect("indexes")
+            .keys()
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes, ["sentdm_message_mid", "sentdm_message_status"]);
+
+        // Every read of an action's records starts from the (action_id, status) index.
+        let explain = |stmt: &str| format!("{} EXPLAIN;", stmt.trim().trim_end_matches(';'));
+        let list = LIST_RECORDS.split_once(';').expect("two statements").0;
+        let reads = [
+            explain(list),
+            explain(&STALE_RECORDS),
+            explain(
+                "SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status",
+            ),
+        ];
+        for read in &reads {
+            let plan = g
+                .query(read, json!({ "action": "a" }))
+                .await
+                .expect("explain");
+            let plan = plan[0].to_string();
+            assert!(
+                plan.contains(r#""index":"sentdm_message_status""#) && !plan.contains("TableScan"),
+                "{read}\n=> {plan}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_batch_folds_in_order_with_duplicates_and_unknown_messages() {
         let g = graph().await;
         let mut unknown = ev("k4", "m2", Some("sent"), 4);
