@@ -12,6 +12,10 @@ pub const CHANNELS: &[&str] = &["sms", "whatsapp", "rcs", "mms", "sent"];
 /// Most fold writers an action runs: more writers than cores only add conflicts (two
 /// writers on two cores measured best; see docs/BENCHMARKS.md).
 pub const MAX_FOLD_WRITERS: u32 = 64;
+/// Largest `fold_linger_ms`: a wait beyond it would be a latency, not a batching aid.
+pub const MAX_FOLD_LINGER_MS: u32 = 100;
+/// A fold batch holding this many events or more commits without lingering.
+pub const LINGER_BELOW: usize = 8;
 /// Event families a SentDM webhook can subscribe to.
 pub const EVENT_TYPES: &[&str] = &["message", "templates"];
 /// Sub-types usable in `webhook_event_filters.message`: the statuses SentDM reports by
@@ -99,6 +103,12 @@ pub struct SentDmConfig {
     /// Fold writer tasks (1–64): webhook events are sharded by record over this many
     /// writers, each committing its own batches. Absent: one per core.
     pub fold_writers: Option<u32>,
+    /// Milliseconds a fold writer holding fewer than [`LINGER_BELOW`] events waits for
+    /// more before it commits (0–100, default 2; 0 = commit at once). Each batch is one transaction
+    /// whose cost barely depends on its size, so at a moderate steady rate, when batches
+    /// hold one or two events, a short wait buys a larger share per transaction for a
+    /// little latency. Under load batches fill by themselves and nobody waits.
+    pub fold_linger_ms: u32,
 }
 
 impl Default for SentDmConfig {
@@ -129,6 +139,7 @@ impl Default for SentDmConfig {
             sweep_stale_after_seconds: 900,
             metrics_refresh_seconds: 15,
             fold_writers: None,
+            fold_linger_ms: 2,
         }
     }
 }
@@ -255,6 +266,12 @@ impl SentDmConfig {
                 format!("must be 1 to {MAX_FOLD_WRITERS} (or absent: one per core)"),
             ));
         }
+        if self.fold_linger_ms > MAX_FOLD_LINGER_MS {
+            p.push(FieldError::new(
+                "fold_linger_ms",
+                format!("must be 0 to {MAX_FOLD_LINGER_MS} (milliseconds)"),
+            ));
+        }
         if self.sweep_interval_seconds != 0 && self.sweep_stale_after_seconds == 0 {
             p.push(FieldError::new(
                 "sweep_stale_after_seconds",
@@ -343,6 +360,7 @@ mod tests {
             default_channels: vec!["sms".into(), "fax".into()],
             webhook_event_filters: BTreeMap::from([("message".into(), vec!["opened".into()])]),
             fold_writers: Some(0),
+            fold_linger_ms: MAX_FOLD_LINGER_MS + 1,
             ..SentDmConfig::default()
         };
         let keys: Vec<String> = c.problems().into_iter().map(|p| p.key).collect();
@@ -353,7 +371,8 @@ mod tests {
                 "webhook_event_filters.message[0]",
                 "webhook_retry_count",
                 "webhook_timeout_seconds",
-                "fold_writers"
+                "fold_writers",
+                "fold_linger_ms"
             ]
         );
     }

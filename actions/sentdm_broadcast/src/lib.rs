@@ -1165,6 +1165,7 @@ impl Action for SentDmBroadcast {
                 limit: config.record_event_history_limit as usize,
             },
             config.fold_writer_count(),
+            std::time::Duration::from_millis(config.fold_linger_ms.into()),
         );
         Ok(Self {
             ctx,

@@ -118,12 +118,14 @@ pub struct FoldWriter {
 
 impl FoldWriter {
     /// Start `writers` writer tasks (at least one) on `graph`; `publisher` is woken
-    /// after a batch that wrote outbound events.
+    /// after a batch that wrote outbound events. A writer whose batch is small waits up
+    /// to `linger` for more events before it folds them (`fold_linger_ms`).
     pub fn spawn(
         graph: Graph,
         publisher: EventPublisher,
         scope: FoldScope,
         writers: usize,
+        linger: Duration,
     ) -> Self {
         let shards = (0..writers.max(1))
             .map(|_| {
@@ -133,6 +135,7 @@ impl FoldWriter {
                     publisher.clone(),
                     scope.clone(),
                     rx,
+                    linger,
                 ));
                 tx
             })
@@ -176,10 +179,23 @@ async fn run_writer(
     publisher: EventPublisher,
     scope: FoldScope,
     mut rx: mpsc::Receiver<(FoldEvent, Reply, tracing::Span)>,
+    linger: Duration,
 ) {
     let mut batch: Vec<(FoldEvent, Reply, tracing::Span)> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<FoldEvent> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if !linger.is_zero() && batch.len() < crate::config::LINGER_BELOW {
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                let more = rx.recv_many(&mut batch, room);
+                match tokio::time::timeout_at(deadline, more).await {
+                    Ok(n) if n > 0 => {}
+                    // Time is up, or every sender is gone: fold what is here.
+                    _ => break,
+                }
+            }
+        }
         // A root span (the writer outlives every request); linked to the spans of the
         // requests whose events it folds, which are still open: they await this reply.
         let span = tracing::info_span!(parent: None, "sentdm.fold.batch", events = batch.len());
@@ -1344,6 +1360,52 @@ mod tests {
 
     fn outcome(o: &FoldOutcome) -> (&str, Option<&str>, bool) {
         (o.outcome.as_str(), o.status.as_deref(), o.changed)
+    }
+
+    /// The time the batch that last wrote message `m`'s record committed it.
+    async fn updated_at(g: &Graph, m: &str) -> String {
+        record(g, m).await["updated_at"]
+            .as_str()
+            .expect("updated_at")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_small_batch_lingers_for_more_events_only_when_asked() {
+        // Two events for two records, the second sent 20 ms after the first, on one
+        // writer. A batch stamps every record it updates with one `updated_at`.
+        async fn fold_two(linger: Duration) -> (String, String) {
+            let g = graph().await;
+            // Existing records: an update stamps its batch's one `$now`.
+            let queued = [
+                ev("q1", "m1", Some("queued"), 0),
+                ev("q2", "m2", Some("queued"), 0),
+            ];
+            apply_batch(&g, &scope(25), &queued).await.expect("records");
+            let writer =
+                FoldWriter::spawn(g.clone(), EventPublisher::default(), scope(25), 1, linger);
+            let first = tokio::spawn({
+                let w = writer.clone();
+                async move { w.apply(ev("k1", "m1", Some("sent"), 1)).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let second = writer
+                .apply(ev("k2", "m2", Some("sent"), 2))
+                .await
+                .expect("second");
+            let first = first.await.expect("task").expect("first");
+            assert_eq!(
+                (first.outcome.as_str(), second.outcome.as_str()),
+                ("received", "received")
+            );
+            (updated_at(&g, "m1").await, updated_at(&g, "m2").await)
+        }
+        // Lingering 500 ms (far beyond the 20 ms gap): one batch, one commit.
+        let (a, b) = fold_two(Duration::from_millis(500)).await;
+        assert_eq!(a, b, "one batch");
+        // Without: the first event commits on its own.
+        let (a, b) = fold_two(Duration::ZERO).await;
+        assert_ne!(a, b, "two batches");
     }
 
     #[tokio::test]
