@@ -184,9 +184,9 @@ async fn run_writer(
     let mut batch: Vec<(FoldEvent, Reply, tracing::Span)> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<FoldEvent> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if !linger.is_zero() && batch.len() < crate::config::LINGER_BELOW {
+        if !linger.is_zero() {
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < MAX_BATCH {
+            while batch.len() < crate::config::LINGER_BELOW {
                 let room = MAX_BATCH - batch.len();
                 let more = rx.recv_many(&mut batch, room);
                 match tokio::time::timeout_at(deadline, more).await {
