@@ -104,10 +104,10 @@ pub struct SentDmConfig {
     /// writers, each committing its own batches. Absent: one per core.
     pub fold_writers: Option<u32>,
     /// Milliseconds a fold writer holding fewer than [`LINGER_BELOW`] events waits for
-    /// more before it commits (0–100, default 2; 0 = commit at once). Each batch is one transaction
-    /// whose cost barely depends on its size, so at a moderate steady rate, when batches
-    /// hold one or two events, a short wait buys a larger share per transaction for a
-    /// little latency. Under load batches fill by themselves and nobody waits.
+    /// more before it commits (0–100, default 2; 0 = commit at once). Each batch is one
+    /// transaction whose cost barely depends on its size, so at a moderate steady rate,
+    /// when batches hold one or two events, a short wait shares a transaction among more
+    /// events for a little latency. Under load batches fill by themselves: no wait.
     pub fold_linger_ms: u32,
 }
 
