@@ -14,8 +14,6 @@ pub const CHANNELS: &[&str] = &["sms", "whatsapp", "rcs", "mms", "sent"];
 pub const MAX_FOLD_WRITERS: u32 = 64;
 /// Largest `fold_linger_ms`: a wait beyond it would be a latency, not a batching aid.
 pub const MAX_FOLD_LINGER_MS: u32 = 100;
-/// A fold batch holding this many events or more commits without lingering.
-pub const LINGER_BELOW: usize = 8;
 /// Event families a SentDM webhook can subscribe to.
 pub const EVENT_TYPES: &[&str] = &["message", "templates"];
 /// Sub-types usable in `webhook_event_filters.message`: the statuses SentDM reports by
@@ -103,7 +101,7 @@ pub struct SentDmConfig {
     /// Fold writer tasks (1–64): webhook events are sharded by record over this many
     /// writers, each committing its own batches. Absent: one per core.
     pub fold_writers: Option<u32>,
-    /// Milliseconds a fold writer holding fewer than [`LINGER_BELOW`] events waits for
+    /// Milliseconds a fold writer holding fewer than [`LINGER_BELOW`](crate::store::LINGER_BELOW) events waits for
     /// more before it commits (0–100, default 2; 0 = commit at once). Each batch is one
     /// transaction whose cost barely depends on its size, so at a moderate steady rate,
     /// when batches hold one or two events, a short wait shares a transaction among more

@@ -28,6 +28,9 @@ pub const SCHEMA: &str = include_str!("schema.surql");
 
 /// Largest number of events folded in one transaction.
 const MAX_BATCH: usize = 512;
+/// A fold batch holding this many events or more commits without lingering
+/// (`fold_linger_ms`): it is already worth its transaction.
+pub const LINGER_BELOW: usize = 8;
 
 /// Result of applying one event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -186,7 +189,7 @@ async fn run_writer(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if !linger.is_zero() {
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < crate::config::LINGER_BELOW {
+            while batch.len() < LINGER_BELOW {
                 let room = MAX_BATCH - batch.len();
                 let more = rx.recv_many(&mut batch, room);
                 match tokio::time::timeout_at(deadline, more).await {
@@ -859,6 +862,18 @@ static LIST_RECORDS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A broadcast's records counted by status.
+const BROADCAST_FUNNEL: &str = "SELECT status, count() AS n FROM sentdm_message
+    WHERE action_id = $action AND broadcast_id = $b GROUP BY status;";
+
+/// A broadcast node of this action, then [`BROADCAST_FUNNEL`].
+static BROADCAST_SUMMARY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT *, record::id(id) AS id FROM type::record('sentdm_broadcast', $b) WHERE action_id = $action;
+         {BROADCAST_FUNNEL}"
+    )
+});
+
 /// The filter of [`LIST_REPLIES`]; `from` is a keyword, hence the backticks.
 const REPLY_FILTER: &str = "action_id = $action
     AND ($from = NONE OR `from` = $from)
@@ -1080,8 +1095,7 @@ impl Store {
         let out = self
             .graph
             .query(
-                "SELECT *, record::id(id) AS id FROM type::record('sentdm_broadcast', $b) WHERE action_id = $action;
-                 SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status;",
+                &BROADCAST_SUMMARY,
                 json!({"b": broadcast_id, "action": self.action_id}),
             )
             .await?;
@@ -1443,9 +1457,7 @@ mod tests {
         let reads = [
             explain(list),
             explain(&STALE_RECORDS),
-            explain(
-                "SELECT status, count() AS n FROM sentdm_message WHERE action_id = $action AND broadcast_id = $b GROUP BY status",
-            ),
+            explain(BROADCAST_FUNNEL),
         ];
         for read in &reads {
             let plan = g
